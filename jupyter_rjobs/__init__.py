@@ -1,0 +1,70 @@
+"""jupyter_rjobs: PowerShell's job model for IPython and Jupyter.
+
+Run a cell in a thread, in another process, or on remote hosts while the notebook stays
+free; list, wait for, receive, stop and remove those jobs. ``%load_ext jupyter_rjobs``
+gives the ``%rjob`` magics; :class:`JobManager` is the same thing as plain Python.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._agent import display, progress
+from ._errors import (
+    AmbiguousJobError,
+    JobCodeError,
+    JobError,
+    JobNotFoundError,
+    JobStateError,
+    JobStoppedError,
+    RJobError,
+    UnsendableVariableError,
+    UsageProblem,
+)
+from ._job import Job, JobKind, JobState
+from ._manager import EventKind, JobEvent, JobManager, WaitResult
+from ._records import Record, RecordKind
+from ._table import JobTable
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AmbiguousJobError",
+    "EventKind",
+    "Job",
+    "JobCodeError",
+    "JobError",
+    "JobEvent",
+    "JobKind",
+    "JobManager",
+    "JobNotFoundError",
+    "JobState",
+    "JobStateError",
+    "JobStoppedError",
+    "JobTable",
+    "RJobError",
+    "Record",
+    "RecordKind",
+    "UnsendableVariableError",
+    "UsageProblem",
+    "WaitResult",
+    "__version__",
+    "display",
+    "load_ipython_extension",
+    "progress",
+    "unload_ipython_extension",
+]
+
+
+def load_ipython_extension(shell: Any) -> None:
+    """``%load_ext jupyter_rjobs``: the %rjob magics, backed by one JobManager for the shell."""
+    from ._ipython import load
+
+    load(shell)
+
+
+def unload_ipython_extension(shell: Any) -> None:
+    """``%unload_ext jupyter_rjobs``: stops the shell's jobs and their workers."""
+    from ._ipython import unload
+
+    unload(shell)

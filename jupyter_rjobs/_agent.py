@@ -1,0 +1,596 @@
+"""The jupyter_rjobs agent: runs a job's code and turns all it produces into numbered records.
+
+Thread jobs call :func:`execute` in a kernel thread; process jobs run :func:`worker_main`
+in a pre-started worker; remote hosts get a copy of this very file. So it depends on the
+standard library only (dill is imported when pickle refuses something) and keeps to
+Python 3.9 syntax.
+
+Frames, the one wire and spool format: ``!II`` (header length, buffer count), the JSON
+header, then each buffer as ``!Q`` length + bytes. Reading a frame never unpickles.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import io
+import json
+import linecache
+import os
+import pickle
+import struct
+import sys
+import threading
+import time
+import traceback
+import types
+from typing import Any, BinaryIO, Callable, Dict, List, Optional, Sequence, Tuple
+
+AGENT_VERSION = 1
+
+# --------------------------------------------------------------------------- frames
+_HEAD = struct.Struct("!II")
+_BUFLEN = struct.Struct("!Q")
+_MAX_HEADER = 256 * 1024 * 1024
+
+
+def write_frame(out: BinaryIO, header: Dict[str, Any], buffers: Sequence[Any] = ()) -> None:
+    """Write one frame; ``out`` is an unbuffered binary file (a pipe, a socket file, a spool)."""
+    head = json.dumps(header, separators=(",", ":")).encode()
+    parts: List[Any] = [_HEAD.pack(len(head), len(buffers)), head]
+    for buf in buffers:
+        view = memoryview(buf).cast("B")
+        parts.append(_BUFLEN.pack(view.nbytes))
+        parts.append(view)
+    small = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts) < 65536
+    if small:
+        out.write(b"".join(bytes(p) if isinstance(p, memoryview) else p for p in parts))
+    else:
+        for part in parts:
+            _write_all(out, part)
+
+
+def _write_all(out: BinaryIO, data: Any) -> None:
+    view = memoryview(data).cast("B")
+    while view.nbytes:
+        written = out.write(view)
+        if written is None:  # a buffered file wrote it all
+            return
+        view = view[written:]
+
+
+def _read_exact(inp: BinaryIO, size: int) -> Optional[bytearray]:
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        n = inp.readinto(view[got:])  # type: ignore[attr-defined]
+        if not n:
+            return None
+        got += n
+    return buf
+
+
+def read_frame(inp: BinaryIO) -> Optional[Tuple[Dict[str, Any], List[bytearray]]]:
+    """Read one frame; None at a clean end of file. A torn frame raises EOFError."""
+    first = _read_exact(inp, _HEAD.size)
+    if first is None:
+        return None
+    head_len, nbuf = _HEAD.unpack(first)
+    if head_len > _MAX_HEADER:
+        raise ValueError(f"frame header of {head_len} bytes: not a jupyter_rjobs stream")
+    head = _read_exact(inp, head_len)
+    if head is None:
+        raise EOFError("stream ended inside a frame")
+    buffers = []
+    for _ in range(nbuf):
+        size_bytes = _read_exact(inp, _BUFLEN.size)
+        if size_bytes is None:
+            raise EOFError("stream ended inside a frame")
+        data = _read_exact(inp, _BUFLEN.unpack(size_bytes)[0])
+        if data is None:
+            raise EOFError("stream ended inside a frame")
+        buffers.append(data)
+    return json.loads(head), buffers
+
+
+# --------------------------------------------------------------------------- values
+class _NeedsDill(Exception):
+    pass
+
+
+class _Pickler(pickle.Pickler):
+    """Standard pickle, except that notebook-defined functions and classes go to dill.
+
+    Plain pickle would store them by reference to ``__main__``, which the other side
+    does not have; dill stores them by value.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, (type, types.FunctionType)) and getattr(obj, "__module__", None) == "__main__":
+            raise _NeedsDill
+        return NotImplemented
+
+
+def dumps_value(obj: Any) -> Tuple[str, List[Any]]:
+    """Serialize ``obj``: (format, buffers). Pickle protocol 5 with out-of-band buffers, else dill."""
+    if isinstance(obj, types.ModuleType):
+        return "module", [obj.__name__.encode()]
+    out_of_band: List[Any] = []
+    stream = io.BytesIO()
+    try:
+        _Pickler(stream, protocol=5, buffer_callback=out_of_band.append).dump(obj)
+        return "pickle", [stream.getbuffer()] + [b.raw() for b in out_of_band]
+    except Exception:
+        pass
+    import dill  # pickle refused it (a lambda, a notebook class): dill keeps it by value
+
+    return "dill", [dill.dumps(obj, protocol=5, recurse=True)]
+
+
+def loads_value(fmt: str, buffers: Sequence[Any]) -> Any:
+    if fmt == "module":
+        import importlib
+
+        return importlib.import_module(bytes(buffers[0]).decode())
+    if fmt == "pickle":
+        return pickle.loads(buffers[0], buffers=buffers[1:])
+    if fmt == "dill":
+        import dill
+
+        return dill.loads(bytes(buffers[0]))
+    raise ValueError(f"unknown value format {fmt!r}")
+
+
+# --------------------------------------------------------------------------- capture
+RecordEmitter = Callable[[str, Any], None]
+
+
+class Sink:
+    """Where one job's output goes. Text is coalesced into whole lines; a switch between
+    stdout, stderr and anything else flushes first, so the order is kept."""
+
+    def __init__(self, emit: RecordEmitter) -> None:
+        self._emit = emit
+        self._lock = threading.RLock()
+        self._pending_stream: Optional[str] = None
+        self._pending: List[str] = []
+
+    def write(self, stream: str, text: str) -> None:
+        if not text:
+            return
+        with self._lock:
+            if self._pending_stream != stream:
+                self._flush_locked()
+                self._pending_stream = stream
+            self._pending.append(text)
+            if "\n" in text or sum(map(len, self._pending)) > 65536:
+                joined = "".join(self._pending)
+                cut = joined.rfind("\n") + 1 or len(joined)
+                self._pending = [joined[cut:]] if cut < len(joined) else []
+                self._emit(stream, joined[:cut])
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if self._pending_stream is not None and self._pending:
+            text = "".join(self._pending)
+            self._pending = []
+            if text:
+                self._emit(self._pending_stream, text)
+
+    def record(self, kind: str, data: Any) -> None:
+        with self._lock:
+            self._flush_locked()
+            self._emit(kind, data)
+
+
+_local = threading.local()
+_process_sink: Optional[Sink] = None  # a worker process's job sink, seen from every thread
+
+
+def current_sink() -> Optional[Sink]:
+    return getattr(_local, "sink", None) or _process_sink
+
+
+def set_thread_sink(sink: Optional[Sink]) -> None:
+    _local.sink = sink
+
+
+class RoutingStream:
+    """A stand-in for sys.stdout / sys.stderr: writes from a job go to its sink, the rest
+    to the stream it replaced (so the notebook's own prints stay in the notebook)."""
+
+    def __init__(self, fallback: Any, name: str) -> None:
+        self._fallback = fallback
+        self._name = name
+
+    def write(self, text: str) -> int:
+        sink = current_sink()
+        if sink is None:
+            return self._fallback.write(text)  # type: ignore[no-any-return]
+        sink.write(self._name, text)
+        return len(text)
+
+    def writelines(self, lines: Sequence[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        sink = current_sink()
+        if sink is None:
+            self._fallback.flush()
+        else:
+            sink.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fallback, name)
+
+
+def install_routing() -> None:
+    """Make sys.stdout and sys.stderr route job output (idempotent)."""
+    for name in ("stdout", "stderr"):
+        current = getattr(sys, name)
+        if not isinstance(current, RoutingStream):
+            setattr(sys, name, RoutingStream(current, name))
+
+
+_REPR_METHODS = (
+    ("text/html", "_repr_html_"),
+    ("text/markdown", "_repr_markdown_"),
+    ("image/svg+xml", "_repr_svg_"),
+    ("image/png", "_repr_png_"),
+    ("image/jpeg", "_repr_jpeg_"),
+    ("text/latex", "_repr_latex_"),
+    ("application/json", "_repr_json_"),
+    ("application/javascript", "_repr_javascript_"),
+)
+
+
+def mime_bundle(obj: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(data, metadata) of ``obj``'s rich reprs, the way IPython's formatters find them."""
+    if "IPython" in sys.modules:
+        try:
+            from IPython.core.formatters import DisplayFormatter
+
+            data, metadata = DisplayFormatter().format(obj)
+            return _jsonable_bundle(data), metadata or {}
+        except Exception:
+            pass
+    data: Dict[str, Any] = {}
+    metadata: Dict[str, Any] = {}
+    method = getattr(obj, "_repr_mimebundle_", None)
+    if callable(method):
+        try:
+            result = method()
+            if isinstance(result, tuple):
+                data, metadata = dict(result[0] or {}), dict(result[1] or {})
+            elif result:
+                data = dict(result)
+        except Exception:
+            data = {}
+    for mime, name in _REPR_METHODS:
+        method = getattr(obj, name, None)
+        if mime in data or not callable(method) or isinstance(obj, type):
+            continue
+        try:
+            value = method()
+        except Exception:
+            continue
+        if isinstance(value, tuple):
+            value, metadata[mime] = value
+        if value is not None:
+            data[mime] = value
+    data.setdefault("text/plain", repr(obj))
+    return _jsonable_bundle(data), metadata
+
+
+def _jsonable_bundle(data: Dict[str, Any]) -> Dict[str, Any]:
+    import base64
+
+    return {
+        mime: base64.b64encode(value).decode() if isinstance(value, bytes) else value
+        for mime, value in data.items()
+    }
+
+
+def display(*objs: Any, raw: bool = False, metadata: Optional[Dict[str, Any]] = None, **_: Any) -> None:
+    """IPython's ``display()`` for job code: each object's mime bundle becomes a record."""
+    sink = current_sink()
+    if sink is None:
+        print(*objs)
+        return
+    for obj in objs:
+        if raw and isinstance(obj, dict):
+            data, meta = obj, dict(metadata or {})
+        else:
+            data, meta = mime_bundle(obj)
+            meta.update(metadata or {})
+        sink.record("display", {"data": data, "metadata": meta})
+
+
+def progress(current: float, total: Optional[float] = None, message: str = "") -> None:
+    """Report progress from inside a job (PowerShell's Write-Progress); a no-op outside jobs."""
+    sink = current_sink()
+    if sink is not None:
+        sink.record("progress", {"current": current, "total": total, "message": str(message)})
+
+
+# --------------------------------------------------------------------------- running code
+class JobStopRequested(BaseException):
+    """Raised inside a job's thread to stop it (BaseException, so `except Exception` lets it pass)."""
+
+
+def compile_job(code: str, filename: str) -> Tuple[types.CodeType, Optional[types.CodeType]]:
+    """Compile a cell: the statements, and its last expression (whose value is the job's)."""
+    tree = ast.parse(code, filename, "exec")
+    last: Optional[types.CodeType] = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        expression = ast.Expression(tree.body.pop().value)
+        last = compile(expression, filename, "eval")
+    lines = code.splitlines(True)
+    linecache.cache[filename] = (len(code), None, lines, filename)  # tracebacks show the source
+    return compile(tree, filename, "exec"), last
+
+
+def execute(
+    compiled: Tuple[types.CodeType, Optional[types.CodeType]],
+    namespace: Dict[str, Any],
+    sink: Sink,
+    filename: str,
+) -> Tuple[str, Any]:
+    """Run compiled job code; returns ("Completed", value), ("Failed", error) or ("Stopped", None).
+
+    The error (a dict: ename, evalue, traceback) is also emitted as a record; the value is left
+    to the caller, which knows whether it must be serialized.
+    """
+    body, last = compiled
+    try:
+        exec(body, namespace)
+        value = eval(last, namespace) if last is not None else None
+        sink.flush()
+        return "Completed", value
+    except JobStopRequested:
+        sink.flush()
+        return "Stopped", None
+    except BaseException as exc:  # noqa: BLE001 - the job's error, whatever it is, is its result
+        sink.flush()
+        error = format_error(exc, filename)
+        sink.record("error", error)
+        return "Failed", dict(error, original=exc)
+
+
+def format_error(exc: BaseException, filename: str) -> Dict[str, Any]:
+    """ename, evalue and the traceback lines, from the job's own code down (agent frames cut)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != filename:
+        tb = tb.tb_next
+    tb = tb or exc.__traceback__
+    lines: List[str] = []
+    if "IPython" in sys.modules or _ipython_available():
+        try:
+            from IPython.core.ultratb import FormattedTB
+
+            formatter = FormattedTB(mode="Context", color_scheme="Linux")
+            lines = formatter.structured_traceback(type(exc), exc, tb)
+        except Exception:
+            lines = []
+    if not lines:
+        lines = "".join(traceback.format_exception(type(exc), exc, tb)).rstrip("\n").split("\n")
+    return {"ename": type(exc).__name__, "evalue": str(exc), "traceback": lines}
+
+
+def _ipython_available() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("IPython") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------- worker process
+class _FdCapture:
+    """Output written straight to file descriptors 1 and 2 (C code, subprocesses) becomes
+    records too: each fd is a pipe read by a thread."""
+
+    def __init__(self) -> None:
+        self._readers = []
+        self._busy = 0
+        self._lock = threading.Lock()
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            read_end, write_end = os.pipe()
+            os.dup2(write_end, fd)
+            os.close(write_end)
+            thread = threading.Thread(target=self._pump, args=(read_end, name), daemon=True)
+            thread.start()
+            self._readers.append(read_end)
+
+    def _pump(self, fd: int, name: str) -> None:
+        import codecs
+
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return
+            with self._lock:
+                self._busy += 1
+            try:
+                sink = current_sink()
+                if sink is not None:
+                    sink.write(name, decoder.decode(chunk))
+            finally:
+                with self._lock:
+                    self._busy -= 1
+
+    def drain(self, timeout: float = 1.0) -> None:
+        """Wait until what the job wrote to the fds has been read (so it comes before its end)."""
+        import fcntl
+        import termios
+
+        deadline = time.monotonic() + timeout
+        pending = bytearray(4)
+        while time.monotonic() < deadline:
+            waiting = 0
+            for fd in self._readers:
+                fcntl.ioctl(fd, termios.FIONREAD, pending)
+                waiting += struct.unpack("i", bytes(pending))[0]
+            if not waiting and not self._busy:
+                return
+            time.sleep(0.001)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """A worker whose kernel is gone (even by SIGKILL) takes its whole process group down."""
+    import signal
+
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent_pid:
+            os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+class _PatchDisplayOnImport:
+    """An import hook: when job code imports IPython's display, that display() gives records.
+
+    Done lazily because importing IPython costs a quarter of a second that most jobs never need.
+    """
+
+    TARGETS = ("IPython.core.display_functions", "IPython.display")
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name not in self.TARGETS:
+            return None
+        import importlib.machinery
+
+        spec = importlib.machinery.PathFinder.find_spec(name, path, target)
+        if spec is not None and spec.loader is not None:
+            loader = spec.loader
+            original_exec = loader.exec_module  # type: ignore[attr-defined]
+
+            def exec_module(module: types.ModuleType) -> None:
+                original_exec(module)
+                module.display = display  # type: ignore[attr-defined]
+
+            loader.exec_module = exec_module  # type: ignore[attr-defined]
+        return spec
+
+
+def _install_rich_display() -> None:
+    """display() in job code, with or without `from IPython.display import display`, gives records."""
+    builtins.display = display  # type: ignore[attr-defined]
+    for name in _PatchDisplayOnImport.TARGETS:
+        module = sys.modules.get(name)
+        if module is not None:
+            module.display = display  # type: ignore[attr-defined]
+    sys.meta_path.insert(0, _PatchDisplayOnImport())
+
+
+def _load_variables(header: Dict[str, Any], buffers: List[bytearray]) -> Dict[str, Any]:
+    values: Dict[str, Any] = {}
+    position = 0
+    for spec in header.get("variables", []):
+        count = spec["nbuf"]
+        try:
+            values[spec["name"]] = loads_value(spec["format"], buffers[position : position + count])
+        except Exception as exc:
+            raise RuntimeError(f"could not load variable {spec['name']!r} in the job: {type(exc).__name__}: {exc}") from exc
+        position += count
+    return values
+
+
+def _run_one(header: Dict[str, Any], buffers: List[bytearray], out: BinaryIO, fds: _FdCapture) -> None:
+    global _process_sink
+    job_id = header["job"]
+    seq = [0]
+    lock = threading.Lock()
+
+    def emit(kind: str, data: Any, frame_buffers: Sequence[Any] = ()) -> None:
+        with lock:
+            seq[0] += 1
+            write_frame(out, {"op": "record", "job": job_id, "seq": seq[0], "kind": kind, "time": time.time(), "data": data}, frame_buffers)
+
+    sink = Sink(emit)
+    filename = header["filename"]
+    module = types.ModuleType("__main__")
+    sys.modules["__main__"] = module
+    namespace = module.__dict__
+    namespace["__builtins__"] = builtins
+    emit("state", "Running")
+    _process_sink = sink
+    state = "Failed"
+    try:
+        for path in header.get("sys_path", ()):
+            if path not in sys.path:
+                sys.path.append(path)
+        if header.get("cwd"):
+            try:
+                os.chdir(header["cwd"])
+            except OSError:
+                pass
+        try:
+            namespace.update(_load_variables(header, buffers))
+            compiled = compile_job(header["code"], filename)
+        except BaseException as exc:  # noqa: BLE001
+            sink.record("error", format_error(exc, filename))
+            value = None
+        else:
+            state, value = execute(compiled, namespace, sink, filename)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        fds.drain()
+        sink.flush()
+        if state == "Completed" and value is not None:
+            state = _emit_value(value, emit, sink)
+    finally:
+        _process_sink = None
+        emit("state", state)
+
+
+def _emit_value(value: Any, emit: Callable[..., None], sink: Sink) -> str:
+    """Send the job's value back; a value that cannot be serialized fails the job, saying why."""
+    try:
+        fmt, value_buffers = dumps_value(value)
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        sink.record("error", {
+            "ename": "UnsendableValue",
+            "evalue": f"the job's value (a {type(value).__name__}) cannot be sent back ({reason}); return something picklable",
+            "traceback": [f"UnsendableValue: a {type(value).__name__} cannot be serialized ({reason})", "its repr: " + repr(value)[:2000]],
+        })
+        return "Failed"
+    emit("value", {"format": fmt}, value_buffers)
+    return "Completed"
+
+
+def worker_main() -> None:
+    """A pre-started process job worker: reads run requests on stdin, writes records on stdout."""
+    out = os.fdopen(os.dup(1), "wb", buffering=0)
+    inp = os.fdopen(os.dup(0), "rb")
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    fds = _FdCapture()
+    sys.stdout = RoutingStream(io.TextIOWrapper(os.fdopen(1, "wb", buffering=0), write_through=True), "stdout")
+    sys.stderr = RoutingStream(io.TextIOWrapper(os.fdopen(2, "wb", buffering=0), write_through=True), "stderr")
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    _install_rich_display()
+    write_frame(out, {"op": "ready", "pid": os.getpid(), "version": AGENT_VERSION, "python": sys.version.split()[0]})
+    while True:
+        frame = read_frame(inp)
+        if frame is None:
+            return
+        header, buffers = frame
+        if header.get("op") == "run":
+            _run_one(header, buffers, out, fds)
+            write_frame(out, {"op": "idle"})
+
+
+if __name__ == "__main__":
+    worker_main()

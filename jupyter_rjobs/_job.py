@@ -1,0 +1,234 @@
+"""The job object: PowerShell's job properties on a ``concurrent.futures.Future``."""
+
+from __future__ import annotations
+
+import enum
+import threading
+import uuid
+from concurrent.futures import Future
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Callable
+
+from ._errors import JobError, JobStoppedError
+from ._records import Record, RecordKind, RecordStream
+
+if TYPE_CHECKING:
+    from ._backend import JobRunner
+
+__all__ = ["JobState", "JobKind", "Job"]
+
+
+class JobState(enum.Enum):
+    NotStarted = "NotStarted"
+    Running = "Running"
+    Completed = "Completed"
+    Failed = "Failed"
+    Stopping = "Stopping"
+    Stopped = "Stopped"
+    Blocked = "Blocked"
+    Disconnected = "Disconnected"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED_STATES
+
+    @classmethod
+    def parse(cls, text: str | JobState) -> JobState:
+        if isinstance(text, JobState):
+            return text
+        for state in cls:
+            if state.value.lower() == str(text).lower():
+                return state
+        names = ", ".join(s.value for s in cls)
+        raise ValueError(f"unknown job state {text!r}; use one of {names}")
+
+
+FINISHED_STATES = frozenset({JobState.Completed, JobState.Failed, JobState.Stopped})
+
+
+class JobKind(enum.Enum):
+    """The PowerShell type name of each kind of job (PSJobTypeName)."""
+
+    THREAD = "ThreadJob"
+    PROCESS = "BackgroundJob"
+    REMOTE = "RemoteJob"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, text: str | JobKind) -> JobKind:
+        if isinstance(text, JobKind):
+            return text
+        aliases = {"thread": cls.THREAD, "process": cls.PROCESS, "remote": cls.REMOTE}
+        for kind in cls:
+            aliases[kind.value.lower()] = kind
+        try:
+            return aliases[str(text).lower()]
+        except KeyError:
+            raise ValueError(f"unknown job kind {text!r}; use thread, process or remote") from None
+
+
+def aggregate_state(states: list[JobState]) -> JobState:
+    """A parent job's state from its children's, by PowerShell's rules.
+
+    Running while any child runs (or is yet to start); once none does: Disconnected if
+    any child is, else Failed if any failed, else Stopped if any was stopped, else Completed.
+    """
+    present = set(states)
+    if not present:
+        return JobState.NotStarted
+    if present == {JobState.NotStarted}:
+        return JobState.NotStarted
+    if JobState.Running in present or JobState.NotStarted in present:
+        return JobState.Running
+    for busy in (JobState.Stopping, JobState.Blocked):
+        if busy in present:
+            return busy
+    for final in (JobState.Disconnected, JobState.Failed, JobState.Stopped):
+        if final in present:
+            return final
+    return JobState.Completed
+
+
+def shorten(code: str, width: int = 60) -> str:
+    """The code on one line, cut to ``width`` characters, for tables."""
+    one_line = " ; ".join(line.strip() for line in code.strip().splitlines() if line.strip())
+    return one_line if len(one_line) <= width else one_line[: width - 3] + "..."
+
+
+StateListener = Callable[["Job", JobState, JobState], None]
+RecordListener = Callable[["Job", Record], None]
+
+
+class Job(Future):  # type: ignore[type-arg]
+    """One job. A ``concurrent.futures.Future`` whose result is the value of the code's last expression.
+
+    ``result()`` raises :class:`JobError` (with the job-side traceback) for a failed job and
+    :class:`JobStoppedError` for a stopped one.
+    """
+
+    def __init__(
+        self,
+        id: int,
+        kind: JobKind,
+        code: str,
+        name: str | None = None,
+        location: str = "localhost",
+        parent: Job | None = None,
+        on_state: StateListener | None = None,
+        on_record: RecordListener | None = None,
+    ) -> None:
+        super().__init__()
+        self.id = id
+        self.instance_id = uuid.uuid4()
+        self.name = name or f"Job{id}"
+        self.kind = kind
+        self.location = location
+        self.code = code
+        self.command = shorten(code)
+        self.parent = parent
+        self.children: list[Job] = []
+        self.begin_time: datetime | None = None
+        self.end_time: datetime | None = None
+        self.error: JobError | None = None
+        self.runner: JobRunner | None = None
+        self._job_state = JobState.NotStarted
+        self._state_lock = threading.RLock()
+        self._value: Any = None
+        self._on_state = on_state
+        self._on_record = on_record
+        self.stream = RecordStream(id, on_append=self._record_appended)
+
+    # -- properties -----------------------------------------------------------------
+    @property
+    def state(self) -> JobState:
+        if self.children:
+            return aggregate_state([child.state for child in self.children])
+        return self._job_state
+
+    @property
+    def has_more_data(self) -> bool:
+        if self.children:
+            return any(child.has_more_data for child in self.children)
+        return not self._job_state.finished or self.stream.has_unreceived
+
+    @property
+    def label(self) -> str:
+        return f"job {self.id} ({self.name})" if self.name != f"Job{self.id}" else f"job {self.id}"
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.name!r} {self.kind} {self.state} at {self.location}>"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        from ._table import text_table
+
+        printer.text(text_table([self]))
+
+    def _repr_html_(self) -> str:
+        from ._table import html_table
+
+        return html_table([self])
+
+    # -- what runners call ----------------------------------------------------------
+    def _record_appended(self, record: Record) -> None:
+        if record.kind is RecordKind.VALUE:
+            self._value = record.data
+        elif record.kind is RecordKind.ERROR and self.error is None:
+            data = record.data
+            self.error = JobError(data["ename"], data["evalue"], data.get("traceback", ()), data.get("original"))
+        if self._on_record is not None:
+            self._on_record(self, record)
+
+    def emit(self, kind: RecordKind, data: Any, seq: int | None = None, when: float | None = None) -> None:
+        self.stream.append(kind, data, seq=seq, when=when)
+
+    def fail(self, ename: str, evalue: str, traceback: list[str] | None = None) -> None:
+        """Record an error raised outside the job's code (its worker died, say) and end as Failed."""
+        if self.error is None:
+            self.emit(RecordKind.ERROR, {"ename": ename, "evalue": evalue, "traceback": traceback or [f"{ename}: {evalue}"]})
+        self.set_state(JobState.Failed)
+
+    def set_state(self, new: JobState) -> bool:
+        """Move to ``new``; a finished job never changes again. Returns whether it changed."""
+        with self._state_lock:
+            old = self._job_state
+            if old is new or old.finished:
+                return False
+            if old is JobState.Stopping and new in (JobState.Completed, JobState.Failed):
+                new = JobState.Stopped if new is JobState.Failed else new
+            self._job_state = new
+            if new is JobState.Running and self.begin_time is None:
+                self.begin_time = datetime.now()
+            if new.finished:
+                self.end_time = datetime.now()
+                if self.begin_time is None:
+                    self.begin_time = self.end_time
+        if new.finished:
+            self.stream.close()
+            self._settle_future(new)
+        if self._on_state is not None:
+            self._on_state(self, old, new)
+        return True
+
+    def _settle_future(self, state: JobState) -> None:
+        if self.done():
+            return
+        if state is JobState.Completed:
+            self.set_result(self._value)
+        elif state is JobState.Failed:
+            self.set_exception(self.error or JobError("JobFailed", f"{self.label} failed"))
+        else:
+            self.set_exception(JobStoppedError(self.label))
+
+    def cancel(self) -> bool:
+        """Future API: a job that has not started yet is stopped and never runs; others are not touched."""
+        if self._job_state is JobState.NotStarted:
+            return self.set_state(JobState.Stopped)
+        return False
+
+    def cancelled(self) -> bool:
+        return False

@@ -1,0 +1,256 @@
+"""The %rjob magics: a thin layer over JobManager. Every subcommand parses its arguments,
+calls the manager, and shows the result; bad input is a one-line UsageError."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from ._errors import RJobError
+from ._ipython import Renderer
+from ._job import Job, JobKind, JobState
+from ._manager import JobManager
+from ._namespace import parse_names
+from ._table import JobDetails, JobTable
+
+__all__ = ["RJobMagics"]
+
+_STATES = ", ".join(s.value for s in JobState)
+
+
+@magic_arguments(name="rjob start")
+@argument("--thread", action="store_true", help="run in a thread of this kernel (Start-ThreadJob)")
+@argument("--process", action="store_true", help="run in a separate local process; the default (Start-Job)")
+@argument("--name", help="the job's name (default Job<Id>)")
+@argument("--push", metavar="NAMES", help="send exactly these notebook variables to a process job: a,b")
+@argument("--no-push", action="store_true", help="send no notebook variables")
+@argument("--out", metavar="VAR", help="also store the Job object in this variable")
+def _start_args() -> None:
+    """Start the cell (or, in line form, the code after `--`) as a job; returns at once.
+
+    `%%rjob start [options]` + cell, or `%rjob start [options] -- EXPRESSION`.
+    A process job gets the notebook variables its code reads (PowerShell's $using:).
+    """
+
+
+@magic_arguments(name="rjob list")
+@argument("jobs", nargs="*", help="ids or names (wildcards allowed)")
+@argument("--state", help=f"only jobs in this state ({_STATES})")
+@argument("--has-more-data", action="store_true", help="only jobs with output not yet received")
+@argument("--kind", choices=["thread", "process", "remote"], help="only jobs of this kind")
+@argument("--include-children", action="store_true", help="list child jobs too")
+def _list_args() -> None:
+    """List jobs (Get-Job)."""
+
+
+@magic_arguments(name="rjob show")
+@argument("job", help="an id or name")
+def _show_args() -> None:
+    """Every property of one job: times, full command, children, error and its traceback."""
+
+
+@magic_arguments(name="rjob wait")
+@argument("jobs", nargs="*", help="ids or names (default: all jobs)")
+@argument("--any", action="store_true", help="return when any one job has finished")
+@argument("--timeout", type=float, metavar="S", help="give up after S seconds and say which jobs still run")
+def _wait_args() -> None:
+    """Block until the jobs finish (Wait-Job); lists the finished ones and names those still running."""
+
+
+@magic_arguments(name="rjob receive")
+@argument("jobs", nargs="*", help="ids or names (default: all jobs)")
+@argument("--keep", action="store_true", help="leave the output to be received again (Receive-Job -Keep)")
+@argument("--wait", action="store_true", help="stream output as it comes until the jobs end")
+@argument("--auto-remove", action="store_true", help="with --wait: remove the jobs when they have ended")
+@argument("--out", metavar="VAR", help="also store the value (a dict for several jobs) in this variable")
+def _receive_args() -> None:
+    """Show the output produced since the last receive, in order, and return the job's value as Out
+    (a dict of values for several jobs)."""
+
+
+@magic_arguments(name="rjob stop")
+@argument("jobs", nargs="+", help="ids or names")
+def _stop_args() -> None:
+    """Stop jobs (Stop-Job): Stopping, then Stopped; a process job's whole process tree ends."""
+
+
+@magic_arguments(name="rjob remove")
+@argument("jobs", nargs="*", help="ids or names")
+@argument("--force", action="store_true", help="stop running jobs first")
+@argument("--state", help=f"remove the jobs in this state ({_STATES})")
+def _remove_args() -> None:
+    """Forget jobs and their output (Remove-Job); a running job needs --force."""
+
+
+_SUBCOMMANDS: dict[str, Callable[[], None]] = {
+    "start": _start_args,
+    "list": _list_args,
+    "show": _show_args,
+    "wait": _wait_args,
+    "receive": _receive_args,
+    "stop": _stop_args,
+    "remove": _remove_args,
+}
+
+
+def _usage() -> str:
+    parts = [
+        "Run cells as jobs in a thread, another process or (later) remote hosts, while the notebook stays free.",
+        "",
+        "Subcommands: " + ", ".join(_SUBCOMMANDS) + ". Jobs are named by id or name, several at once.",
+    ]
+    for func in _SUBCOMMANDS.values():
+        parts += ["", "-" * 70, func.__doc__ or ""]
+    return "\n".join(parts)
+
+
+def _parse(func: Callable[[], None], line: str) -> Any:
+    try:
+        return parse_argstring(func, line)
+    except UsageError:
+        raise
+    except ValueError as exc:  # unbalanced quotes, say
+        raise UsageError(f"cannot read the arguments ({exc}); see %rjob?") from None
+
+
+@magics_class
+class RJobMagics(Magics):
+    def __init__(self, shell: Any, manager: JobManager) -> None:
+        super().__init__(shell)
+        self.manager = manager
+
+    @line_cell_magic
+    def rjob(self, line: str, cell: str | None = None) -> Any:
+        subcommand, _, rest = line.strip().partition(" ")
+        handler = getattr(self, f"_do_{subcommand}", None)
+        if not subcommand or handler is None:
+            known = ", ".join(_SUBCOMMANDS)
+            raise UsageError(f"unknown %rjob subcommand {subcommand!r}; use one of: {known} (see %rjob?)")
+        if cell is not None and subcommand != "start":
+            raise UsageError(f"%%rjob {subcommand} takes no cell; only %%rjob start runs a cell")
+        try:
+            return handler(rest.strip(), cell)
+        except RJobError as exc:
+            raise UsageError(str(exc)) from None
+        except ValueError as exc:  # an unknown state or kind name
+            raise UsageError(str(exc)) from None
+
+    rjob.__doc__ = _usage()
+
+    # -- subcommands ------------------------------------------------------------------
+    def _do_start(self, rest: str, cell: str | None) -> Job:
+        options, code = _split_code(rest)
+        args = _parse(_start_args, options)
+        if cell is not None and code:
+            raise UsageError("give the code either as the cell or after `--`, not both")
+        code = cell if cell is not None else code
+        if not code or not code.strip():
+            raise UsageError("no code to run: use %%rjob start with a cell, or %rjob start -- EXPRESSION")
+        if args.thread and args.process:
+            raise UsageError("choose one of --thread and --process")
+        if args.push is not None and args.no_push:
+            raise UsageError("choose one of --push NAMES and --no-push")
+        kind = JobKind.THREAD if args.thread else JobKind.PROCESS
+        push = [] if args.no_push else parse_names(args.push)
+        job = self.manager.start(code, kind, name=args.name, push=push, namespace=self.shell.user_ns)
+        if args.out:
+            self.shell.user_ns[args.out] = job
+        return job
+
+    def _do_list(self, rest: str, cell: str | None) -> JobTable:
+        args = _parse(_list_args, rest)
+        jobs = self.manager.list(
+            args.jobs or None,
+            state=args.state,
+            has_more_data=True if args.has_more_data else None,
+            kind=args.kind,
+            include_children=args.include_children,
+        )
+        return JobTable(jobs, include_children=args.include_children)
+
+    def _do_show(self, rest: str, cell: str | None) -> JobDetails:
+        args = _parse(_show_args, rest)
+        return JobDetails(self.manager.get(args.job))
+
+    def _do_wait(self, rest: str, cell: str | None) -> JobTable:
+        args = _parse(_wait_args, rest)
+        result = self.manager.wait(args.jobs or None, any=args.any, timeout=args.timeout)
+        note = ""
+        if result.still_running:
+            still = ", ".join(f"{j.id} ({j.name}, {j.state})" for j in result.still_running)
+            if result.timed_out:
+                note = f"Timed out after {args.timeout:g} s; still running: {still}"
+            else:
+                note = f"Still running: {still}"
+        return JobTable(result, note=note)
+
+    def _do_receive(self, rest: str, cell: str | None) -> Any:
+        args = _parse(_receive_args, rest)
+        if args.auto_remove and not args.wait:
+            raise UsageError("--auto-remove needs --wait (the jobs must end before they are removed)")
+        jobs = self.manager.resolve(args.jobs or None)
+        leaves = [leaf for job in jobs for leaf in (job.children or [job])]
+        renderer = Renderer(self.shell, leaves, streaming=args.wait)
+        if args.wait:
+            records: Any = self.manager.follow(jobs, keep=args.keep)
+        else:
+            records = self.manager.receive(jobs, keep=args.keep)
+        try:
+            for record in records:
+                renderer.render(record)
+        except KeyboardInterrupt:
+            print("\n(receive interrupted; the jobs keep running and nothing unseen was lost)")
+        finally:
+            renderer.finish()
+        if args.auto_remove:
+            self.manager.remove([j for j in jobs if j.state.finished])
+        result = _values(leaves, renderer.values)
+        if args.out:
+            self.shell.user_ns[args.out] = result
+        return result
+
+    def _do_stop(self, rest: str, cell: str | None) -> JobTable:
+        args = _parse(_stop_args, rest)
+        jobs = self.manager.stop(args.jobs)
+        stuck = [j for j in jobs if j.state is JobState.Stopping]
+        note = ""
+        if stuck:
+            note = (
+                "Still stopping: " + ", ".join(j.label for j in stuck) + " (a thread inside C code stops when it"
+                " returns to Python)"
+            )
+        return JobTable(jobs, note=note)
+
+    def _do_remove(self, rest: str, cell: str | None) -> None:
+        args = _parse(_remove_args, rest)
+        if not args.jobs and not args.state:
+            raise UsageError("name the jobs to remove, or choose them with --state STATE")
+        removed = self.manager.remove(args.jobs or None, force=args.force, state=args.state)
+        if removed:
+            print("Removed " + ", ".join(j.label for j in removed))
+        else:
+            print("No job matched; nothing was removed")
+
+
+def _split_code(rest: str) -> tuple[str, str]:
+    """Options before `--`, code after it (kept verbatim: it is Python, not shell words)."""
+    if rest.startswith("-- ") or rest == "--":
+        return "", rest[2:].strip()
+    options, separator, code = rest.partition(" -- ")
+    return (options, code.strip()) if separator else (rest, "")
+
+
+def _values(leaves: list[Job], values: dict[int, Any]) -> Any:
+    """One job: its value. Several: {name (or host, or id where names repeat): value}."""
+    if len(leaves) == 1:
+        return values.get(leaves[0].id)
+    if not values:
+        return None
+    keys = [leaf.location if leaf.parent is not None else leaf.name for leaf in leaves]
+    if len(set(keys)) != len(keys):
+        keys = [str(leaf.id) for leaf in leaves]
+    return {key: values[leaf.id] for key, leaf in zip(keys, leaves) if leaf.id in values}
+

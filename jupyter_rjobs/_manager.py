@@ -1,0 +1,455 @@
+"""The job manager: PowerShell's job commands as plain Python. Imports nothing from IPython."""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import concurrent.futures
+import enum
+import fnmatch
+import logging
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
+
+from ._backend import Backend
+from ._errors import AmbiguousJobError, JobCodeError, JobNotFoundError, JobStateError, RJobError, UsageProblem
+from ._job import Job, JobKind, JobState
+from ._process_backend import ProcessBackend
+from ._records import Record
+from ._thread_backend import ThreadBackend
+
+__all__ = ["JobManager", "JobEvent", "EventKind", "WaitResult", "JobSpec"]
+
+log = logging.getLogger(__name__)
+
+JobSpec = Union[Job, int, str]
+"""A job, its id, or its name (wildcards allowed where several jobs may match)."""
+
+
+class EventKind(enum.Enum):
+    ADDED = "added"
+    STATE = "state"
+    RECORD = "record"
+    REMOVED = "removed"
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    kind: EventKind
+    job: Job
+    old_state: JobState | None = None
+    new_state: JobState | None = None
+    record: Record | None = None
+
+
+class WaitResult(list):  # type: ignore[type-arg]
+    """The jobs that finished (a list), and ``still_running``: those that had not when ``wait`` returned."""
+
+    def __init__(self, finished: Iterable[Job], still_running: Iterable[Job], timed_out: bool) -> None:
+        super().__init__(finished)
+        self.still_running: list[Job] = list(still_running)
+        self.timed_out = timed_out
+
+
+class _Throttle:
+    """At most ``limit`` jobs of one kind run at once; the rest wait NotStarted, in order."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._active: set[Job] = set()
+        self._queue: collections.deque[tuple[Job, Callable[[], None]]] = collections.deque()
+        self._lock = threading.Lock()
+
+    def submit(self, job: Job, launch: Callable[[], None]) -> None:
+        with self._lock:
+            if len(self._active) >= self.limit:
+                self._queue.append((job, launch))
+                return
+            self._active.add(job)
+        launch()
+
+    def finished(self, job: Job) -> None:
+        with self._lock:
+            self._active.discard(job)
+            next_launch = None
+            while self._queue and len(self._active) < self.limit:
+                queued, launch = self._queue.popleft()
+                if queued.state is JobState.NotStarted:
+                    self._active.add(queued)
+                    next_launch = launch
+                    break
+        if next_launch is not None:
+            next_launch()
+
+    def cancel(self, job: Job) -> bool:
+        with self._lock:
+            for entry in self._queue:
+                if entry[0] is job:
+                    self._queue.remove(entry)
+                    return True
+        return False
+
+
+class JobManager:
+    """Starts jobs and keeps them: list, get, wait, receive, stop, remove; observable by events.
+
+    ``max_thread_jobs`` and ``max_process_jobs`` throttle how many run at once (the rest
+    wait NotStarted, in order). ``stop_grace`` is how long a stopped job has before it is
+    killed. Timeouts are seconds, ``None`` meaning forever.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_thread_jobs: int = 8,
+        max_process_jobs: int | None = None,
+        warm_workers: int = 2,
+        stop_grace: float = 3.0,
+        python: str | None = None,
+    ) -> None:
+        self.stop_grace = stop_grace
+        self._backends: dict[JobKind, Backend] = {
+            JobKind.THREAD: ThreadBackend(max_thread_jobs),
+            JobKind.PROCESS: ProcessBackend(max_process_jobs, warm=warm_workers, python=python),
+        }
+        self._throttles = {kind: _Throttle(b.max_concurrent) for kind, b in self._backends.items()}
+        self._jobs: dict[int, Job] = {}
+        self._next_id = 1
+        self._lock = threading.RLock()
+        self._activity = threading.Condition()
+        self._listeners: list[Callable[[JobEvent], None]] = []
+        self._closed = False
+        atexit.register(_shutdown_at_exit, weakref.ref(self))
+
+    # -- backends -------------------------------------------------------------------------
+    def add_backend(self, backend: Backend) -> None:
+        """Plug in another kind of job (the remote backend, say)."""
+        self._backends[backend.kind] = backend
+        self._throttles[backend.kind] = _Throttle(backend.max_concurrent)
+
+    def backend(self, kind: JobKind | str) -> Backend:
+        kind = JobKind.parse(kind)
+        try:
+            return self._backends[kind]
+        except KeyError:
+            raise UsageProblem(f"{kind} jobs are not available in this manager") from None
+
+    def prewarm(self) -> None:
+        """Start process job workers now, so the first process job starts at once."""
+        backend = self._backends[JobKind.PROCESS]
+        if isinstance(backend, ProcessBackend):
+            backend.prewarm()
+
+    # -- events ---------------------------------------------------------------------------
+    def subscribe(self, listener: Callable[[JobEvent], None]) -> Callable[[], None]:
+        """Call ``listener(event)`` on every job event, from whatever thread caused it.
+
+        Returns the function that unsubscribes it. Listeners must be quick and must not raise.
+        """
+        with self._lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def _emit(self, event: JobEvent) -> None:
+        with self._activity:
+            self._activity.notify_all()
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # noqa: BLE001 - a broken observer must not break jobs
+                log.exception("jupyter_rjobs event listener failed")
+
+    def _job_state_changed(self, job: Job, old: JobState, new: JobState) -> None:
+        if new.finished:
+            self._throttles[job.kind].finished(job)
+        self._emit(JobEvent(EventKind.STATE, job, old_state=old, new_state=new))
+
+    def _job_record(self, job: Job, record: Record) -> None:
+        self._emit(JobEvent(EventKind.RECORD, job, record=record))
+
+    # -- starting -------------------------------------------------------------------------
+    def start(
+        self,
+        code: str,
+        kind: JobKind | str = JobKind.PROCESS,
+        *,
+        name: str | None = None,
+        push: Sequence[str] | None = None,
+        namespace: Mapping[str, Any] | None = None,
+    ) -> Job:
+        """Start ``code`` as a job and return it at once (NotStarted if throttled).
+
+        ``namespace`` is where the code's variables come from (the notebook's user namespace):
+        a thread job runs in a shallow copy of it; a process job gets the variables it reads,
+        or those named by ``push`` (``[]``: none). Bad code or an unsendable variable raises
+        before any job exists.
+        """
+        if self._closed:
+            raise RJobError("this job manager is shut down; create a new one")
+        backend = self.backend(kind)
+        with self._lock:
+            job_id = self._next_id
+            self._next_id += 1
+        try:
+            prepared = backend.prepare(code, f"<rjob {job_id}>", namespace, push)
+        except SyntaxError as exc:
+            self._give_back_id(job_id)
+            raise JobCodeError(exc) from None
+        except BaseException:
+            self._give_back_id(job_id)
+            raise
+        job = Job(job_id, backend.kind, code, name, on_state=self._job_state_changed, on_record=self._job_record)
+        with self._lock:
+            self._jobs[job_id] = job
+        self._emit(JobEvent(EventKind.ADDED, job))
+        self._throttles[backend.kind].submit(job, lambda: self._launch(backend, job, prepared))
+        return job
+
+    def _give_back_id(self, job_id: int) -> None:
+        with self._lock:
+            if self._next_id == job_id + 1:
+                self._next_id = job_id
+
+    @staticmethod
+    def _launch(backend: Backend, job: Job, prepared: Any) -> None:
+        try:
+            backend.launch(job, prepared)
+        except Exception as exc:  # noqa: BLE001 - reported on the job
+            job.fail(type(exc).__name__, f"the job could not be started: {exc}")
+
+    # -- finding --------------------------------------------------------------------------
+    def _all_jobs(self) -> list[Job]:
+        with self._lock:
+            top = sorted(self._jobs.values(), key=lambda j: j.id)
+        out: list[Job] = []
+        for job in top:
+            out.append(job)
+            out.extend(job.children)
+        return out
+
+    def list(
+        self,
+        jobs: JobSpec | Sequence[JobSpec] | None = None,
+        *,
+        state: JobState | str | None = None,
+        has_more_data: bool | None = None,
+        kind: JobKind | str | None = None,
+        include_children: bool = False,
+    ) -> list[Job]:
+        """The jobs, filtered: by id or name (wildcards: ``crunch*``), state, HasMoreData, kind."""
+        candidates = self.resolve(jobs, missing_ok=True) if jobs is not None else self._all_jobs()
+        if not include_children:
+            candidates = [j for j in candidates if j.parent is None or jobs is not None]
+        want_state = JobState.parse(state) if state is not None else None
+        want_kind = JobKind.parse(kind) if kind is not None else None
+        return [
+            job
+            for job in candidates
+            if (want_state is None or job.state is want_state)
+            and (has_more_data is None or job.has_more_data == has_more_data)
+            and (want_kind is None or job.kind is want_kind)
+        ]
+
+    def get(self, spec: JobSpec) -> Job:
+        """One job by id or exact name; a name several jobs share is an error naming their ids."""
+        if isinstance(spec, Job):
+            return spec
+        found = self._match(spec)
+        if not found:
+            raise JobNotFoundError(spec)
+        if len(found) > 1:
+            raise AmbiguousJobError(str(spec), [j.id for j in found])
+        return found[0]
+
+    def resolve(self, specs: JobSpec | Sequence[JobSpec] | None, *, missing_ok: bool = False) -> list[Job]:
+        """Jobs named by ids, names or wildcard patterns (all that match), in id order, no repeats."""
+        if specs is None:
+            return [j for j in self._all_jobs() if j.parent is None]
+        if isinstance(specs, (Job, int, str)):
+            specs = [specs]
+        found: dict[int, Job] = {}
+        for spec in specs:
+            matches = [spec] if isinstance(spec, Job) else self._match(spec)
+            if not matches and not missing_ok:
+                raise JobNotFoundError(spec)
+            for job in matches:
+                found.setdefault(job.id, job)
+        return [found[i] for i in sorted(found)]
+
+    def _match(self, spec: int | str) -> list[Job]:
+        everything = self._all_jobs()
+        if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
+            return [j for j in everything if j.id == int(spec)]
+        if any(ch in spec for ch in "*?["):
+            return [j for j in everything if fnmatch.fnmatchcase(j.name, spec)]
+        return [j for j in everything if j.name == spec]
+
+    # -- waiting and receiving ------------------------------------------------------------
+    def wait(self, jobs: JobSpec | Sequence[JobSpec] | None = None, *, any: bool = False, timeout: float | None = None) -> WaitResult:
+        """Block until all (or ``any``) of the jobs finish, or ``timeout`` seconds pass.
+
+        Returns the finished jobs; ``.still_running`` lists the others, ``.timed_out`` says why it returned.
+        """
+        targets = self.resolve(jobs)
+        mode = concurrent.futures.FIRST_COMPLETED if any else concurrent.futures.ALL_COMPLETED
+        done, pending = concurrent.futures.wait(targets, timeout=timeout, return_when=mode)
+        finished = [j for j in targets if j in done]
+        still = [j for j in targets if j in pending]
+        return WaitResult(finished, still, timed_out=bool(still) and not (any and finished))
+
+    def receive(
+        self,
+        jobs: JobSpec | Sequence[JobSpec] | None = None,
+        *,
+        keep: bool = False,
+        wait: bool = False,
+        auto_remove: bool = False,
+        timeout: float | None = None,
+    ) -> list[Record]:
+        """The records the jobs produced since the last receive (``keep``: and leave them unreceived).
+
+        ``wait`` collects until the jobs end (see :meth:`follow` to get them as they come);
+        ``auto_remove`` (with ``wait``) removes the jobs afterwards.
+        """
+        if auto_remove and not wait:
+            raise UsageProblem("auto_remove needs wait: add --wait so the jobs can end before they are removed")
+        targets = self.resolve(jobs)
+        if wait:
+            records = list(self.follow(targets, keep=keep, timeout=timeout))
+        else:
+            records = []
+            for job in targets:
+                for leaf in _leaves(job):
+                    records.extend(leaf.stream.take(keep=keep))
+        if auto_remove:
+            self.remove([j for j in targets if j.state.finished])
+        return records
+
+    def follow(
+        self, jobs: JobSpec | Sequence[JobSpec] | None = None, *, keep: bool = False, timeout: float | None = None
+    ) -> Iterator[Record]:
+        """Yield the jobs' records as they arrive, until all the jobs have ended (or ``timeout``).
+
+        Without ``keep`` a record counts as received once yielded: stopping half way loses nothing unseen.
+        """
+        leaves = [leaf for job in self.resolve(jobs) for leaf in _leaves(job)]
+        seen = {leaf.id: 0 for leaf in leaves}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            progressed = False
+            for leaf in leaves:
+                for record in leaf.stream.take(after=seen[leaf.id], keep=keep):
+                    seen[leaf.id] = record.seq
+                    progressed = True
+                    yield record
+            if progressed:
+                continue
+            with self._activity:
+                if any(leaf.stream.has_after(seen[leaf.id]) for leaf in leaves):
+                    continue
+                if all(leaf.stream.closed for leaf in leaves):
+                    return
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return
+                self._activity.wait(0.25 if remaining is None else min(remaining, 0.25))
+
+    # -- stopping and removing ------------------------------------------------------------
+    def stop(self, jobs: JobSpec | Sequence[JobSpec] | None, *, grace: float | None = None) -> list[Job]:
+        """Stop jobs (and their children): Stopping, then Stopped. Waits up to ``grace`` seconds,
+        then kills. Returns the jobs; one still Stopping is a thread stuck in C code."""
+        grace = self.stop_grace if grace is None else grace
+        targets = self.resolve(jobs)
+        leaves = [leaf for job in targets for leaf in _leaves(job)]
+        asked = []
+        for leaf in leaves:
+            if leaf.state is JobState.NotStarted:
+                self._throttles[leaf.kind].cancel(leaf)
+                leaf.set_state(JobState.Stopped)
+                if leaf.runner is not None:
+                    leaf.runner.kill()  # it was handed to a worker that had not started it
+            elif not leaf.state.finished:
+                leaf.set_state(JobState.Stopping)
+                if leaf.runner is not None:
+                    leaf.runner.terminate()
+                asked.append(leaf)
+        _, pending = concurrent.futures.wait(asked, timeout=grace)
+        for leaf in pending:
+            if leaf.runner is not None:
+                leaf.runner.kill()
+        if pending:
+            concurrent.futures.wait(pending, timeout=max(1.0, grace))
+        return targets
+
+    def remove(
+        self, jobs: JobSpec | Sequence[JobSpec] | None, *, force: bool = False, state: JobState | str | None = None
+    ) -> list[Job]:
+        """Forget finished jobs and their records. A running job is refused unless ``force``, which stops it first.
+
+        ``state`` removes only the jobs in that state (with ``jobs=None``: all of them).
+        """
+        targets = self.list(jobs, state=state) if state is not None else self.resolve(jobs)
+        targets = [j for j in targets if j.parent is None]
+        running = [j for j in targets if not j.state.finished]
+        if running and not force:
+            names = ", ".join(f"{j.label} is {j.state}" for j in running)
+            raise JobStateError(f"{names}; stop it first, or remove it with --force (which stops it). Nothing was removed.")
+        if running:
+            self.stop(running)
+        with self._lock:
+            for job in targets:
+                self._jobs.pop(job.id, None)
+        for job in targets:
+            for leaf in _leaves(job):
+                if leaf.runner is not None:
+                    leaf.runner.cleanup()
+            self._emit(JobEvent(EventKind.REMOVED, job))
+        return targets
+
+    # -- shutting down --------------------------------------------------------------------
+    def shutdown(self, grace: float | None = 1.0) -> None:
+        """Stop every running job and end every worker; no process is left behind. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        running = [j for j in self._all_jobs() if j.parent is None and not j.state.finished]
+        if running:
+            self.stop(running, grace=grace)
+        for backend in self._backends.values():
+            backend.shutdown()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> JobManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        jobs = self._all_jobs()
+        running = sum(1 for j in jobs if not j.state.finished)
+        return f"<JobManager {len(jobs)} jobs, {running} running>"
+
+
+def _leaves(job: Job) -> list[Job]:
+    if not job.children:
+        return [job]
+    return [leaf for child in job.children for leaf in _leaves(child)]
+
+
+def _shutdown_at_exit(ref: weakref.ReferenceType[JobManager]) -> None:
+    manager = ref()
+    if manager is not None:
+        manager.shutdown(grace=0.5)

@@ -1,0 +1,356 @@
+"""Process jobs: the code runs in a pre-started worker process (the agent in worker mode).
+
+Workers are kept warm, so a job starts in milliseconds; each runs one job at a time and
+is reused, like ``ProcessPoolExecutor``'s. A worker is its own process group (session):
+stopping a job signals that group and every descendant found in /proc (SIGTERM, then
+SIGKILL), and the worker is replaced. A worker whose kernel dies kills itself.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from typing import Any, BinaryIO, Callable, Mapping, Sequence
+
+from ._agent import compile_job, loads_value, read_frame, write_frame
+from ._backend import Backend, JobRunner
+from ._errors import RJobError
+from ._job import Job, JobKind, JobState
+from ._namespace import capture_variables, serialize_variables
+from ._records import RecordKind
+
+__all__ = ["ProcessBackend", "WorkerPool"]
+
+log = logging.getLogger(__name__)
+
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_WORKER_CODE = "from jupyter_rjobs._agent import worker_main; worker_main()"
+
+
+def signal_name(returncode: int) -> str:
+    try:
+        return f"signal {-returncode} ({signal.Signals(-returncode).name})"
+    except ValueError:
+        return f"signal {-returncode}"
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc; elsewhere none are found)."""
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+            children[int(fields[1])].append(int(entry))
+        except (OSError, IndexError, ValueError):
+            continue
+    found: list[int] = []
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+class WorkerStartError(RJobError):
+    pass
+
+
+class Worker:
+    """One worker process and the thread that reads its frames."""
+
+    def __init__(self, python: str, on_idle: Callable[["Worker"], None], on_exit: Callable[["Worker"], None]) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
+        self.proc = subprocess.Popen(
+            [python, "-c", _WORKER_CODE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+            start_new_session=True,
+            env=env,
+            close_fds=True,
+        )
+        self.pid = self.proc.pid
+        self.job: Job | None = None
+        self.stopping = False
+        self.ready = threading.Event()
+        self.python_version = ""
+        self._on_idle = on_idle
+        self._on_exit = on_exit
+        self._value_failed = False
+        self._send_lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, name=f"rjob-worker-{self.pid}", daemon=True)
+        self._reader.start()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait_ready(self, timeout: float | None) -> None:
+        if not self.ready.wait(timeout) or not self.alive:
+            self.proc.kill()
+            detail = (self.proc.stderr.read() if self.proc.stderr else b"").decode(errors="replace").strip()
+            raise WorkerStartError(
+                f"a process job worker did not start ({detail.splitlines()[-1] if detail else 'no message'}); check that"
+                f" {self.proc.args[0]} can import jupyter_rjobs"
+            )
+
+    def send(self, header: dict[str, Any], buffers: Sequence[Any] = ()) -> None:
+        assert self.proc.stdin is not None
+        with self._send_lock:
+            write_frame(self.proc.stdin, header, buffers)
+
+    def signal_tree(self, signum: int) -> None:
+        """Signal the worker's process group and every descendant (also those that left the group)."""
+        targets = descendants(self.pid)
+        try:
+            os.killpg(self.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for pid in targets:
+            try:
+                os.kill(pid, signum)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def close(self) -> None:
+        self.signal_tree(signal.SIGKILL)
+        self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+    # -- the reader thread ------------------------------------------------------------
+    def _read(self) -> None:
+        stdout: BinaryIO = self.proc.stdout  # type: ignore[assignment]
+        try:
+            while True:
+                frame = read_frame(stdout)
+                if frame is None:
+                    break
+                self._dispatch(*frame)
+        except (OSError, ValueError, EOFError) as exc:
+            log.debug("worker %s stream ended: %s", self.pid, exc)
+        finally:
+            returncode = self.proc.wait()
+            self.ready.set()
+            job, self.job = self.job, None
+            if job is not None and not job.state.finished:
+                if self.stopping:
+                    job.set_state(JobState.Stopped)
+                else:
+                    how = signal_name(returncode) if returncode < 0 else f"exit code {returncode}"
+                    job.fail("WorkerDied", f"worker exited with {how}")
+            self._on_exit(self)
+
+    def _dispatch(self, header: dict[str, Any], buffers: list[bytearray]) -> None:
+        op = header.get("op")
+        if op == "ready":
+            self.python_version = header.get("python", "")
+            self.ready.set()
+        elif op == "idle":
+            self.job = None
+            self._on_idle(self)
+        elif op == "record" and self.job is not None:
+            self._record(self.job, header, buffers)
+
+    def _record(self, job: Job, header: dict[str, Any], buffers: list[bytearray]) -> None:
+        kind, data, seq, when = header["kind"], header.get("data"), header["seq"], header.get("time")
+        if kind == "state":
+            state = JobState(data)
+            if state is JobState.Completed and self._value_failed:
+                state = JobState.Failed
+            job.set_state(state)
+            return
+        if kind == "value":
+            try:
+                data = loads_value(data["format"], buffers)
+            except Exception as exc:  # noqa: BLE001 - a class the kernel lacks, say
+                self._value_failed = True
+                kind = "error"
+                data = {
+                    "ename": "ValueNotLoadable",
+                    "evalue": f"the job's value arrived but cannot be loaded here ({type(exc).__name__}: {exc})",
+                    "traceback": [f"ValueNotLoadable: {type(exc).__name__}: {exc}"],
+                }
+        job.emit(RecordKind(kind), data, seq=seq, when=when)
+
+    def assign(self, job: Job) -> None:
+        self.job = job
+        self.stopping = False
+        self._value_failed = False
+
+
+class WorkerPool:
+    """Keeps ``warm`` idle workers ready; hands one out per job."""
+
+    def __init__(self, python: str | None = None, warm: int = 2, start_timeout: float | None = 60.0) -> None:
+        self.python = python or sys.executable
+        self.warm = warm
+        self.start_timeout = start_timeout
+        self._lock = threading.Lock()
+        self._idle: collections.deque[Worker] = collections.deque()
+        self._all: set[Worker] = set()
+        self._starting = 0
+        self._closed = False
+
+    def _spawn(self) -> Worker:
+        worker = Worker(self.python, on_idle=self.release, on_exit=self._exited)
+        with self._lock:
+            self._all.add(worker)
+        return worker
+
+    def fill(self) -> None:
+        """Start workers in the background until ``warm`` are idle or starting."""
+        with self._lock:
+            needed = self.warm - len(self._idle) - self._starting
+            if self._closed or needed <= 0:
+                return
+            self._starting += needed
+        for _ in range(needed):
+            threading.Thread(target=self._warm_one, daemon=True, name="rjob-pool-fill").start()
+
+    def _warm_one(self) -> None:
+        try:
+            worker = self._spawn()
+            worker.wait_ready(self.start_timeout)
+        except Exception:  # noqa: BLE001 - acquire() reports start failures to the job
+            log.exception("could not start a process job worker")
+            return
+        finally:
+            with self._lock:
+                self._starting -= 1
+        self.release(worker)
+
+    def acquire(self) -> Worker:
+        """An idle worker, or a new one (waiting for it to start)."""
+        with self._lock:
+            if self._closed:
+                raise RJobError("the job manager is shut down; create a new one")
+            worker = self._idle.popleft() if self._idle else None
+        if worker is None or not worker.alive:
+            worker = self._spawn()
+            worker.wait_ready(self.start_timeout)
+        self.fill()
+        return worker
+
+    def try_acquire(self) -> Worker | None:
+        with self._lock:
+            while self._idle:
+                worker = self._idle.popleft()
+                if worker.alive:
+                    return worker
+        return None
+
+    def release(self, worker: Worker) -> None:
+        with self._lock:
+            if self._closed or not worker.alive:
+                return
+            self._idle.append(worker)
+
+    def _exited(self, worker: Worker) -> None:
+        with self._lock:
+            self._all.discard(worker)
+            if worker in self._idle:
+                self._idle.remove(worker)
+        self.fill()
+
+    @property
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [w.pid for w in self._all]
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._closed = True
+            workers = list(self._all)
+            self._idle.clear()
+        for worker in workers:
+            worker.close()
+
+
+class _ProcessPrepared:
+    def __init__(self, header: dict[str, Any], buffers: list[Any]) -> None:
+        self.header = header
+        self.buffers = buffers
+
+
+class ProcessRunner(JobRunner):
+    def __init__(self, job: Job, worker: Worker) -> None:
+        super().__init__(job)
+        self.worker = worker
+
+    def terminate(self) -> None:
+        self.worker.stopping = True
+        self.worker.signal_tree(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.worker.stopping = True
+        self.worker.signal_tree(signal.SIGKILL)
+
+
+class ProcessBackend(Backend):
+    kind = JobKind.PROCESS
+
+    def __init__(self, max_concurrent: int | None = None, warm: int = 2, python: str | None = None) -> None:
+        super().__init__(max_concurrent or max(2, os.cpu_count() or 2))
+        self.pool = WorkerPool(python, warm=min(warm, self.max_concurrent))
+
+    def prepare(
+        self, code: str, filename: str, namespace: Mapping[str, Any] | None, push: Sequence[str] | None
+    ) -> _ProcessPrepared:
+        compile_job(code, filename)  # a syntax error is found here, before any job exists
+        specs, buffers = serialize_variables(capture_variables(code, namespace, push))
+        header = {
+            "op": "run",
+            "code": code,
+            "filename": filename,
+            "variables": specs,
+            "cwd": os.getcwd(),
+            "sys_path": [p for p in sys.path if p],
+        }
+        return _ProcessPrepared(header, buffers)
+
+    def launch(self, job: Job, prepared: _ProcessPrepared) -> None:
+        worker = self.pool.try_acquire()
+        if worker is not None:
+            self._send(job, prepared, worker)
+            return
+        # No warm worker: start one without blocking the caller; the job stays NotStarted meanwhile.
+        threading.Thread(target=self._launch_cold, args=(job, prepared), daemon=True, name="rjob-cold-start").start()
+
+    def _launch_cold(self, job: Job, prepared: _ProcessPrepared) -> None:
+        try:
+            worker = self.pool.acquire()
+        except RJobError as exc:
+            job.fail("WorkerStartError", str(exc))
+            return
+        self._send(job, prepared, worker)
+
+    def _send(self, job: Job, prepared: _ProcessPrepared, worker: Worker) -> None:
+        if job.state is not JobState.NotStarted:  # stopped while it waited
+            self.pool.release(worker)
+            return
+        ProcessRunner(job, worker)
+        worker.assign(job)
+        try:
+            worker.send(dict(prepared.header, job=job.id), prepared.buffers)
+        except OSError as exc:
+            job.fail("WorkerDied", f"could not send the job to its worker ({exc})")
+        self.pool.fill()
+
+    def prewarm(self) -> None:
+        self.pool.fill()
+
+    def shutdown(self) -> None:
+        self.pool.shutdown()

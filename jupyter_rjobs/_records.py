@@ -1,0 +1,104 @@
+"""A job's output: one ordered stream of numbered records, read from a cursor.
+
+Whoever runs the job (a thread in the kernel, a worker process, an agent writing a
+spool on a remote host) appends records; each has a sequence number that only grows.
+Receiving reads from the cursor: without ``keep`` it advances the cursor and drops
+what it returned, with ``keep`` it leaves everything. A record whose number is not
+above the last one is a duplicate (a re-read after a reconnect) and is ignored, so
+re-attaching can never repeat or lose output.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+__all__ = ["RecordKind", "Record", "RecordStream"]
+
+
+class RecordKind(str, enum.Enum):
+    STDOUT = "stdout"
+    STDERR = "stderr"
+    DISPLAY = "display"  # data: {"data": mime bundle, "metadata": {...}}
+    PROGRESS = "progress"  # data: {"current": n, "total": n or None, "message": str}
+    VALUE = "value"  # data: the value of the code's last expression
+    ERROR = "error"  # data: {"ename": str, "evalue": str, "traceback": [str, ...]}
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Record:
+    seq: int
+    kind: RecordKind
+    data: Any
+    time: float = field(default_factory=time.time)
+    job_id: int = 0
+
+
+class RecordStream:
+    """Thread-safe append-only record stream with a receive cursor."""
+
+    def __init__(self, job_id: int = 0, on_append: Callable[[Record], None] | None = None) -> None:
+        self.job_id = job_id
+        self._records: list[Record] = []  # records from the cursor on (received ones are dropped)
+        self._last_seq = 0
+        self._closed = False
+        self._cond = threading.Condition()
+        self._on_append = on_append
+
+    # -- writing --------------------------------------------------------------------
+    def append(self, kind: RecordKind, data: Any, seq: int | None = None, when: float | None = None) -> Record | None:
+        """Append a record; ``seq=None`` numbers it next. Returns None for a duplicate."""
+        with self._cond:
+            if seq is None:
+                seq = self._last_seq + 1
+            elif seq <= self._last_seq:
+                return None
+            record = Record(seq, RecordKind(kind), data, time.time() if when is None else when, self.job_id)
+            self._last_seq = seq
+            self._records.append(record)
+            self._cond.notify_all()
+        if self._on_append is not None:
+            self._on_append(record)
+        return record
+
+    def close(self) -> None:
+        """No more records will come (the job has ended)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    # -- reading --------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    @property
+    def has_unreceived(self) -> bool:
+        return bool(self._records)
+
+    def has_after(self, seq: int) -> bool:
+        """Whether an unreceived record is numbered above ``seq``."""
+        records = self._records
+        return bool(records) and records[-1].seq > seq
+
+    def take(self, after: int = 0, keep: bool = False) -> list[Record]:
+        """The unreceived records numbered above ``after``; without ``keep`` they count as received."""
+        with self._cond:
+            records = [r for r in self._records if r.seq > after] if after else list(self._records)
+            if not keep and records:
+                self._records = [r for r in self._records if r.seq <= after]
+            return records
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._closed, timeout)

@@ -1,0 +1,136 @@
+"""Thread jobs: the code runs in a thread of this process, with its own globals.
+
+Stopping raises :class:`JobStopRequested` in the job's thread (CPython's asynchronous
+exception, ``PyThreadState_SetAsyncExc``). It takes effect at the next Python bytecode:
+code blocked inside C (a long ``time.sleep``, a C extension) stops only when it returns
+to Python.
+"""
+
+from __future__ import annotations
+
+import builtins
+import ctypes
+import logging
+import queue
+import threading
+from typing import Any, Callable, Mapping, Sequence
+
+from ._agent import JobStopRequested, Sink, compile_job, execute, install_routing, set_thread_sink
+from ._backend import Backend, JobRunner
+from ._job import Job, JobKind, JobState
+from ._records import RecordKind
+
+__all__ = ["ThreadBackend"]
+
+log = logging.getLogger(__name__)
+
+
+def _raise_in_thread(ident: int, exc_type: type[BaseException] | None) -> None:
+    """Raise ``exc_type`` in thread ``ident`` at its next bytecode (None clears a pending one)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc_type) if exc_type else None)
+
+
+class _ThreadPrepared:
+    def __init__(self, compiled: Any, namespace: dict[str, Any], filename: str) -> None:
+        self.compiled = compiled
+        self.namespace = namespace
+        self.filename = filename
+
+
+class ThreadRunner(JobRunner):
+    def __init__(self, job: Job, prepared: _ThreadPrepared) -> None:
+        super().__init__(job)
+        self._prepared = prepared
+        self._lock = threading.Lock()
+        self._ident: int | None = None
+
+    def run(self) -> None:
+        job = self.job
+        outcome, value = "Failed", None
+        try:
+            with self._lock:
+                if job.state is not JobState.NotStarted:
+                    return  # stopped while it waited for a thread
+                self._ident = threading.get_ident()
+            job.set_state(JobState.Running)
+            sink = Sink(lambda kind, data: job.emit(RecordKind(kind), data))
+            set_thread_sink(sink)
+            try:
+                outcome, value = execute(self._prepared.compiled, self._prepared.namespace, sink, self._prepared.filename)
+            finally:
+                set_thread_sink(None)
+                with self._lock:
+                    self._ident = None
+                    _raise_in_thread(threading.get_ident(), None)
+        except JobStopRequested:
+            outcome, value = "Stopped", None
+        if outcome == "Completed" and value is not None:
+            job.emit(RecordKind.VALUE, value)
+        elif outcome == "Failed" and job.error is not None and isinstance(value, dict):
+            job.error.original = value.get("original")
+        job.set_state(JobState(outcome))
+
+    def terminate(self) -> None:
+        with self._lock:
+            if self._ident is not None:
+                _raise_in_thread(self._ident, JobStopRequested)
+
+    kill = terminate  # a thread cannot be forced: ask again
+
+
+class _DaemonThreadPool:
+    """Reused daemon threads (a stuck job never blocks interpreter exit)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._threads: list[threading.Thread] = []
+
+    def submit(self, task: Callable[[], None]) -> None:
+        self._tasks.put(task)
+        if not self._idle.acquire(blocking=False):
+            thread = threading.Thread(target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _work(self) -> None:
+        while True:
+            task = self._tasks.get()
+            if task is None:
+                return
+            try:
+                task()
+            except JobStopRequested:
+                pass  # a stop that arrived as the job ended
+            except BaseException:  # noqa: BLE001 - a pool thread must survive
+                log.exception("jupyter_rjobs thread job runner failed")
+            self._idle.release()
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self._tasks.put(None)
+
+
+class ThreadBackend(Backend):
+    kind = JobKind.THREAD
+
+    def __init__(self, max_concurrent: int = 8) -> None:
+        super().__init__(max_concurrent)
+        self._pool = _DaemonThreadPool("rjob-thread")
+
+    def prepare(
+        self, code: str, filename: str, namespace: Mapping[str, Any] | None, push: Sequence[str] | None
+    ) -> _ThreadPrepared:
+        compiled = compile_job(code, filename)
+        globals_ = dict(namespace) if namespace is not None else {}
+        globals_.setdefault("__name__", "__main__")
+        globals_.setdefault("__builtins__", builtins)
+        return _ThreadPrepared(compiled, globals_, filename)
+
+    def launch(self, job: Job, prepared: _ThreadPrepared) -> None:
+        install_routing()
+        self._pool.submit(ThreadRunner(job, prepared).run)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown()
