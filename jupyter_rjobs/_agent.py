@@ -446,13 +446,40 @@ class _FdCapture:
             time.sleep(0.001)
 
 
+def descendants(pid: int) -> List[int]:
+    """Every process below ``pid`` (Linux /proc; elsewhere none are found)."""
+    children: Dict[int, List[int]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+        except (OSError, IndexError, ValueError):
+            continue
+    found: List[int] = []
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
 def _watch_parent(parent_pid: int) -> None:
-    """A worker whose kernel is gone (even by SIGKILL) takes its whole process group down."""
+    """A worker whose kernel is gone (even by SIGKILL) takes its process group and every
+    descendant (also those that left the group) down with it."""
     import signal
 
     while True:
         time.sleep(0.5)
         if os.getppid() != parent_pid:
+            for pid in descendants(os.getpid()):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
             os.killpg(os.getpgid(0), signal.SIGKILL)
 
 

@@ -15,6 +15,7 @@ The tree::
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import CancelledError
 from typing import Sequence
 
@@ -29,6 +30,9 @@ __all__ = [
     "JobError",
     "JobStoppedError",
 ]
+
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class RJobError(Exception):
@@ -100,7 +104,8 @@ class JobError(RJobError):
 
     @property
     def traceback_text(self) -> str:
-        return "\n".join(self.traceback)
+        """The traceback as plain text (``traceback`` keeps IPython's colours)."""
+        return _ANSI_ESCAPE.sub("", "\n".join(self.traceback))
 
     def _render_traceback_(self) -> list[str]:
         """IPython shows this instead of the kernel-side traceback when the error is raised in a cell."""

@@ -8,7 +8,7 @@ import threading
 import weakref
 from typing import Any, Iterable
 
-from ._agent import current_sink
+from ._agent import current_sink, install_routing
 from ._job import Job
 from ._manager import JobManager
 from ._records import Record, RecordKind
@@ -40,6 +40,9 @@ def load(shell: Any) -> None:
     manager = get_manager(shell)
     shell.register_magics(RJobMagics(shell, manager))
     _route_display(shell)
+    if install_routing not in shell.events.callbacks["pre_run_cell"]:
+        # a cell may have swapped sys.stdout (%%capture does); route thread jobs again before the next
+        shell.events.register("pre_run_cell", install_routing)
     manager.prewarm()
 
 
@@ -48,6 +51,8 @@ def unload(shell: Any) -> None:
         manager = _managers.pop(shell, None)
     if manager is not None:
         manager.shutdown()
+    if install_routing in shell.events.callbacks["pre_run_cell"]:
+        shell.events.unregister("pre_run_cell", install_routing)
 
 
 def _route_display(shell: Any) -> None:

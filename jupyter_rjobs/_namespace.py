@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import re
 import symtable
-import types
 from typing import Any, Iterable, Mapping, Sequence
 
 from ._agent import dumps_value
@@ -23,62 +22,103 @@ _IPYTHON_NAMES = frozenset(
     {"In", "Out", "get_ipython", "exit", "quit", "_", "__", "___", "_i", "_ii", "_iii", "_ih", "_oh", "_dh"}
 )
 _IPYTHON_PATTERN = re.compile(r"^(_i?\d+|__\w*__)$")
-_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
 
 
 def free_names(code: str) -> list[str]:
     """Names ``code`` needs from outside, in the order it first needs them."""
     tree = ast.parse(code)
     nested = _nested_scope_globals(code)
-    assigned: set[str] = set()
-    free: dict[str, None] = {}
+    reader = _OrderedReader()
     for statement in tree.body:
-        loads, stores = _statement_names(statement)
+        reader.visit(statement)
         end = getattr(statement, "end_lineno", statement.lineno) or statement.lineno
-        for lineno, names in nested:
+        for lineno, names in nested:  # function bodies run later: what they read, if not bound by then
             if statement.lineno <= lineno <= end:
-                loads.extend(names)
-        for name in loads:
-            if name not in assigned:
-                free.setdefault(name, None)
-        assigned.update(stores)
-    return [name for name in free if not _IPYTHON_PATTERN.match(name) and name not in _IPYTHON_NAMES]
+                reader.read_all(names)
+    return [n for n in reader.free if not _IPYTHON_PATTERN.match(n) and n not in _IPYTHON_NAMES]
 
 
-def _statement_names(statement: ast.stmt) -> tuple[list[str], set[str]]:
-    """Names one top-level statement reads and binds, outside its nested function bodies."""
-    loads: list[str] = []
-    stores: set[str] = set()
-    bound_in_comprehensions: set[str] = set()
+class _OrderedReader(ast.NodeVisitor):
+    """Walks top-level code in the order it runs, noting names read before they are bound."""
 
-    def visit(node: ast.AST) -> None:
-        if isinstance(node, _SCOPES):
-            if not isinstance(node, ast.Lambda):
-                stores.add(node.name)
-                for decorator in node.decorator_list:
-                    visit(decorator)
-            for default in [*node.args.defaults, *(d for d in node.args.kw_defaults if d is not None)]:
-                visit(default)
-            return  # the body runs later: its globals come from the symbol table
-        if isinstance(node, ast.ClassDef):
-            stores.add(node.name)
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            for alias in node.names:
-                stores.add((alias.asname or alias.name).split(".")[0])
-        elif isinstance(node, ast.comprehension):
-            for target in ast.walk(node.target):
-                if isinstance(target, ast.Name):
-                    bound_in_comprehensions.add(target.id)
-        elif isinstance(node, ast.Name):
-            if isinstance(node.ctx, ast.Load):
-                loads.append(node.id)
-            else:
-                stores.add(node.id)
-        for child in ast.iter_child_nodes(node):
-            visit(child)
+    def __init__(self) -> None:
+        self.bound: set[str] = set()
+        self.free: dict[str, None] = {}
+        self._comprehension_names: list[set[str]] = []
 
-    visit(statement)
-    return [name for name in loads if name not in bound_in_comprehensions], stores
+    def read(self, name: str) -> None:
+        if name not in self.bound and not any(name in names for names in self._comprehension_names):
+            self.free.setdefault(name, None)
+
+    def read_all(self, names: list[str]) -> None:
+        for name in names:
+            self.read(name)
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if isinstance(node.ctx, ast.Load):
+            self.read(node.id)
+        elif self._comprehension_names:
+            self._comprehension_names[-1].add(node.id)
+        else:
+            self.bound.add(node.id)
+
+    def _value_then_targets(self, node: Any) -> None:
+        if node.value is not None:
+            self.visit(node.value)
+        for target in getattr(node, "targets", None) or [node.target]:
+            self.visit(target)
+
+    visit_Assign = visit_AnnAssign = visit_NamedExpr = _value_then_targets
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> None:
+        if isinstance(node.target, ast.Name):
+            self.read(node.target.id)
+        self._value_then_targets(node)
+
+    def visit_For(self, node: Any) -> None:
+        self.visit(node.iter)
+        self.visit(node.target)
+        for child in [*node.body, *node.orelse]:
+            self.visit(child)
+
+    visit_AsyncFor = visit_For
+
+    def _comprehension(self, node: Any) -> None:
+        self._comprehension_names.append(set())
+        for generator in node.generators:
+            self.visit(generator.iter)
+            self.visit(generator.target)
+            for condition in generator.ifs:
+                self.visit(condition)
+        for part in ("elt", "key", "value"):
+            if hasattr(node, part):
+                self.visit(getattr(node, part))
+        self._comprehension_names.pop()
+
+    visit_ListComp = visit_SetComp = visit_GeneratorExp = visit_DictComp = _comprehension
+
+    def _scope(self, node: Any) -> None:
+        for decorator in getattr(node, "decorator_list", []):
+            self.visit(decorator)
+        defaults = [*node.args.defaults, *(d for d in node.args.kw_defaults if d is not None)]
+        for default in defaults:
+            self.visit(default)
+        if not isinstance(node, ast.Lambda):
+            self.bound.add(node.name)  # the body runs later: its globals come from the symbol table
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_Lambda = _scope
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        for expression in [*node.decorator_list, *node.bases, *(k.value for k in node.keywords)]:
+            self.visit(expression)
+        self.bound.add(node.name)
+
+    def visit_Import(self, node: Any) -> None:
+        for alias in node.names:
+            if alias.name != "*":
+                self.bound.add((alias.asname or alias.name).split(".")[0])
+
+    visit_ImportFrom = visit_Import
 
 
 def _nested_scope_globals(code: str) -> list[tuple[int, list[str]]]:
@@ -136,6 +176,3 @@ def parse_names(text: str | Iterable[str] | None) -> list[str] | None:
         raise UsageProblem(f"{', '.join(map(repr, bad))} is not a variable name; give --push as NAME,NAME")
     return names
 
-
-def is_module(value: Any) -> bool:
-    return isinstance(value, types.ModuleType)

@@ -17,7 +17,7 @@ import sys
 import threading
 from typing import Any, BinaryIO, Callable, Mapping, Sequence
 
-from ._agent import compile_job, loads_value, read_frame, write_frame
+from ._agent import compile_job, descendants, loads_value, read_frame, write_frame
 from ._backend import Backend, JobRunner
 from ._errors import RJobError
 from ._job import Job, JobKind, JobState
@@ -37,27 +37,6 @@ def signal_name(returncode: int) -> str:
         return f"signal {-returncode} ({signal.Signals(-returncode).name})"
     except ValueError:
         return f"signal {-returncode}"
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (Linux /proc; elsewhere none are found)."""
-    children: dict[int, list[int]] = collections.defaultdict(list)
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-            children[int(fields[1])].append(int(entry))
-        except (OSError, IndexError, ValueError):
-            continue
-    found: list[int] = []
-    stack = [pid]
-    while stack:
-        for child in children.get(stack.pop(), ()):
-            found.append(child)
-            stack.append(child)
-    return found
 
 
 class WorkerStartError(RJobError):
@@ -99,7 +78,10 @@ class Worker:
     def wait_ready(self, timeout: float | None) -> None:
         if not self.ready.wait(timeout) or not self.alive:
             self.proc.kill()
-            detail = (self.proc.stderr.read() if self.proc.stderr else b"").decode(errors="replace").strip()
+            try:
+                detail = (self.proc.stderr.read() if self.proc.stderr else b"").decode(errors="replace").strip()
+            except (OSError, ValueError):  # closed by a shutdown meanwhile
+                detail = ""
             raise WorkerStartError(
                 f"a process job worker did not start ({detail.splitlines()[-1] if detail else 'no message'}); check that"
                 f" {self.proc.args[0]} can import jupyter_rjobs"
@@ -205,10 +187,16 @@ class WorkerPool:
         self._closed = False
 
     def _spawn(self) -> Worker:
+        with self._lock:
+            if self._closed:
+                raise RJobError("the job manager is shut down; create a new one")
         worker = Worker(self.python, on_idle=self.release, on_exit=self._exited)
         with self._lock:
-            self._all.add(worker)
-        return worker
+            if not self._closed:
+                self._all.add(worker)
+                return worker
+        worker.close()  # shut down while it started: it must not outlive the pool
+        raise RJobError("the job manager is shut down; create a new one")
 
     def fill(self) -> None:
         """Start workers in the background until ``warm`` are idle or starting."""
@@ -224,6 +212,12 @@ class WorkerPool:
         try:
             worker = self._spawn()
             worker.wait_ready(self.start_timeout)
+        except WorkerStartError:
+            if not self._closed:  # a worker closed by shutdown() while it started is no failure
+                log.exception("could not start a process job worker")
+            return
+        except RJobError:
+            return  # shut down meanwhile
         except Exception:  # noqa: BLE001 - acquire() reports start failures to the job
             log.exception("could not start a process job worker")
             return
@@ -332,7 +326,7 @@ class ProcessBackend(Backend):
     def _launch_cold(self, job: Job, prepared: _ProcessPrepared) -> None:
         try:
             worker = self.pool.acquire()
-        except RJobError as exc:
+        except Exception as exc:  # noqa: BLE001 - reported on the job
             job.fail("WorkerStartError", str(exc))
             return
         self._send(job, prepared, worker)

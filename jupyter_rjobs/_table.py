@@ -134,7 +134,7 @@ class JobDetails:
             lines += [" " * (width + 3) + line for line in more]
         text = "\n".join(lines)
         if self.job.error is not None and self.job.error.traceback:
-            text += "\n\n" + self.job.error.traceback_text
+            text += "\n\n" + "\n".join(self.job.error.traceback)
         return text
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
@@ -148,11 +148,6 @@ class JobDetails:
         )
         error = ""
         if self.job.error is not None and self.job.error.traceback:
-            error = f"<pre>{html.escape(_strip_ansi(self.job.error.traceback_text))}</pre>"
+            error = f"<pre>{html.escape(self.job.error.traceback_text)}</pre>"
         return f"<table class='rjob-details'>{rows}</table>{error}"
 
-
-def _strip_ansi(text: str) -> str:
-    import re
-
-    return re.sub(r"\x1b\[[0-9;]*m", "", text)

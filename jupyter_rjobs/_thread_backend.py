@@ -15,7 +15,7 @@ import queue
 import threading
 from typing import Any, Callable, Mapping, Sequence
 
-from ._agent import JobStopRequested, Sink, compile_job, execute, install_routing, set_thread_sink
+from ._agent import JobStopRequested, Sink, compile_job, display, execute, install_routing, set_thread_sink
 from ._backend import Backend, JobRunner
 from ._job import Job, JobKind, JobState
 from ._records import RecordKind
@@ -126,6 +126,7 @@ class ThreadBackend(Backend):
         globals_ = dict(namespace) if namespace is not None else {}
         globals_.setdefault("__name__", "__main__")
         globals_.setdefault("__builtins__", builtins)
+        globals_.setdefault("display", display)  # routes by thread, with or without the IPython extension
         return _ThreadPrepared(compiled, globals_, filename)
 
     def launch(self, job: Job, prepared: _ThreadPrepared) -> None:
