@@ -9,6 +9,7 @@ import weakref
 from typing import Any, Iterable
 
 from ._agent import current_sink, install_routing
+from ._errors import _ANSI_ESCAPE
 from ._job import Job
 from ._manager import JobManager
 from ._records import Record, RecordKind
@@ -127,6 +128,8 @@ class Renderer:
         sys.stdout.flush()
         sys.stderr.flush()
         ename, evalue, stb = data.get("ename", "Error"), data.get("evalue", ""), data.get("traceback") or []
+        if str(getattr(self.shell, "colors", "")).lower() == "nocolor":
+            stb = [_ANSI_ESCAPE.sub("", line) for line in stb]
         show = getattr(self.shell, "_showtraceback", None)
         if show is None:
             sys.stderr.write("\n".join(stb) + "\n")

@@ -96,7 +96,9 @@ def aggregate_state(states: list[JobState]) -> JobState:
 
 def shorten(code: str, width: int = 60) -> str:
     """The code on one line, cut to ``width`` characters, for tables."""
-    one_line = " ; ".join(line.strip() for line in code.strip().splitlines() if line.strip())
+    lines = [line.strip() for line in code.strip().splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith("#")] or lines
+    one_line = " ; ".join(lines)
     return one_line if len(one_line) <= width else one_line[: width - 3] + "..."
 
 

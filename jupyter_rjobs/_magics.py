@@ -3,6 +3,7 @@ calls the manager, and shows the result; bad input is a one-line UsageError."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 from IPython.core.error import UsageError
@@ -131,6 +132,8 @@ class RJobMagics(Magics):
             raise UsageError(f"unknown %rjob subcommand {subcommand!r}; use one of: {known} (see %rjob?)")
         if cell is not None and subcommand != "start":
             raise UsageError(f"%%rjob {subcommand} takes no cell; only %%rjob start runs a cell")
+        if subcommand != "start":  # start's code after `--` is Python, where # may be inside a string
+            rest = _strip_comment(rest)
         try:
             return handler(rest.strip(), cell)
         except RJobError as exc:
@@ -240,7 +243,12 @@ def _split_code(rest: str) -> tuple[str, str]:
     if rest.startswith("-- ") or rest == "--":
         return "", rest[2:].strip()
     options, separator, code = rest.partition(" -- ")
-    return (options, code.strip()) if separator else (rest, "")
+    return (_strip_comment(options), code.strip()) if separator else (_strip_comment(rest), "")
+
+
+def _strip_comment(line: str) -> str:
+    """`%rjob receive crunch  # a note` -> `receive crunch`: a # that starts a word begins a comment."""
+    return re.sub(r"(^|\s)#.*$", "", line)
 
 
 def _values(leaves: list[Job], values: dict[int, Any]) -> Any:
