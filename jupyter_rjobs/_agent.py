@@ -472,15 +472,16 @@ def _watch_parent(parent_pid: int) -> None:
     descendant (also those that left the group) down with it."""
     import signal
 
-    while True:
+    while os.getppid() == parent_pid:
         time.sleep(0.5)
-        if os.getppid() != parent_pid:
-            for pid in descendants(os.getpid()):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            os.killpg(os.getpgid(0), signal.SIGKILL)
+    try:
+        for pid in descendants(os.getpid()):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    finally:  # whatever happened above, the worker and its group go
+        os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
 class _PatchDisplayOnImport:
