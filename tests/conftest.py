@@ -8,6 +8,8 @@ import pytest
 
 from jupyter_rjobs import Job, JobManager
 
+pytest_plugins = ["sshfixtures"]  # the real-sshd lab: tests/sshfixtures.py, tests/sshlab.py
+
 # The contract suite runs against every kind here; the remote backend adds itself.
 ALL_KINDS = ["thread", "process"]
 # Kinds whose jobs get copies of the notebook's variables (serialized), not the objects.

@@ -1,0 +1,1 @@
+"""Fixtures for the real-sshd tier (placeholder until the lab lands)."""
