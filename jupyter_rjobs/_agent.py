@@ -597,18 +597,24 @@ def _emit_value(value: Any, emit: Callable[..., None], sink: Sink) -> str:
     return "Completed"
 
 
-def worker_main() -> None:
-    """A pre-started process job worker: reads run requests on stdin, writes records on stdout."""
-    out = os.fdopen(os.dup(1), "wb", buffering=0)
-    inp = os.fdopen(os.dup(0), "rb")
+def _capture_process_output() -> _FdCapture:
+    """This process's output becomes records: sys.stdout/err route to the job's sink, fds 1 and 2 too."""
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
     fds = _FdCapture()
     sys.stdout = RoutingStream(io.TextIOWrapper(os.fdopen(1, "wb", buffering=0), write_through=True), "stdout")
     sys.stderr = RoutingStream(io.TextIOWrapper(os.fdopen(2, "wb", buffering=0), write_through=True), "stderr")
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     _install_rich_display()
+    return fds
+
+
+def worker_main() -> None:
+    """A pre-started process job worker: reads run requests on stdin, writes records on stdout."""
+    out = os.fdopen(os.dup(1), "wb", buffering=0)
+    inp = os.fdopen(os.dup(0), "rb")
+    fds = _capture_process_output()
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     write_frame(out, {"op": "ready", "pid": os.getpid(), "version": AGENT_VERSION, "python": sys.version.split()[0]})
     while True:
         frame = read_frame(inp)
@@ -618,6 +624,350 @@ def worker_main() -> None:
         if header.get("op") == "run":
             _run_one(header, buffers, out, fds)
             write_frame(out, {"op": "idle"})
+
+
+# --------------------------------------------------------------------------- remote host
+# `serve` runs on a remote host, one per SSH connection. Each job is a forked, detached
+# process (its own session) that writes its records to an append-only spool,
+# ROOT/jobs/<instance>/records; the server forwards them to the kernel as they come, and
+# the spool outlives the connection. Everything under ROOT is private (0700/0600) and is
+# checked before anything is read from it: the kernel unpickles what comes from there.
+
+FINAL_STATES = ("Completed", "Failed", "Stopped")
+
+
+def check_private(path: str) -> None:
+    """Refuse a spool path that is not ours alone (unpickling what it holds is code execution)."""
+    info = os.lstat(path)
+    import stat as stat_module
+
+    if stat_module.S_ISLNK(info.st_mode):
+        raise PermissionError(f"{path} is a symbolic link; refusing to use it")
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise PermissionError(
+            f"{path} is not private (owner uid {info.st_uid}, mode {oct(info.st_mode & 0o777)}); refusing to load"
+            f" anything from it. Fix it with: chown $USER {path} && chmod go-rwx {path}"
+        )
+
+
+class _SpoolWriter:
+    """The job side of a spool: append-only writes, and a byte on the notify pipe after each."""
+
+    def __init__(self, path: str, notify_fd: int) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._notify = notify_fd
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        while view.nbytes:
+            view = view[os.write(self._fd, view):]
+        try:
+            os.write(self._notify, b"\0")
+        except OSError:
+            pass  # no server is listening (disconnected): the spool is enough
+        return len(data)
+
+
+class _Scanner:
+    """Reads complete frames of a spool from an offset without loading their buffers."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.offset = 0
+        self.last_seq = 0
+        self.final: Optional[str] = None
+        self._fd: Optional[int] = None
+
+    def next(self) -> Optional[Tuple[Dict[str, Any], int, int]]:
+        """(header, start, end) of the next complete frame, or None if it is not all there yet."""
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                return None
+        size = os.fstat(self._fd).st_size
+        start = self.offset
+        if size - start < _HEAD.size:
+            return None
+        head_len, nbuf = _HEAD.unpack(os.pread(self._fd, _HEAD.size, start))
+        position = start + _HEAD.size
+        if size - position < head_len:
+            return None
+        header = json.loads(os.pread(self._fd, head_len, position))
+        position += head_len
+        for _ in range(nbuf):
+            if size - position < _BUFLEN.size:
+                return None
+            length = _BUFLEN.unpack(os.pread(self._fd, _BUFLEN.size, position))[0]
+            position += _BUFLEN.size + length
+            if position > size:
+                return None
+        self.offset = position
+        self.last_seq = max(self.last_seq, header.get("seq", 0))
+        if header.get("kind") == "state" and header.get("data") in FINAL_STATES:
+            self.final = header["data"]
+        return header, start, position
+
+    def copy(self, out_fd: int, start: int, end: int) -> None:
+        """Send bytes [start, end) of the spool to ``out_fd`` (zero-copy where the kernel can)."""
+        assert self._fd is not None
+        while start < end:
+            try:
+                sent = os.sendfile(out_fd, self._fd, start, end - start)
+            except OSError:
+                sent = os.write(out_fd, os.pread(self._fd, min(end - start, 1 << 20), start))
+            if sent == 0:
+                raise EOFError("spool shrank while it was being sent")
+            start += sent
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class _HostJob:
+    def __init__(self, instance: str, spool: str, pid: int, notify_fd: int, cache: str) -> None:
+        self.instance = instance
+        self.spool = spool
+        self.pid = pid
+        self.notify_fd = notify_fd
+        self.cache = cache
+        self.scanner = _Scanner(os.path.join(spool, "records"))
+        self.stopping = False
+        self.kill_at: Optional[float] = None
+        self.exit_status: Optional[int] = None
+
+
+class _Server:
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.jobs_dir = os.path.join(root, "jobs")
+        self.inp = os.fdopen(os.dup(0), "rb", buffering=0)
+        self.out_fd = os.dup(1)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1):
+            os.dup2(null, fd)
+        os.close(null)
+        self.out = os.fdopen(self.out_fd, "wb", buffering=0, closefd=False)
+        self.jobs: Dict[str, _HostJob] = {}
+
+    def send(self, header: Dict[str, Any], buffers: Sequence[Any] = ()) -> None:
+        write_frame(self.out, header, buffers)
+
+    def loop(self) -> None:
+        import select
+
+        check_private(self.root)
+        check_private(self.jobs_dir)
+        self.send({"op": "hello", "version": AGENT_VERSION, "python": sys.version.split()[0], "pid": os.getpid()})
+        while True:
+            watched = [self.inp.fileno()] + [j.notify_fd for j in self.jobs.values() if j.notify_fd >= 0]
+            readable, _, _ = select.select(watched, [], [], 0.05)
+            if self.inp.fileno() in readable:
+                frame = read_frame(self.inp)
+                if frame is None:
+                    return  # the kernel is gone; the jobs go on, their spools keep everything
+                try:
+                    self.handle(*frame)
+                except OSError as exc:
+                    self.send({"op": "failed", "job": frame[0].get("job"), "error": _os_error_text(exc, self.root)})
+            for job in list(self.jobs.values()):
+                if job.notify_fd in readable:
+                    try:
+                        os.read(job.notify_fd, 65536)
+                    except OSError:
+                        pass
+                self.forward(job)
+                self.reap(job)
+
+    def handle(self, header: Dict[str, Any], buffers: List[bytearray]) -> None:
+        op = header.get("op")
+        instance = str(header.get("job", ""))
+        if op == "ping":
+            self.send({"op": "pong", "n": header.get("n")})
+        elif op == "run":
+            self.start(header, buffers)
+        elif op == "stop":
+            job = self.jobs.get(instance)
+            if job is not None and job.exit_status is None:
+                job.stopping = True
+                _signal_tree(job.pid, 15)
+                job.kill_at = time.monotonic() + float(header.get("grace", 3.0))
+        elif op == "fetch":
+            self.fetch(instance, int(header.get("after", 0)))
+        elif op == "ack":
+            self.write_private(os.path.join(self.spool_of(instance), "cursor"), str(int(header["seq"])).encode())
+        elif op == "clean":
+            self.clean(instance)
+
+    def spool_of(self, instance: str) -> str:
+        import uuid
+
+        return os.path.join(self.jobs_dir, str(uuid.UUID(instance)))  # a UUID, never a path
+
+    def write_private(self, path: str, data: bytes) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+    def start(self, header: Dict[str, Any], buffers: List[bytearray]) -> None:
+        instance = str(header["job"])
+        spool = self.spool_of(instance)
+        os.mkdir(spool, 0o700)
+        meta = {k: header.get(k) for k in ("code", "name", "cache", "detached")}
+        meta.update(instance=instance, started=time.time())
+        self.write_private(os.path.join(spool, "meta.json"), json.dumps(meta).encode())
+        notify_r, notify_w = os.pipe()
+        os.set_blocking(notify_w, False)
+        pid = os.fork()
+        if pid == 0:  # the job: detached from the SSH channel, its own session and process group
+            try:
+                os.setsid()
+                os.close(notify_r)
+                _job_child(header, buffers, spool, notify_w, keep_fds=(notify_w,))
+            finally:
+                os._exit(0)
+        os.close(notify_w)
+        self.write_private(os.path.join(spool, "pid"), str(pid).encode())
+        self.jobs[instance] = _HostJob(instance, spool, pid, notify_r, header.get("cache", "kernel"))
+
+    def forward(self, job: _HostJob) -> None:
+        while True:
+            found = job.scanner.next()
+            if found is None:
+                return
+            header, start, end = found
+            if job.cache == "kernel" or header.get("kind") in ("state", "error"):
+                self.out.flush()
+                job.scanner.copy(self.out_fd, start, end)
+            else:
+                self.send({"op": "notice", "job": job.instance, "seq": header.get("seq"), "kind": header.get("kind")})
+
+    def reap(self, job: _HostJob) -> None:
+        if job.exit_status is None:
+            try:
+                pid, status = os.waitpid(job.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = job.pid, 0
+            if pid == 0:
+                if job.kill_at is not None and time.monotonic() >= job.kill_at:
+                    _signal_tree(job.pid, 9)
+                    job.kill_at = None
+                return
+            job.exit_status = status
+        if job.notify_fd >= 0:
+            self.forward(job)  # whatever it wrote before it ended
+            os.close(job.notify_fd)
+            job.notify_fd = -1
+        if job.scanner.final is None:
+            self.finish_for(job)
+            self.forward(job)
+        if job.scanner.final is not None:
+            del self.jobs[job.instance]
+            job.scanner.close()
+
+    def finish_for(self, job: _HostJob) -> None:
+        """The job died without saying how it ended (a signal): say it for it, in its spool."""
+        status = job.exit_status or 0
+        records: List[Tuple[str, Any]] = []
+        if job.stopping:
+            records.append(("state", "Stopped"))
+        else:
+            if os.WIFSIGNALED(status):
+                import signal
+
+                number = os.WTERMSIG(status)
+                try:
+                    how = f"signal {number} ({signal.Signals(number).name})"
+                except ValueError:
+                    how = f"signal {number}"
+            else:
+                how = f"exit code {os.WEXITSTATUS(status)}"
+            evalue = f"worker exited with {how}"
+            records.append(("error", {"ename": "WorkerDied", "evalue": evalue, "traceback": [f"WorkerDied: {evalue}"]}))
+            records.append(("state", "Failed"))
+        seq = job.scanner.last_seq
+        try:
+            writer = _SpoolWriter(job.scanner.path, -1)
+            for kind, data in records:
+                seq += 1
+                write_frame(writer, {"op": "record", "job": job.instance, "seq": seq, "kind": kind, "time": time.time(), "data": data})
+        except OSError:  # no room to write it: tell the kernel directly
+            for kind, data in records:
+                seq += 1
+                self.send({"op": "record", "job": job.instance, "seq": seq, "kind": kind, "time": time.time(), "data": data})
+            job.scanner.final = records[-1][1]
+
+    def fetch(self, instance: str, after: int) -> None:
+        spool = self.spool_of(instance)
+        check_private(spool)
+        check_private(os.path.join(spool, "records"))
+        scanner = _Scanner(os.path.join(spool, "records"))
+        try:
+            while True:
+                found = scanner.next()
+                if found is None:
+                    break
+                header, start, end = found
+                if header.get("seq", 0) > after:
+                    self.out.flush()
+                    scanner.copy(self.out_fd, start, end)
+        finally:
+            scanner.close()
+        self.send({"op": "fetched", "job": instance, "last": scanner.last_seq})
+
+    def clean(self, instance: str) -> None:
+        import shutil
+
+        job = self.jobs.pop(instance, None)
+        if job is not None:
+            job.scanner.close()
+        shutil.rmtree(self.spool_of(instance), ignore_errors=True)
+
+
+def _os_error_text(exc: OSError, root: str) -> str:
+    import errno
+
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the host's disk (writing under {root}); free some space there"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _signal_tree(pid: int, signum: int) -> None:
+    for target in descendants(pid):
+        try:
+            os.kill(target, signum)
+        except OSError:
+            pass
+    try:
+        os.killpg(pid, signum)
+    except OSError:
+        pass
+
+
+def _job_child(header: Dict[str, Any], buffers: List[bytearray], spool: str, notify_fd: int, keep_fds: Sequence[int]) -> None:
+    """The forked job process: close the server's channel, capture output, run, spool the records."""
+    import resource
+
+    highest = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    highest = 4096 if highest in (resource.RLIM_INFINITY, -1) or highest > 4096 else highest
+    low = 3
+    for fd in sorted(keep_fds):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, highest)
+    out = _SpoolWriter(os.path.join(spool, "records"), notify_fd)
+    fds = _capture_process_output()
+    _run_one(header, buffers, out, fds)  # type: ignore[arg-type]
+
+
+def serve_main(root: str) -> None:
+    """One per SSH connection: runs jobs as detached processes and forwards their spools."""
+    os.umask(0o077)
+    _Server(root).loop()
 
 
 if __name__ == "__main__":

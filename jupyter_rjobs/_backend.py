@@ -11,11 +11,14 @@ and moving ``job`` through its states.
 from __future__ import annotations
 
 import abc
+import sys
 from typing import Any, Mapping, Sequence
 
-from ._job import Job, JobKind
+from ._agent import loads_value
+from ._job import Job, JobKind, JobState
+from ._records import RecordKind
 
-__all__ = ["Backend", "JobRunner"]
+__all__ = ["Backend", "JobRunner", "FrameApplier"]
 
 
 class JobRunner(abc.ABC):
@@ -54,8 +57,11 @@ class Backend(abc.ABC):
         filename: str,
         namespace: Mapping[str, Any] | None,
         push: Sequence[str] | None,
+        **options: Any,
     ) -> Any:
-        """Check and pack a job; raise a UsageProblem for bad input. Nothing may run yet."""
+        """Check and pack a job; raise a UsageProblem for bad input. Nothing may run yet.
+
+        ``options`` are the backend's own (hosts, cache... for remote jobs)."""
 
     @abc.abstractmethod
     def launch(self, job: Job, prepared: Any) -> None:
@@ -66,3 +72,38 @@ class Backend(abc.ABC):
 
     def shutdown(self) -> None:
         """Release everything (worker processes, connections). Jobs were stopped before."""
+
+
+class FrameApplier:
+    """Turns the agent's record frames (from a worker pipe or a remote spool) into a job's
+    records and states. A value that cannot be loaded here fails the job, saying why."""
+
+    def __init__(self, job: Job, python_version: str = "") -> None:
+        self.job = job
+        self.python_version = python_version
+        self._value_failed = False
+
+    def __call__(self, header: dict[str, Any], buffers: list[bytearray]) -> None:
+        job = self.job
+        kind, data, seq, when = header["kind"], header.get("data"), header["seq"], header.get("time")
+        if kind == "state":
+            state = JobState(data)
+            if state is JobState.Completed and self._value_failed:
+                state = JobState.Failed
+            job.set_state(state)
+            return
+        if kind == "value":
+            try:
+                data = loads_value(data["format"], buffers)
+            except Exception as exc:  # noqa: BLE001 - a class the kernel lacks, a Python version mismatch
+                self._value_failed = True
+                kind, data = "error", self._unloadable(exc)
+        job.emit(RecordKind(kind), data, seq=seq, when=when)
+
+    def _unloadable(self, exc: Exception) -> dict[str, Any]:
+        local = sys.version.split()[0]
+        versions = ""
+        if self.python_version and self.python_version.rsplit(".", 1)[0] != local.rsplit(".", 1)[0]:
+            versions = f"; the job ran on Python {self.python_version}, this kernel is Python {local}"
+        evalue = f"the job's value arrived but cannot be loaded here ({type(exc).__name__}: {exc}){versions}"
+        return {"ename": "ValueNotLoadable", "evalue": evalue, "traceback": [f"ValueNotLoadable: {evalue}"]}

@@ -8,7 +8,10 @@ The tree::
     │   ├── AmbiguousJobError        a name that several jobs share
     │   ├── JobCodeError             the job's code does not compile; no job was created
     │   ├── UnsendableVariableError  a variable cannot be serialized for a process or remote job
-    │   └── JobStateError            the job is in the wrong state for that action (remove a running job)
+    │   ├── JobStateError            the job is in the wrong state for that action (remove a running job)
+    │   └── HostError                a host cannot be used: name, network, python, spool, disk
+    │       ├── HostKeyError         the host's key is unknown (refused unless accepted) or changed (always refused)
+    │       └── AuthenticationError  the host refused every key tried
     ├── JobError                     the job's code raised, or its worker died; carries the job-side traceback
     └── JobStoppedError              the job was stopped (also concurrent.futures.CancelledError)
 """
@@ -27,6 +30,9 @@ __all__ = [
     "JobCodeError",
     "UnsendableVariableError",
     "JobStateError",
+    "HostError",
+    "HostKeyError",
+    "AuthenticationError",
     "JobError",
     "JobStoppedError",
 ]
@@ -79,6 +85,24 @@ class UnsendableVariableError(UsageProblem):
 
 class JobStateError(UsageProblem):
     """An action that the job's state does not allow (for example removing a running job)."""
+
+
+class HostError(UsageProblem):
+    """A host cannot be used; the message names the host and what to do."""
+
+    def __init__(self, host: str, message: str) -> None:
+        super().__init__(f"{host}: {message}")
+        self.host = host
+
+
+class HostKeyError(HostError):
+    def __init__(self, host: str, message: str, changed: bool) -> None:
+        super().__init__(host, message)
+        self.changed = changed
+
+
+class AuthenticationError(HostError):
+    pass
 
 
 class JobError(RJobError):

@@ -216,6 +216,30 @@ class Job(Future):  # type: ignore[type-arg]
             self._on_state(self, old, new)
         return True
 
+    def child_state_changed(self) -> None:
+        """A child moved: tell observers if this parent's aggregate state moved, settle when all ended."""
+        with self._state_lock:
+            old, new = self._job_state, aggregate_state([child.state for child in self.children])
+            if old is new:
+                return
+            self._job_state = new
+            if new is JobState.Running and self.begin_time is None:
+                self.begin_time = datetime.now()
+            if new.finished:
+                self.end_time = datetime.now()
+                self._value = {child.location: child._value for child in self.children if child.state is JobState.Completed}
+                failed = [c for c in self.children if c.state is JobState.Failed]
+                if failed:
+                    self.error = JobError(
+                        "ChildJobFailed",
+                        "; ".join(f"{c.location}: {c.error}" for c in failed),
+                        [line for c in failed for line in [f"--- {c.location} ---", *(c.error.traceback if c.error else [])]],
+                    )
+        if new.finished:
+            self._settle_future(new)
+        if self._on_state is not None:
+            self._on_state(self, old, new)
+
     def _settle_future(self, state: JobState) -> None:
         if self.done():
             return

@@ -109,8 +109,12 @@ class JobManager:
         warm_workers: int = 2,
         stop_grace: float = 3.0,
         python: str | None = None,
+        max_remote_jobs: int = 1000,
+        ssh_config: str | None = None,
     ) -> None:
         self.stop_grace = stop_grace
+        self.ssh_config = ssh_config
+        self.max_remote_jobs = max_remote_jobs
         self._backends: dict[JobKind, Backend] = {
             JobKind.THREAD: ThreadBackend(max_thread_jobs),
             JobKind.PROCESS: ProcessBackend(max_process_jobs, warm=warm_workers, python=python),
@@ -132,10 +136,15 @@ class JobManager:
 
     def backend(self, kind: JobKind | str) -> Backend:
         kind = JobKind.parse(kind)
-        try:
-            return self._backends[kind]
-        except KeyError:
-            raise UsageProblem(f"{kind} jobs are not available in this manager") from None
+        with self._lock:
+            if kind is JobKind.REMOTE and kind not in self._backends:
+                from ._remote_backend import RemoteBackend  # paramiko is imported only when needed
+
+                self.add_backend(RemoteBackend(self.max_remote_jobs, self.stop_grace, self.ssh_config))
+            try:
+                return self._backends[kind]
+            except KeyError:
+                raise UsageProblem(f"{kind} jobs are not available in this manager") from None
 
     def prewarm(self) -> None:
         """Start process job workers now, so the first process job starts at once."""
@@ -170,8 +179,10 @@ class JobManager:
 
     def _job_state_changed(self, job: Job, old: JobState, new: JobState) -> None:
         if new.finished:
-            self._throttles[job.kind].finished(job)
+            self._throttles[job.kind].finished(job)  # frees a slot (a parent holds none: harmless)
         self._emit(JobEvent(EventKind.STATE, job, old_state=old, new_state=new))
+        if job.parent is not None:
+            job.parent.child_state_changed()
 
     def _job_record(self, job: Job, record: Record) -> None:
         self._emit(JobEvent(EventKind.RECORD, job, record=record))
@@ -180,38 +191,65 @@ class JobManager:
     def start(
         self,
         code: str,
-        kind: JobKind | str = JobKind.PROCESS,
+        kind: JobKind | str | None = None,
         *,
         name: str | None = None,
         push: Sequence[str] | None = None,
         namespace: Mapping[str, Any] | None = None,
+        host: str | Sequence[str] | None = None,
+        cache: str = "kernel",
+        python: str | None = None,
+        accept_new_host: bool = False,
     ) -> Job:
         """Start ``code`` as a job and return it at once (NotStarted if throttled).
 
         ``namespace`` is where the code's variables come from (the notebook's user namespace):
-        a thread job runs in a shallow copy of it; a process job gets the variables it reads,
-        or those named by ``push`` (``[]``: none). Bad code or an unsendable variable raises
-        before any job exists.
+        a thread job runs in a shallow copy of it; process and remote jobs get the variables it
+        reads, or those named by ``push`` (``[]``: none). ``host`` (one, a list, or "a,b,c")
+        makes a remote job; several hosts make a parent job with one child per host.
+        ``cache="remote"`` keeps a remote job's records on its host until received. Bad code,
+        an unsendable variable or an unusable host raises before any job exists.
         """
         if self._closed:
             raise RJobError("this job manager is shut down; create a new one")
+        hosts = _host_list(host)
+        if kind is None:
+            kind = JobKind.REMOTE if hosts else JobKind.PROCESS
+        kind = JobKind.parse(kind)
+        if kind is JobKind.REMOTE and not hosts:
+            raise UsageProblem("a remote job needs a host: give --host HOST (or several: --host a,b,c)")
+        if kind is not JobKind.REMOTE and (hosts or cache != "kernel" or python or accept_new_host):
+            raise UsageProblem("--host, --cache, --python and --accept-new-host are for remote jobs; give --host HOST")
         backend = self.backend(kind)
+        options: dict[str, Any] = {}
+        if kind is JobKind.REMOTE:
+            options = {"hosts": hosts, "cache": cache, "python": python, "accept_new_host": accept_new_host}
         with self._lock:
             job_id = self._next_id
             self._next_id += 1
         try:
-            prepared = backend.prepare(code, f"<rjob {job_id}>", namespace, push)
+            prepared = backend.prepare(code, f"<rjob {job_id}>", namespace, push, **options)
         except SyntaxError as exc:
             self._give_back_id(job_id)
             raise JobCodeError(exc) from None
         except BaseException:
             self._give_back_id(job_id)
             raise
-        job = Job(job_id, backend.kind, code, name, on_state=self._job_state_changed, on_record=self._job_record)
+        callbacks = {"on_state": self._job_state_changed, "on_record": self._job_record}
+        if len(hosts) > 1:
+            job = Job(job_id, kind, code, name, location=",".join(hosts), **callbacks)
+            with self._lock:
+                for offset, child_host in enumerate(hosts, start=1):
+                    child = Job(job_id + offset, kind, code, f"{job.name}:{child_host}", location=child_host, parent=job, **callbacks)
+                    job.children.append(child)
+                self._next_id = job_id + len(hosts) + 1
+        else:
+            job = Job(job_id, kind, code, name, location=hosts[0] if hosts else "localhost", **callbacks)
         with self._lock:
             self._jobs[job_id] = job
         self._emit(JobEvent(EventKind.ADDED, job))
-        self._throttles[backend.kind].submit(job, lambda: self._launch(backend, job, prepared))
+        for leaf in _leaves(job):
+            self._throttles[backend.kind].submit(leaf, lambda leaf=leaf: self._launch(backend, leaf, prepared))
         return job
 
     def _give_back_id(self, job_id: int) -> None:
@@ -424,7 +462,10 @@ class JobManager:
         running = [j for j in self._all_jobs() if j.parent is None and not j.state.finished]
         if running:
             self.stop(running, grace=grace)
-        for backend in self._backends.values():
+        for job in self._all_jobs():
+            if job.runner is not None:
+                job.runner.cleanup()  # remote spools go with the kernel (detached jobs aside)
+        for backend in list(self._backends.values()):
             backend.shutdown()
 
     @property
@@ -441,6 +482,17 @@ class JobManager:
         jobs = self._all_jobs()
         running = sum(1 for j in jobs if not j.state.finished)
         return f"<JobManager {len(jobs)} jobs, {running} running>"
+
+
+def _host_list(host: str | Sequence[str] | None) -> list[str]:
+    if host is None:
+        return []
+    items = host.split(",") if isinstance(host, str) else list(host)
+    hosts = [h.strip() for h in items if h.strip()]
+    duplicates = {h for h in hosts if hosts.count(h) > 1}
+    if duplicates:
+        raise UsageProblem(f"host {sorted(duplicates)[0]!r} is named twice; name each host once")
+    return hosts
 
 
 def _leaves(job: Job) -> list[Job]:

@@ -17,12 +17,11 @@ import sys
 import threading
 from typing import Any, BinaryIO, Callable, Mapping, Sequence
 
-from ._agent import compile_job, descendants, loads_value, read_frame, write_frame
-from ._backend import Backend, JobRunner
+from ._agent import compile_job, descendants, read_frame, write_frame
+from ._backend import Backend, FrameApplier, JobRunner
 from ._errors import RJobError
 from ._job import Job, JobKind, JobState
 from ._namespace import capture_variables, serialize_variables
-from ._records import RecordKind
 
 __all__ = ["ProcessBackend", "WorkerPool"]
 
@@ -66,7 +65,7 @@ class Worker:
         self.python_version = ""
         self._on_idle = on_idle
         self._on_exit = on_exit
-        self._value_failed = False
+        self._apply: FrameApplier | None = None
         self._send_lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, name=f"rjob-worker-{self.pid}", daemon=True)
         self._reader.start()
@@ -143,34 +142,13 @@ class Worker:
         elif op == "idle":
             self.job = None
             self._on_idle(self)
-        elif op == "record" and self.job is not None:
-            self._record(self.job, header, buffers)
-
-    def _record(self, job: Job, header: dict[str, Any], buffers: list[bytearray]) -> None:
-        kind, data, seq, when = header["kind"], header.get("data"), header["seq"], header.get("time")
-        if kind == "state":
-            state = JobState(data)
-            if state is JobState.Completed and self._value_failed:
-                state = JobState.Failed
-            job.set_state(state)
-            return
-        if kind == "value":
-            try:
-                data = loads_value(data["format"], buffers)
-            except Exception as exc:  # noqa: BLE001 - a class the kernel lacks, say
-                self._value_failed = True
-                kind = "error"
-                data = {
-                    "ename": "ValueNotLoadable",
-                    "evalue": f"the job's value arrived but cannot be loaded here ({type(exc).__name__}: {exc})",
-                    "traceback": [f"ValueNotLoadable: {type(exc).__name__}: {exc}"],
-                }
-        job.emit(RecordKind(kind), data, seq=seq, when=when)
+        elif op == "record" and self._apply is not None:
+            self._apply(header, buffers)
 
     def assign(self, job: Job) -> None:
         self.job = job
         self.stopping = False
-        self._value_failed = False
+        self._apply = FrameApplier(job, self.python_version)
 
 
 class WorkerPool:
