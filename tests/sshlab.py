@@ -28,6 +28,7 @@ that nothing addressed there ever leaves the machine.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import errno
 import fcntl
@@ -197,7 +198,7 @@ class SshLab:
 
     Attributes after ``start()``: ``hosts`` (aliases), ``user``, ``uid``, ``home``, ``python``,
     ``tmpdir``, ``client_key`` (+ ``client_pubkey``), ``authorized_keys``, ``ssh_config``,
-    ``known_hosts``.
+    ``known_hosts``, ``scratch`` (a directory the test user owns), ``timings``.
     """
 
     def __init__(
@@ -226,6 +227,7 @@ class SshLab:
         self.authorized_keys = ""
         self.ssh_config = ""
         self.known_hosts = ""
+        self.scratch = ""  # a directory owned by the test user, removed by close()
         self._hosts: dict[str, LabHost] = {}
         self._lock_fd: Optional[int] = None
         self._started = False
@@ -279,6 +281,7 @@ class SshLab:
             self._start_all_sshd()
             self._write_client_files()
             self._started = True
+            atexit.register(self.close)  # a benchmark that forgets close() leaves nothing behind
         except BaseException:
             self.close()
             raise
@@ -334,6 +337,7 @@ class SshLab:
             self.tmpdir = ""
         self._hosts = {}
         self._started = False
+        atexit.unregister(self.close)
         self._release_lock()
         self.timings["teardown"] = time.monotonic() - t0
 
@@ -598,6 +602,11 @@ class SshLab:
         self.authorized_keys = os.path.join(self.tmpdir, "authorized_keys")
         self.ssh_config = os.path.join(self.tmpdir, "ssh_config")
         self.known_hosts = os.path.join(self.tmpdir, "known_hosts")
+        # files the test user must reach (fake interpreters, ...): pytest's tmp_path is under
+        # /tmp/pytest-of-root (mode 700), which the test user cannot enter
+        self.scratch = os.path.join(self.tmpdir, "scratch")
+        os.mkdir(self.scratch, 0o755)
+        os.chown(self.scratch, self.uid, -1)
 
     def _plan_hosts(self) -> None:
         hosts: dict[str, LabHost] = {}
@@ -648,20 +657,33 @@ class SshLab:
         for i in range(1, self.namespace_hosts + 1):
             ns, dev = f"{NS_PREFIX}{i}", f"{LINK_PREFIX}{i}"
             self._netns_add(ns)
-            _run(["ip", "link", "add", dev, "type", "veth", "peer", "name", dev + "p", "netns", ns])
-            _run(["ip", "addr", "add", f"10.231.{i}.1/24", "dev", dev])
-            _run(["ip", "link", "set", dev, "up"])
-            _run(["ip", "-n", ns, "addr", "add", f"10.231.{i}.2/24", "dev", dev + "p"])
-            _run(["ip", "-n", ns, "link", "set", dev + "p", "up"])
+            self._veth(None, dev, ns, i)
         if self.behind_jump:
             ns, jump_ns, dev = f"{NS_PREFIX}b", f"{NS_PREFIX}1", f"{LINK_PREFIX}b"
             self._netns_add(ns)
             # both ends created inside rj-h1, then one moved: nothing of it ever touches the root namespace
-            _run(["ip", "-n", jump_ns, "link", "add", dev, "type", "veth", "peer", "name", dev + "p", "netns", ns])
-            _run(["ip", "-n", jump_ns, "addr", "add", f"10.231.{BEHIND_NET}.1/24", "dev", dev])
-            _run(["ip", "-n", jump_ns, "link", "set", dev, "up"])
-            _run(["ip", "-n", ns, "addr", "add", f"10.231.{BEHIND_NET}.2/24", "dev", dev + "p"])
-            _run(["ip", "-n", ns, "link", "set", dev + "p", "up"])
+            self._veth(jump_ns, dev, ns, BEHIND_NET)
+
+    @staticmethod
+    def _veth(outer_ns: Optional[str], dev: str, inner_ns: str, net: int) -> None:
+        """veth ``dev`` (10.231.NET.1, in outer_ns) / ``dev``p (10.231.NET.2, in inner_ns).
+
+        Fixed MACs and PERMANENT neighbour entries on both ends: no ARP ever, so a partition
+        stays a silent drop (connects time out) instead of turning into "No route to host"
+        once the neighbour entries expire, as it would on one L2 segment.
+        """
+        outer = ["ip"] if outer_ns is None else ["ip", "-n", outer_ns]
+        inner = ["ip", "-n", inner_ns]
+        mac_outer, mac_inner = f"02:72:6a:{net:02x}:00:01", f"02:72:6a:{net:02x}:00:02"
+        ip_outer, ip_inner = f"10.231.{net}.1", f"10.231.{net}.2"
+        _run([*outer, "link", "add", dev, "address", mac_outer, "type", "veth",
+              "peer", "name", dev + "p", "address", mac_inner, "netns", inner_ns])
+        _run([*outer, "addr", "add", f"{ip_outer}/24", "dev", dev])
+        _run([*outer, "neigh", "replace", ip_inner, "lladdr", mac_inner, "nud", "permanent", "dev", dev])
+        _run([*outer, "link", "set", dev, "up"])
+        _run([*inner, "addr", "add", f"{ip_inner}/24", "dev", dev + "p"])
+        _run([*inner, "neigh", "replace", ip_outer, "lladdr", mac_outer, "nud", "permanent", "dev", dev + "p"])
+        _run([*inner, "link", "set", dev + "p", "up"])
 
     @staticmethod
     def _netns_add(ns: str) -> None:

@@ -158,7 +158,11 @@ def test_user_processes_and_cleanup(ssh_lab_clean: SshLab) -> None:
     assert lab.user_processes() == []
 
 
-def test_run_as_user(ssh_lab: SshLab) -> None:
+def test_run_as_user_and_scratch(ssh_lab: SshLab) -> None:
     result = ssh_lab.run_as_user([ssh_lab.python, "-c", UID_CODE])
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(ssh_lab.uid)
+    script = Path(ssh_lab.scratch) / "hello.sh"
+    script.write_text("#!/bin/sh\necho hello\n")
+    script.chmod(0o755)
+    assert ssh(ssh_lab, "nshost1", str(script)).stdout.strip() == "hello"
