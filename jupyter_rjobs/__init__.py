@@ -1,6 +1,6 @@
 """jupyter_rjobs: PowerShell's job model for IPython and Jupyter.
 
-Run a cell in a thread, in another process, or on remote hosts while the notebook stays
+Run a cell in a thread, in another process, or on SSH hosts while the notebook stays
 free; list, wait for, receive, stop and remove those jobs. ``%load_ext jupyter_rjobs``
 gives the ``%rjob`` magics; :class:`JobManager` is the same thing as plain Python.
 """
@@ -12,6 +12,9 @@ from typing import Any
 from ._agent import display, progress
 from ._errors import (
     AmbiguousJobError,
+    AuthenticationError,
+    HostError,
+    HostKeyError,
     JobCodeError,
     JobError,
     JobNotFoundError,
@@ -30,7 +33,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AmbiguousJobError",
+    "AuthenticationError",
     "EventKind",
+    "HostError",
+    "HostKeyError",
     "Job",
     "JobCodeError",
     "JobError",

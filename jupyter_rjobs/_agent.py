@@ -964,9 +964,21 @@ def _job_child(header: Dict[str, Any], buffers: List[bytearray], spool: str, not
     _run_one(header, buffers, out, fds)  # type: ignore[arg-type]
 
 
+def _provide_package_stub() -> None:
+    """On a host without jupyter_rjobs, `from jupyter_rjobs import progress, display` works in jobs."""
+    import importlib.util
+
+    if importlib.util.find_spec("jupyter_rjobs") is None:
+        stub = types.ModuleType("jupyter_rjobs")
+        stub.progress = progress  # type: ignore[attr-defined]
+        stub.display = display  # type: ignore[attr-defined]
+        sys.modules["jupyter_rjobs"] = stub
+
+
 def serve_main(root: str) -> None:
     """One per SSH connection: runs jobs as detached processes and forwards their spools."""
     os.umask(0o077)
+    _provide_package_stub()
     _Server(root).loop()
 
 

@@ -29,11 +29,16 @@ _STATES = ", ".join(s.value for s in JobState)
 @argument("--push", metavar="NAMES", help="send exactly these notebook variables to a process job: a,b")
 @argument("--no-push", action="store_true", help="send no notebook variables")
 @argument("--out", metavar="VAR", help="also store the Job object in this variable")
+@argument("--host", metavar="HOSTS", help="run on SSH hosts: [user@]host[:port] or ~/.ssh/config aliases, a,b,c for several (Invoke-Command -AsJob)")
+@argument("--cache", choices=["kernel", "remote"], default="kernel", help="where a remote job's output is kept until received (default kernel)")
+@argument("--python", metavar="PATH", help="the Python to run on the hosts (default python3)")
+@argument("--accept-new-host", action="store_true", help="accept and remember the key of a host not in known_hosts")
 def _start_args() -> None:
     """Start the cell (or, in line form, the code after `--`) as a job; returns at once.
 
     `%%rjob start [options]` + cell, or `%rjob start [options] -- EXPRESSION`.
-    A process job gets the notebook variables its code reads (PowerShell's $using:).
+    Process and remote jobs get the notebook variables their code reads (PowerShell's $using:).
+    Several hosts make one parent job with a child per host.
     """
 
 
@@ -67,6 +72,7 @@ def _wait_args() -> None:
 @argument("--wait", action="store_true", help="stream output as it comes until the jobs end")
 @argument("--auto-remove", action="store_true", help="with --wait: remove the jobs when they have ended")
 @argument("--out", metavar="VAR", help="also store the value (a dict for several jobs) in this variable")
+@argument("--host", metavar="HOST", help="only the child job that runs on this host")
 def _receive_args() -> None:
     """Show the output produced since the last receive, in order, and return the job's value as Out
     (a dict of values for several jobs)."""
@@ -156,9 +162,18 @@ class RJobMagics(Magics):
             raise UsageError("choose one of --thread and --process")
         if args.push is not None and args.no_push:
             raise UsageError("choose one of --push NAMES and --no-push")
-        kind = JobKind.THREAD if args.thread else JobKind.PROCESS
+        if args.host and (args.thread or args.process):
+            raise UsageError("--host runs the job on those hosts; leave out --thread and --process")
+        remote = {}
+        if args.host:
+            kind = JobKind.REMOTE
+            remote = {"host": args.host, "cache": args.cache, "python": args.python, "accept_new_host": args.accept_new_host}
+        elif args.cache != "kernel" or args.python or args.accept_new_host:
+            raise UsageError("--cache, --python and --accept-new-host are for remote jobs; add --host HOST")
+        else:
+            kind = JobKind.THREAD if args.thread else JobKind.PROCESS
         push = [] if args.no_push else parse_names(args.push)
-        job = self.manager.start(code, kind, name=args.name, push=push, namespace=self.shell.user_ns)
+        job = self.manager.start(code, kind, name=args.name, push=push, namespace=self.shell.user_ns, **remote)
         if args.out:
             self.shell.user_ns[args.out] = job
         return job
@@ -195,6 +210,10 @@ class RJobMagics(Magics):
         if args.auto_remove and not args.wait:
             raise UsageError("--auto-remove needs --wait (the jobs must end before they are removed)")
         jobs = self.manager.resolve(args.jobs or None)
+        if args.host:
+            jobs = [child for job in jobs for child in (job.children or [job]) if child.location == args.host]
+            if not jobs:
+                raise UsageError(f"none of those jobs runs on {args.host!r}; see %rjob show JOB for its hosts")
         leaves = [leaf for job in jobs for leaf in (job.children or [job])]
         renderer = Renderer(self.shell, leaves, streaming=args.wait)
         if args.wait:

@@ -8,6 +8,7 @@ import concurrent.futures
 import enum
 import fnmatch
 import logging
+import os
 import threading
 import time
 import weakref
@@ -113,7 +114,7 @@ class JobManager:
         ssh_config: str | None = None,
     ) -> None:
         self.stop_grace = stop_grace
-        self.ssh_config = ssh_config
+        self._ssh_config = ssh_config or os.environ.get("JUPYTER_RJOBS_SSH_CONFIG")
         self.max_remote_jobs = max_remote_jobs
         self._backends: dict[JobKind, Backend] = {
             JobKind.THREAD: ThreadBackend(max_thread_jobs),
@@ -145,6 +146,18 @@ class JobManager:
                 return self._backends[kind]
             except KeyError:
                 raise UsageProblem(f"{kind} jobs are not available in this manager") from None
+
+    @property
+    def ssh_config(self) -> str | None:
+        """The ssh_config file remote jobs read (default ~/.ssh/config, or $JUPYTER_RJOBS_SSH_CONFIG)."""
+        return self._ssh_config
+
+    @ssh_config.setter
+    def ssh_config(self, path: str | None) -> None:
+        self._ssh_config = path
+        backend = self._backends.get(JobKind.REMOTE)
+        if backend is not None:
+            backend.ssh_config = path  # type: ignore[attr-defined]
 
     def prewarm(self) -> None:
         """Start process job workers now, so the first process job starts at once."""

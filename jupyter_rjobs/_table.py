@@ -106,7 +106,10 @@ class JobDetails:
 
             end = job.end_time or datetime.now()
             duration = f"{(end - job.begin_time).total_seconds():.3f} s"
-        children = ", ".join(f"{c.id} ({c.location}: {c.state})" for c in job.children)
+        children = "\n".join(
+            f"{c.id}  {c.name}  on {c.location}  {c.state}" + (f"  ({c.error})" if c.error is not None else "")
+            for c in job.children
+        )
         return [
             ("Id", str(job.id)),
             ("InstanceId", str(job.instance_id)),

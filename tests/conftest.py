@@ -10,10 +10,11 @@ from jupyter_rjobs import Job, JobManager
 
 pytest_plugins = ["sshfixtures"]  # the real-sshd lab: tests/sshfixtures.py, tests/sshlab.py
 
-# The contract suite runs against every kind here; the remote backend adds itself.
-ALL_KINDS = ["thread", "process"]
+# The contract suite runs against every kind here.
+ALL_KINDS = ["thread", "process", pytest.param("remote", marks=pytest.mark.ssh)]
 # Kinds whose jobs get copies of the notebook's variables (serialized), not the objects.
-SENDING_KINDS = ["process"]
+SENDING_KINDS = ["process", pytest.param("remote", marks=pytest.mark.ssh)]
+REMOTE_HOST = "server01"  # the lab's sshd on loopback
 
 
 @pytest.fixture
@@ -41,25 +42,36 @@ def manager(make_manager: Callable[..., JobManager]) -> JobManager:
 class Starter:
     """Starts jobs of one kind on a manager: what the contract suite needs to know of a backend."""
 
-    def __init__(self, manager: JobManager, kind: str) -> None:
+    def __init__(self, manager: JobManager, kind: str, host: str | None = None) -> None:
         self.manager = manager
         self.kind = kind
+        self.host = host
+        self.location = host or "localhost"
 
     def __call__(self, code: str, **options: Any) -> Job:
+        if self.host is not None:
+            options.setdefault("host", self.host)
         return self.manager.start(code, self.kind, **options)
 
     def __repr__(self) -> str:
         return f"Starter({self.kind})"
 
 
+def _starter(request: pytest.FixtureRequest, make_manager: Callable[..., JobManager]) -> Starter:
+    if request.param == "remote":
+        lab = request.getfixturevalue("ssh_lab")
+        return Starter(make_manager(ssh_config=lab.ssh_config), "remote", host=REMOTE_HOST)
+    return Starter(make_manager(), request.param)
+
+
 @pytest.fixture(params=ALL_KINDS)
-def start(request: pytest.FixtureRequest, manager: JobManager) -> Starter:
-    return Starter(manager, request.param)
+def start(request: pytest.FixtureRequest, make_manager: Callable[..., JobManager]) -> Starter:
+    return _starter(request, make_manager)
 
 
 @pytest.fixture(params=SENDING_KINDS)
-def start_sending(request: pytest.FixtureRequest, manager: JobManager) -> Starter:
-    return Starter(manager, request.param)
+def start_sending(request: pytest.FixtureRequest, make_manager: Callable[..., JobManager]) -> Starter:
+    return _starter(request, make_manager)
 
 
 @pytest.fixture(scope="session")

@@ -313,7 +313,7 @@ def test_events_tell_what_happens(start):
 def test_job_properties(start):
     job = start("import time\ntime.sleep(0.05)\n" + "x = 1\n" * 40, name="props")
     job.result(timeout=30)
-    assert job.name == "props" and job.location == "localhost" and job.children == []
+    assert job.name == "props" and job.location == start.location and job.children == []
     assert len(job.command) <= 60 and job.command.startswith("import time")
     assert str(job.state) == "Completed"
     assert job.begin_time <= job.end_time
@@ -363,10 +363,10 @@ def test_an_unsendable_variable_is_named_and_no_job_starts(start_sending):
     assert start_sending.manager.list() == []
 
 
-def test_numpy_arrays_travel_both_ways(start_sending):
+def test_numpy_arrays_travel_both_ways(manager):
     np = pytest.importorskip("numpy", reason="numpy is in the test extra; install .[test]")
     array = np.arange(1_000_000, dtype=np.float64)
-    job = start_sending("array * 2", namespace={"array": array})
+    job = manager.start("array * 2", "process", namespace={"array": array})
     result = job.result(timeout=60)
     assert result.dtype == np.float64 and result.shape == array.shape
     assert np.array_equal(result, array * 2)
