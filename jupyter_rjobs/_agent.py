@@ -326,16 +326,29 @@ class JobStopRequested(BaseException):
     """Raised inside a job's thread to stop it (BaseException, so `except Exception` lets it pass)."""
 
 
+_compiled: Dict[str, Tuple[types.CodeType, Optional[types.CodeType]]] = {}
+
+
 def compile_job(code: str, filename: str) -> Tuple[types.CodeType, Optional[types.CodeType]]:
-    """Compile a cell: the statements, and its last expression (whose value is the job's)."""
-    tree = ast.parse(code, filename, "exec")
-    last: Optional[types.CodeType] = None
-    if tree.body and isinstance(tree.body[-1], ast.Expr):
-        expression = ast.Expression(tree.body.pop().value)
-        last = compile(expression, filename, "eval")
+    """Compile a cell: the statements, and its last expression (whose value is the job's).
+
+    The same code compiles once; later jobs reuse it under their own file name.
+    """
     lines = code.splitlines(True)
     linecache.cache[filename] = (len(code), None, lines, filename)  # tracebacks show the source
-    return compile(tree, filename, "exec"), last
+    cached = _compiled.get(code)
+    if cached is not None:
+        body, last = cached
+        return body.replace(co_filename=filename), last.replace(co_filename=filename) if last else None
+    tree = ast.parse(code, filename, "exec")
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = compile(ast.Expression(tree.body.pop().value), filename, "eval")
+    body = compile(tree, filename, "exec")
+    if len(_compiled) >= 256:
+        _compiled.clear()
+    _compiled[code] = (body, last)
+    return body, last
 
 
 def execute(

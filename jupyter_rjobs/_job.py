@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import threading
 import uuid
 from concurrent.futures import Future
 from datetime import datetime
@@ -126,12 +125,11 @@ class Job(Future):  # type: ignore[type-arg]
     ) -> None:
         super().__init__()
         self.id = id
-        self.instance_id = uuid.uuid4()
+        self._instance_id: uuid.UUID | None = None
         self.name = name or f"Job{id}"
         self.kind = kind
         self.location = location
         self.code = code
-        self.command = shorten(code)
         self.parent = parent
         self.children: list[Job] = []
         self.begin_time: datetime | None = None
@@ -139,13 +137,26 @@ class Job(Future):  # type: ignore[type-arg]
         self.error: JobError | None = None
         self.runner: JobRunner | None = None
         self._job_state = JobState.NotStarted
-        self._state_lock = threading.RLock()
+        self._state_lock = self._condition  # type: ignore[attr-defined]  # the Future's own (re-entrant) lock
         self._value: Any = None
+        self.ending = False
         self._on_state = on_state
         self._on_record = on_record
         self.stream = RecordStream(id, on_append=self._record_appended)
 
     # -- properties -----------------------------------------------------------------
+    @property
+    def instance_id(self) -> uuid.UUID:
+        """Unique everywhere (it names a remote job's spool); made when first asked for."""
+        if self._instance_id is None:
+            self._instance_id = uuid.uuid4()
+        return self._instance_id
+
+    @property
+    def command(self) -> str:
+        """The code on one line, shortened for tables."""
+        return shorten(self.code)
+
     @property
     def state(self) -> JobState:
         if self.children:
@@ -187,6 +198,16 @@ class Job(Future):  # type: ignore[type-arg]
 
     def emit(self, kind: RecordKind, data: Any, seq: int | None = None, when: float | None = None) -> None:
         self.stream.append(kind, data, seq=seq, when=when)
+
+    def complete(self, value: Any) -> None:
+        """End as Completed with ``value`` as the last record: readers are woken once, not twice."""
+        self.ending = True  # observers may skip waking readers for the value: the state change follows
+        try:
+            if value is not None:
+                self.emit(RecordKind.VALUE, value)
+        finally:
+            self.ending = False
+        self.set_state(JobState.Completed)
 
     def fail(self, ename: str, evalue: str, traceback: list[str] | None = None) -> None:
         """Record an error raised outside the job's code (its worker died, say) and end as Failed."""

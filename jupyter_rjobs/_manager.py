@@ -181,9 +181,10 @@ class JobManager:
 
         return unsubscribe
 
-    def _emit(self, event: JobEvent) -> None:
-        with self._activity:
-            self._activity.notify_all()
+    def _emit(self, event: JobEvent, wake: bool = True) -> None:
+        if wake:
+            with self._activity:
+                self._activity.notify_all()
         for listener in list(self._listeners):
             try:
                 listener(event)
@@ -193,12 +194,13 @@ class JobManager:
     def _job_state_changed(self, job: Job, old: JobState, new: JobState) -> None:
         if new.finished:
             self._throttles[job.kind].finished(job)  # frees a slot (a parent holds none: harmless)
-        self._emit(JobEvent(EventKind.STATE, job, old_state=old, new_state=new))
+        # readers wait for records and for the end: only a finished job is worth waking them for
+        self._emit(JobEvent(EventKind.STATE, job, old_state=old, new_state=new), wake=new.finished)
         if job.parent is not None:
             job.parent.child_state_changed()
 
     def _job_record(self, job: Job, record: Record) -> None:
-        self._emit(JobEvent(EventKind.RECORD, job, record=record))
+        self._emit(JobEvent(EventKind.RECORD, job, record=record), wake=not job.ending)
 
     # -- starting -------------------------------------------------------------------------
     def start(

@@ -154,9 +154,12 @@ class Worker:
 class WorkerPool:
     """Keeps ``warm`` idle workers ready; hands one out per job."""
 
-    def __init__(self, python: str | None = None, warm: int = 2, start_timeout: float | None = 60.0) -> None:
+    def __init__(
+        self, python: str | None = None, warm: int = 2, start_timeout: float | None = 60.0, max_workers: int = 4
+    ) -> None:
         self.python = python or sys.executable
         self.warm = warm
+        self.max_workers = max(max_workers, warm)
         self.start_timeout = start_timeout
         self._lock = threading.Lock()
         self._idle: collections.deque[Worker] = collections.deque()
@@ -177,9 +180,10 @@ class WorkerPool:
         raise RJobError("the job manager is shut down; create a new one")
 
     def fill(self) -> None:
-        """Start workers in the background until ``warm`` are idle or starting."""
+        """Start workers in the background until ``warm`` are idle or starting (never more than
+        ``max_workers`` in all: the busy ones come back idle when their job ends)."""
         with self._lock:
-            needed = self.warm - len(self._idle) - self._starting
+            needed = min(self.warm - len(self._idle) - self._starting, self.max_workers - len(self._all) - self._starting)
             if self._closed or needed <= 0:
                 return
             self._starting += needed
@@ -276,7 +280,7 @@ class ProcessBackend(Backend):
 
     def __init__(self, max_concurrent: int | None = None, warm: int = 2, python: str | None = None) -> None:
         super().__init__(max_concurrent or max(2, os.cpu_count() or 2))
-        self.pool = WorkerPool(python, warm=min(warm, self.max_concurrent))
+        self.pool = WorkerPool(python, warm=min(warm, self.max_concurrent), max_workers=self.max_concurrent + warm)
 
     def prepare(
         self, code: str, filename: str, namespace: Mapping[str, Any] | None, push: Sequence[str] | None

@@ -48,13 +48,13 @@ class RecordStream:
         self._records: list[Record] = []  # records from the cursor on (received ones are dropped)
         self._last_seq = 0
         self._closed = False
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()  # readers wait on the manager's activity condition
         self._on_append = on_append
 
     # -- writing --------------------------------------------------------------------
     def append(self, kind: RecordKind, data: Any, seq: int | None = None, when: float | None = None) -> Record | None:
         """Append a record; ``seq=None`` numbers it next. Returns None for a duplicate."""
-        with self._cond:
+        with self._lock:
             if seq is None:
                 seq = self._last_seq + 1
             elif seq <= self._last_seq:
@@ -62,16 +62,14 @@ class RecordStream:
             record = Record(seq, RecordKind(kind), data, time.time() if when is None else when, self.job_id)
             self._last_seq = seq
             self._records.append(record)
-            self._cond.notify_all()
         if self._on_append is not None:
             self._on_append(record)
         return record
 
     def close(self) -> None:
         """No more records will come (the job has ended)."""
-        with self._cond:
+        with self._lock:
             self._closed = True
-            self._cond.notify_all()
 
     # -- reading --------------------------------------------------------------------
     @property
@@ -93,12 +91,8 @@ class RecordStream:
 
     def take(self, after: int = 0, keep: bool = False) -> list[Record]:
         """The unreceived records numbered above ``after``; without ``keep`` they count as received."""
-        with self._cond:
+        with self._lock:
             records = [r for r in self._records if r.seq > after] if after else list(self._records)
             if not keep and records:
                 self._records = [r for r in self._records if r.seq <= after]
             return records
-
-    def wait_closed(self, timeout: float | None = None) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self._closed, timeout)

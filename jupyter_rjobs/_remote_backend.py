@@ -243,9 +243,8 @@ class RemoteSpoolStream(RecordStream):
         return record
 
     def notice(self, seq: int) -> None:
-        with self._cond:
+        with self._lock:
             self._host_last = max(self._host_last, seq)
-            self._cond.notify_all()
 
     @property
     def has_unreceived(self) -> bool:

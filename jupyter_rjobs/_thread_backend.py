@@ -25,9 +25,22 @@ __all__ = ["ThreadBackend"]
 log = logging.getLogger(__name__)
 
 
-def _raise_in_thread(ident: int, exc_type: type[BaseException] | None) -> None:
-    """Raise ``exc_type`` in thread ``ident`` at its next bytecode (None clears a pending one)."""
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc_type) if exc_type else None)
+def _raise_in_thread(ident: int, exc_type: type[BaseException]) -> None:
+    """Raise ``exc_type`` in thread ``ident`` at its next bytecode.
+
+    Never "clear" a pending one with NULL: on CPython 3.11 that leaves the eval breaker set
+    and any later profiler or debugger spins forever. A late stop is absorbed instead.
+    """
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc_type))
+
+
+def _absorb_late_stop() -> None:
+    """Give a stop sent as the job ended a few bytecodes to land, here and not in the pool."""
+    try:
+        for _ in range(100):
+            pass
+    except JobStopRequested:
+        pass
 
 
 class _ThreadPrepared:
@@ -43,6 +56,7 @@ class ThreadRunner(JobRunner):
         self._prepared = prepared
         self._lock = threading.Lock()
         self._ident: int | None = None
+        self._stop_sent = False
 
     def run(self) -> None:
         job = self.job
@@ -61,18 +75,22 @@ class ThreadRunner(JobRunner):
                 set_thread_sink(None)
                 with self._lock:
                     self._ident = None
-                    _raise_in_thread(threading.get_ident(), None)
+                if self._stop_sent:
+                    _absorb_late_stop()
         except JobStopRequested:
             outcome, value = "Stopped", None
-        if outcome == "Completed" and value is not None:
-            job.emit(RecordKind.VALUE, value)
-        elif outcome == "Failed" and job.error is not None and isinstance(value, dict):
+            _absorb_late_stop()
+        if outcome == "Completed":
+            job.complete(value)
+            return
+        if outcome == "Failed" and job.error is not None and isinstance(value, dict):
             job.error.original = value.get("original")
         job.set_state(JobState(outcome))
 
     def terminate(self) -> None:
         with self._lock:
             if self._ident is not None:
+                self._stop_sent = True
                 _raise_in_thread(self._ident, JobStopRequested)
 
     kill = terminate  # a thread cannot be forced: ask again
