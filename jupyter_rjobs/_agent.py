@@ -541,7 +541,14 @@ def _load_variables(header: Dict[str, Any], buffers: List[bytearray]) -> Dict[st
         try:
             values[spec["name"]] = loads_value(spec["format"], buffers[position : position + count])
         except Exception as exc:
-            raise RuntimeError(f"could not load variable {spec['name']!r} in the job: {type(exc).__name__}: {exc}") from exc
+            versions = ""
+            sender = header.get("python")
+            here = sys.version.split()[0]
+            if sender and sender.rsplit(".", 1)[0] != here.rsplit(".", 1)[0]:
+                versions = f" (sent from Python {sender}, loaded on Python {here})"
+            raise RuntimeError(
+                f"could not load variable {spec['name']!r} in the job{versions}: {type(exc).__name__}: {exc}"
+            ) from exc
         position += count
     return values
 

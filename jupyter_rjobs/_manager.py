@@ -97,8 +97,9 @@ class _Throttle:
 class JobManager:
     """Starts jobs and keeps them: list, get, wait, receive, stop, remove; observable by events.
 
-    ``max_thread_jobs`` and ``max_process_jobs`` throttle how many run at once (the rest
-    wait NotStarted, in order). ``stop_grace`` is how long a stopped job has before it is
+    ``max_thread_jobs``, ``max_process_jobs`` and ``max_remote_jobs`` throttle how many run at
+    once (the rest wait NotStarted, in order); at most ``max_connecting_hosts`` hosts are being
+    connected to at once. ``ssh_config`` replaces ``~/.ssh/config`` for remote jobs. ``stop_grace`` is how long a stopped job has before it is
     killed. Timeouts are seconds, ``None`` meaning forever.
     """
 
@@ -112,10 +113,12 @@ class JobManager:
         python: str | None = None,
         max_remote_jobs: int = 1000,
         ssh_config: str | None = None,
+        max_connecting_hosts: int = 32,
     ) -> None:
         self.stop_grace = stop_grace
         self._ssh_config = ssh_config or os.environ.get("JUPYTER_RJOBS_SSH_CONFIG")
         self.max_remote_jobs = max_remote_jobs
+        self.max_connecting_hosts = max_connecting_hosts
         self._backends: dict[JobKind, Backend] = {
             JobKind.THREAD: ThreadBackend(max_thread_jobs),
             JobKind.PROCESS: ProcessBackend(max_process_jobs, warm=warm_workers, python=python),
@@ -141,7 +144,9 @@ class JobManager:
             if kind is JobKind.REMOTE and kind not in self._backends:
                 from ._remote_backend import RemoteBackend  # paramiko is imported only when needed
 
-                self.add_backend(RemoteBackend(self.max_remote_jobs, self.stop_grace, self.ssh_config))
+                self.add_backend(
+                    RemoteBackend(self.max_remote_jobs, self.stop_grace, self.ssh_config, self.max_connecting_hosts)
+                )
             try:
                 return self._backends[kind]
             except KeyError:

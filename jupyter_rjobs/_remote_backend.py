@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import shlex
+import sys
 import threading
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -361,13 +362,20 @@ class _RemotePrepared:
 class RemoteBackend(Backend):
     kind = JobKind.REMOTE
 
-    def __init__(self, max_concurrent: int = 1000, stop_grace: float = 3.0, ssh_config: str | None = None) -> None:
+    def __init__(
+        self,
+        max_concurrent: int = 1000,
+        stop_grace: float = 3.0,
+        ssh_config: str | None = None,
+        max_connecting: int = MAX_CONNECTING,
+    ) -> None:
         super().__init__(max_concurrent)
         self.stop_grace = stop_grace
         self.ssh_config = ssh_config
+        self.max_connecting = max_connecting
         self._sessions: dict[tuple[str, str], HostSession] = {}
         self._lock = threading.Lock()
-        self._connecting = threading.Semaphore(MAX_CONNECTING)
+        self._connecting = threading.Semaphore(max_connecting)
         self._host_locks: dict[tuple[str, str], threading.Lock] = {}
 
     def session(self, host: str, python: str | None = None, accept_new: bool = False) -> HostSession:
@@ -400,7 +408,7 @@ class RemoteBackend(Backend):
             raise HostError(",".join(hosts), f"--cache is kernel or remote, not {cache!r}")
         compile_job(code, filename)
         specs, buffers = serialize_variables(capture_variables(code, namespace, push), where="a remote job")
-        header = {"op": "run", "code": code, "filename": filename, "variables": specs}
+        header = {"op": "run", "code": code, "filename": filename, "variables": specs, "python": sys.version.split()[0]}
         sessions: dict[str, HostSession | HostError] = {}
 
         def connect(host: str) -> None:
@@ -412,7 +420,7 @@ class RemoteBackend(Backend):
         if len(hosts) == 1:
             connect(hosts[0])
         else:
-            with ThreadPoolExecutor(min(len(hosts), MAX_CONNECTING)) as pool:
+            with ThreadPoolExecutor(min(len(hosts), self.max_connecting)) as pool:
                 list(pool.map(connect, hosts))
         failures = [s for s in sessions.values() if isinstance(s, HostError)]
         if len(failures) == len(hosts):
