@@ -771,35 +771,57 @@ class _Server:
         os.close(null)
         self.out = os.fdopen(self.out_fd, "wb", buffering=0, closefd=False)
         self.jobs: Dict[str, _HostJob] = {}
+        self.by_pid: Dict[int, _HostJob] = {}
 
     def send(self, header: Dict[str, Any], buffers: Sequence[Any] = ()) -> None:
         write_frame(self.out, header, buffers)
 
     def loop(self) -> None:
-        import select
+        import selectors
 
         check_private(self.root)
         check_private(self.jobs_dir)
+        self.selector = selectors.DefaultSelector()  # epoll: no limit of 1024 jobs
+        self.selector.register(self.inp.fileno(), selectors.EVENT_READ, None)
         self.send({"op": "hello", "version": AGENT_VERSION, "python": sys.version.split()[0], "pid": os.getpid()})
+        next_sweep = time.monotonic()
         while True:
-            watched = [self.inp.fileno()] + [j.notify_fd for j in self.jobs.values() if j.notify_fd >= 0]
-            readable, _, _ = select.select(watched, [], [], 0.05)
-            if self.inp.fileno() in readable:
-                frame = read_frame(self.inp)
-                if frame is None:
-                    return  # the kernel is gone; the jobs go on, their spools keep everything
-                try:
-                    self.handle(*frame)
-                except OSError as exc:
-                    self.send({"op": "failed", "job": frame[0].get("job"), "error": _os_error_text(exc, self.root)})
-            for job in list(self.jobs.values()):
-                if job.notify_fd in readable:
+            for key, _ in self.selector.select(0.05):
+                job = key.data
+                if job is None:
+                    frame = read_frame(self.inp)
+                    if frame is None:
+                        return  # the kernel is gone; the jobs go on, their spools keep everything
+                    try:
+                        self.handle(*frame)
+                    except OSError as exc:
+                        self.send({"op": "failed", "job": frame[0].get("job"), "error": _os_error_text(exc, self.root)})
+                else:
                     try:
                         os.read(job.notify_fd, 65536)
                     except OSError:
                         pass
-                self.forward(job)
-                self.reap(job)
+                    self.forward(job)
+            self.reap_children()
+            if time.monotonic() >= next_sweep:  # a missed wake-up, a kill deadline: look at every job
+                next_sweep = time.monotonic() + 0.2
+                for job in list(self.jobs.values()):
+                    self.forward(job)
+                    self.settle(job)
+
+    def reap_children(self) -> None:
+        """Collect every child that ended (also those already cleaned), so none stays a zombie."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            job = self.by_pid.pop(pid, None)
+            if job is not None:
+                job.exit_status = status
+                self.settle(job)
 
     def handle(self, header: Dict[str, Any], buffers: List[bytearray]) -> None:
         op = header.get("op")
@@ -852,7 +874,10 @@ class _Server:
                 os._exit(0)
         os.close(notify_w)
         self.write_private(os.path.join(spool, "pid"), str(pid).encode())
-        self.jobs[instance] = _HostJob(instance, spool, pid, notify_r, header.get("cache", "kernel"))
+        job = _HostJob(instance, spool, pid, notify_r, header.get("cache", "kernel"))
+        self.jobs[instance] = job
+        self.by_pid[pid] = job
+        self.selector.register(notify_r, 1, job)  # 1 = selectors.EVENT_READ
 
     def forward(self, job: _HostJob) -> None:
         while True:
@@ -866,28 +891,25 @@ class _Server:
             else:
                 self.send({"op": "notice", "job": job.instance, "seq": header.get("seq"), "kind": header.get("kind")})
 
-    def reap(self, job: _HostJob) -> None:
+    def settle(self, job: _HostJob) -> None:
+        """Kill a stopped job whose grace has passed; once it has ended, make sure its spool says how."""
         if job.exit_status is None:
-            try:
-                pid, status = os.waitpid(job.pid, os.WNOHANG)
-            except ChildProcessError:
-                pid, status = job.pid, 0
-            if pid == 0:
-                if job.kill_at is not None and time.monotonic() >= job.kill_at:
-                    _signal_tree(job.pid, 9)
-                    job.kill_at = None
-                return
-            job.exit_status = status
+            if job.kill_at is not None and time.monotonic() >= job.kill_at:
+                _signal_tree(job.pid, 9)
+                job.kill_at = None
+            return
+        if job.instance not in self.jobs:
+            return
         if job.notify_fd >= 0:
             self.forward(job)  # whatever it wrote before it ended
+            self.selector.unregister(job.notify_fd)
             os.close(job.notify_fd)
             job.notify_fd = -1
         if job.scanner.final is None:
             self.finish_for(job)
             self.forward(job)
-        if job.scanner.final is not None:
-            del self.jobs[job.instance]
-            job.scanner.close()
+        del self.jobs[job.instance]
+        job.scanner.close()
 
     def finish_for(self, job: _HostJob) -> None:
         """The job died without saying how it ended (a signal): say it for it, in its spool."""
@@ -943,7 +965,11 @@ class _Server:
         import shutil
 
         job = self.jobs.pop(instance, None)
-        if job is not None:
+        if job is not None:  # still reaped by reap_children (by_pid keeps it)
+            if job.notify_fd >= 0:
+                self.selector.unregister(job.notify_fd)
+                os.close(job.notify_fd)
+                job.notify_fd = -1
             job.scanner.close()
         shutil.rmtree(self.spool_of(instance), ignore_errors=True)
 

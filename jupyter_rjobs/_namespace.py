@@ -8,6 +8,7 @@ sent; ``push`` names them explicitly instead, and an empty ``push`` sends none.
 from __future__ import annotations
 
 import ast
+import functools
 import re
 import symtable
 from typing import Any, Iterable, Mapping, Sequence
@@ -26,6 +27,11 @@ _IPYTHON_PATTERN = re.compile(r"^(_i?\d+|__\w*__)$")
 
 def free_names(code: str) -> list[str]:
     """Names ``code`` needs from outside, in the order it first needs them."""
+    return list(_free_names(code))
+
+
+@functools.lru_cache(maxsize=256)
+def _free_names(code: str) -> tuple[str, ...]:
     tree = ast.parse(code)
     nested = _nested_scope_globals(code)
     reader = _OrderedReader()
@@ -35,7 +41,7 @@ def free_names(code: str) -> list[str]:
         for lineno, names in nested:  # function bodies run later: what they read, if not bound by then
             if statement.lineno <= lineno <= end:
                 reader.read_all(names)
-    return [n for n in reader.free if not _IPYTHON_PATTERN.match(n) and n not in _IPYTHON_NAMES]
+    return tuple(n for n in reader.free if not _IPYTHON_PATTERN.match(n) and n not in _IPYTHON_NAMES)
 
 
 class _OrderedReader(ast.NodeVisitor):

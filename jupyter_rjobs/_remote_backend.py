@@ -379,15 +379,18 @@ class RemoteBackend(Backend):
         self._host_locks: dict[tuple[str, str], threading.Lock] = {}
 
     def session(self, host: str, python: str | None = None, accept_new: bool = False) -> HostSession:
-        """The open session to ``host`` (connecting on first use)."""
-        settings = resolve_host(host, ssh_config=self.ssh_config, python=python, accept_new=accept_new)
-        key = (host, settings.python)
+        """The open session to ``host`` (connecting on first use; ssh_config is read only then)."""
+        key = (host, python or "", self.ssh_config or "")
+        existing = self._sessions.get(key)
+        if existing is not None and existing.alive:
+            return existing
         with self._lock:
             host_lock = self._host_locks.setdefault(key, threading.Lock())
         with host_lock:
             existing = self._sessions.get(key)
             if existing is not None and existing.alive:
                 return existing
+            settings = resolve_host(host, ssh_config=self.ssh_config, python=python, accept_new=accept_new)
             with self._connecting:
                 session = HostSession(settings).open()
             self._sessions[key] = session
