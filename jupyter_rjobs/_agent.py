@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import ast
 import builtins
+import codecs
+import fcntl  # imported here, not per job: a forked job would pay for the import every time
 import io
 import json
 import linecache
@@ -20,6 +22,7 @@ import os
 import pickle
 import struct
 import sys
+import termios
 import threading
 import time
 import traceback
@@ -410,48 +413,47 @@ def _ipython_available() -> bool:
 # --------------------------------------------------------------------------- worker process
 class _FdCapture:
     """Output written straight to file descriptors 1 and 2 (C code, subprocesses) becomes
-    records too: each fd is a pipe read by a thread."""
+    records too: each fd is a pipe, and one thread reads both (a thread is costly in a fresh fork)."""
 
     def __init__(self) -> None:
-        self._readers = []
+        self._readers: Dict[int, str] = {}
         self._busy = 0
         self._lock = threading.Lock()
         for fd, name in ((1, "stdout"), (2, "stderr")):
             read_end, write_end = os.pipe()
             os.dup2(write_end, fd)
             os.close(write_end)
-            thread = threading.Thread(target=self._pump, args=(read_end, name), daemon=True)
-            thread.start()
-            self._readers.append(read_end)
+            self._readers[read_end] = name
+        threading.Thread(target=self._pump, daemon=True).start()
 
-    def _pump(self, fd: int, name: str) -> None:
-        import codecs
+    def _pump(self) -> None:
+        import select
 
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return
-            with self._lock:
-                self._busy += 1
-            try:
-                sink = current_sink()
-                if sink is not None:
-                    sink.write(name, decoder.decode(chunk))
-            finally:
+        decoders = {fd: codecs.getincrementaldecoder("utf-8")(errors="replace") for fd in self._readers}
+        open_fds = list(self._readers)
+        while open_fds:
+            for fd in select.select(open_fds, [], [])[0]:
                 with self._lock:
-                    self._busy -= 1
+                    self._busy += 1
+                try:
+                    chunk = os.read(fd, 65536)
+                    if not chunk:
+                        open_fds.remove(fd)
+                        continue
+                    sink = current_sink()
+                    if sink is not None:
+                        sink.write(self._readers[fd], decoders[fd].decode(chunk))
+                finally:
+                    with self._lock:
+                        self._busy -= 1
 
     def drain(self, timeout: float = 1.0) -> None:
         """Wait until what the job wrote to the fds has been read (so it comes before its end)."""
-        import fcntl
-        import termios
-
         deadline = time.monotonic() + timeout
         pending = bytearray(4)
         while time.monotonic() < deadline:
             waiting = 0
-            for fd in self._readers:
+            for fd in list(self._readers):
                 fcntl.ioctl(fd, termios.FIONREAD, pending)
                 waiting += struct.unpack("i", bytes(pending))[0]
             if not waiting and not self._busy:
@@ -772,6 +774,8 @@ class _Server:
         self.out = os.fdopen(self.out_fd, "wb", buffering=0, closefd=False)
         self.jobs: Dict[str, _HostJob] = {}
         self.by_pid: Dict[int, _HostJob] = {}
+        self.spare: Optional[_Spare] = None
+        self.quiet = True
 
     def send(self, header: Dict[str, Any], buffers: Sequence[Any] = ()) -> None:
         write_frame(self.out, header, buffers)
@@ -786,7 +790,9 @@ class _Server:
         self.send({"op": "hello", "version": AGENT_VERSION, "python": sys.version.split()[0], "pid": os.getpid()})
         next_sweep = time.monotonic()
         while True:
-            for key, _ in self.selector.select(0.05):
+            events = self.selector.select(0.05)
+            self.quiet = not events
+            for key, _ in events:
                 job = key.data
                 if job is None:
                     frame = read_frame(self.inp)
@@ -803,6 +809,8 @@ class _Server:
                         pass
                     self.forward(job)
             self.reap_children()
+            if self.quiet:  # forking now would delay a running job's records: wait for a quiet moment
+                self.replenish()
             if time.monotonic() >= next_sweep:  # a missed wake-up, a kill deadline: look at every job
                 next_sweep = time.monotonic() + 0.2
                 for job in list(self.jobs.values()):
@@ -862,34 +870,50 @@ class _Server:
         meta = {k: header.get(k) for k in ("code", "name", "cache", "detached")}
         meta.update(instance=instance, started=time.time())
         self.write_private(os.path.join(spool, "meta.json"), json.dumps(meta).encode())
-        notify_r, notify_w = os.pipe()
-        os.set_blocking(notify_w, False)
-        pid = os.fork()
-        if pid == 0:  # the job: detached from the SSH channel, its own session and process group
-            try:
-                os.setsid()
-                os.close(notify_r)
-                _job_child(header, buffers, spool, notify_w, keep_fds=(notify_w,))
-            finally:
-                os._exit(0)
-        os.close(notify_w)
-        self.write_private(os.path.join(spool, "pid"), str(pid).encode())
-        job = _HostJob(instance, spool, pid, notify_r, header.get("cache", "kernel"))
+        spare, self.spare = self.spare or _Spare(), None
+        try:
+            write_frame(spare.control, dict(header, spool=spool), buffers)
+        except OSError:  # the spare died: make one now
+            spare.discard()
+            spare = _Spare()
+            write_frame(spare.control, dict(header, spool=spool), buffers)
+        spare.control.close()
+        self.write_private(os.path.join(spool, "pid"), str(spare.pid).encode())
+        job = _HostJob(instance, spool, spare.pid, spare.notify_fd, header.get("cache", "kernel"))
         self.jobs[instance] = job
-        self.by_pid[pid] = job
-        self.selector.register(notify_r, 1, job)  # 1 = selectors.EVENT_READ
+        self.by_pid[spare.pid] = job
+        self.selector.register(spare.notify_fd, 1, job)  # 1 = selectors.EVENT_READ
+
+    def replenish(self) -> None:
+        """Fork the next job process ahead of time, so a run request only hands it the job."""
+        if self.spare is None:
+            self.spare = _Spare()
 
     def forward(self, job: _HostJob) -> None:
+        """Send the kernel what the job's spool has gained: the frames themselves (consecutive ones
+        in one sendfile), or for a remote-cache job only notices, states and errors."""
+        pending: Optional[List[int]] = None  # a run of frames to copy: [start, end]
         while True:
             found = job.scanner.next()
             if found is None:
-                return
+                break
             header, start, end = found
             if job.cache == "kernel" or header.get("kind") in ("state", "error"):
-                self.out.flush()
-                job.scanner.copy(self.out_fd, start, end)
+                if pending is not None and pending[1] == start:
+                    pending[1] = end
+                else:
+                    if pending is not None:
+                        job.scanner.copy(self.out_fd, *pending)
+                    pending = [start, end]
             else:
+                if pending is not None:
+                    job.scanner.copy(self.out_fd, *pending)
+                    pending = None
                 self.send({"op": "notice", "job": job.instance, "seq": header.get("seq"), "kind": header.get("kind")})
+        if pending is not None:
+            job.scanner.copy(self.out_fd, *pending)
+        if job.scanner.final is not None:
+            self.quiet = True  # its end is on the way to the kernel: a good moment to fork the next spare
 
     def settle(self, job: _HostJob) -> None:
         """Kill a stopped job whose grace has passed; once it has ended, make sure its spool says how."""
@@ -994,20 +1018,45 @@ def _signal_tree(pid: int, signum: int) -> None:
         pass
 
 
-def _job_child(header: Dict[str, Any], buffers: List[bytearray], spool: str, notify_fd: int, keep_fds: Sequence[int]) -> None:
-    """The forked job process: close the server's channel, capture output, run, spool the records."""
-    import resource
+class _Spare:
+    """A job process forked ahead of time: detached (its own session), output captured, waiting
+    on a pipe for the one job it will run. The server hands it the job and forks the next."""
 
-    highest = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    highest = 4096 if highest in (resource.RLIM_INFINITY, -1) or highest > 4096 else highest
+    def __init__(self) -> None:
+        control_r, control_w = os.pipe()
+        notify_r, notify_w = os.pipe()
+        os.set_blocking(notify_w, False)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setsid()
+                _close_all_but(control_r, notify_w)
+                fds = _capture_process_output()
+                frame = read_frame(os.fdopen(control_r, "rb"))
+                if frame is not None:  # None: the server ended before it had a job for us
+                    header, buffers = frame
+                    out = _SpoolWriter(os.path.join(header["spool"], "records"), notify_w)
+                    _run_one(header, buffers, out, fds)  # type: ignore[arg-type]
+            finally:
+                os._exit(0)
+        os.close(control_r)
+        os.close(notify_w)
+        self.pid = pid
+        self.notify_fd = notify_r
+        self.control = os.fdopen(control_w, "wb", buffering=0)
+
+    def discard(self) -> None:
+        self.control.close()
+        os.close(self.notify_fd)
+
+
+def _close_all_but(*keep: int) -> None:
+    """Close every inherited descriptor above 2 (the server's channel above all) but ``keep``."""
     low = 3
-    for fd in sorted(keep_fds):
+    for fd in sorted(keep):
         os.closerange(low, fd)
         low = fd + 1
-    os.closerange(low, highest)
-    out = _SpoolWriter(os.path.join(spool, "records"), notify_fd)
-    fds = _capture_process_output()
-    _run_one(header, buffers, out, fds)  # type: ignore[arg-type]
+    os.closerange(low, 65536)
 
 
 def _provide_package_stub() -> None:

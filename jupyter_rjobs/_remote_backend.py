@@ -64,13 +64,23 @@ def _dill_zip() -> bytes:
 
 
 class _ChannelReader:
-    """A file-like ``readinto`` over a paramiko channel, for read_frame."""
+    """A file-like ``readinto`` over a paramiko channel, for read_frame: small reads are served
+    from a buffer (a frame's head, its JSON), large ones go straight into the caller's memory."""
 
     def __init__(self, channel: Any) -> None:
         self._channel = channel
+        self._buffer = b""
 
     def readinto(self, view: memoryview) -> int:
-        data = self._channel.recv(min(len(view), 4 * 2**20))
+        wanted = len(view)
+        if not self._buffer and wanted < 65536:
+            self._buffer = self._channel.recv(65536)
+        if self._buffer:
+            n = min(wanted, len(self._buffer))
+            view[:n] = self._buffer[:n]
+            self._buffer = self._buffer[n:]
+            return n
+        data = self._channel.recv(min(wanted, 4 * 2**20))
         view[: len(data)] = data
         return len(data)
 
