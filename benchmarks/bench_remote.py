@@ -1,0 +1,546 @@
+"""Remote jobs over SSH (loopback, a real sshd lab), side by side with OpenSSH and ipyparallel.
+
+Run as root (the lab starts private sshds and network namespaces, see ``tests/sshlab.py``)::
+
+    python benchmarks/bench_remote.py [--quick]
+
+Measures, in one run and against the lab's dedicated test user:
+
+1. the warm round trip of a trivial remote job (``start("1+1", host=...)`` -> value received),
+   against a cold OpenSSH ``ssh host python3 -c pass`` and a warm ipyparallel ``apply_sync``
+   to a local engine;
+2. the throughput of many trivial jobs to one host, against ipyparallel ``apply_async``;
+3. receiving a 256 MiB numpy float64 array result (numpy in a virtualenv of the test user),
+   against OpenSSH ``ssh host cat FILE`` of a 256 MiB file;
+4. the warm round trip of a fan-out to 8 namespace hosts against one host.
+
+Prints a Markdown table and writes every number to ``benchmarks/results/remote.json``.
+Measures only; asserts nothing about timing. ``--quick`` (few runs, a 16 MiB array) is a smoke
+test that finishes in about a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from sshlab import LabUnavailable, SshLab  # noqa: E402
+
+from jupyter_rjobs import JobManager  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results" / "remote.json"
+MiB = 2**20
+FANOUT_HOSTS = 8
+JOB_TIMEOUT = 300.0
+clock = time.perf_counter
+
+
+@dataclass(frozen=True)
+class Plan:
+    quick: bool
+    rt_runs: int  # warm round trips per contender
+    rt_warmup: int
+    rounds: int  # interleaved blocks, so machine drift hits every contender alike
+    ssh_runs: int  # cold OpenSSH commands
+    throughput_jobs: int
+    throughput_repeats: int
+    array_mib: int
+    array_runs: int
+    fan_runs: int
+    fan_warmup: int
+
+    @classmethod
+    def make(cls, quick: bool) -> Plan:
+        if quick:
+            return cls(True, 30, 5, 3, 3, 200, 1, 16, 3, 10, 2)
+        return cls(False, 200, 30, 10, 10, 1000, 3, 256, 3, 100, 10)
+
+
+# --------------------------------------------------------------------------- statistics
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(seconds: list[float]) -> dict[str, Any]:
+    """Milliseconds: median, p90, min, max, and the count."""
+    return {
+        "runs": len(seconds),
+        "median_ms": statistics.median(seconds) * 1e3,
+        "p90_ms": percentile(seconds, 0.9) * 1e3,
+        "min_ms": min(seconds) * 1e3,
+        "max_ms": max(seconds) * 1e3,
+    }
+
+
+def interleave(contenders: dict[str, Callable[[], float]], runs: int, rounds: int) -> dict[str, list[float]]:
+    """Run each contender ``runs`` times, in ``rounds`` alternating blocks; each call returns seconds."""
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    per_round = [runs // rounds + (1 if i < runs % rounds else 0) for i in range(rounds)]
+    for count in per_round:
+        for name, trip in contenders.items():
+            for _ in range(count):
+                samples[name].append(trip())
+    return samples
+
+
+def busy_cores(seconds: float = 1.0) -> float:
+    """How many CPUs the machine keeps busy meanwhile (from /proc/stat): other load skews every number here."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:9]]
+        return sum(values) - values[3] - values[4], sum(values)
+
+    try:
+        busy0, total0 = sample()
+        time.sleep(seconds)
+        busy1, total1 = sample()
+    except OSError:
+        return float("nan")
+    return (busy1 - busy0) / max(1, total1 - total0) * (os.cpu_count() or 1)
+
+
+def say(text: str) -> None:
+    print(f"[bench_remote {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- contenders
+class Rjobs:
+    """jupyter_rjobs remote jobs through one JobManager."""
+
+    def __init__(self, lab: SshLab) -> None:
+        self.lab = lab
+        self.manager = JobManager(ssh_config=lab.ssh_config)
+
+    def run(self, code: str, host: str, python: str, check: Callable[[Any], bool]) -> float:
+        """Seconds from start() to the value received; the job is removed afterwards (untimed)."""
+        began = clock()
+        job = self.manager.start(code, host=host, python=python)
+        value = job.result(JOB_TIMEOUT)
+        elapsed = clock() - began
+        self.manager.remove(job)
+        if not check(value):
+            raise RuntimeError(f"remote job {code!r} on {host} gave a wrong value: {_short(value)}")
+        del value
+        return elapsed
+
+    def throughput(self, count: int, host: str, python: str) -> dict[str, Any]:
+        """Start ``count`` jobs "1" as fast as possible, wait for all: jobs per second."""
+        began = clock()
+        jobs = [self.manager.start("1", host=host, python=python) for _ in range(count)]
+        submitted = clock() - began
+        waited = self.manager.wait(jobs, timeout=JOB_TIMEOUT)
+        elapsed = clock() - began
+        if waited.still_running:
+            raise RuntimeError(f"{len(waited.still_running)} of {count} jobs had not finished after {JOB_TIMEOUT:g} s")
+        wrong = [j for j in jobs if j.exception() is not None or j.result() != 1]
+        if wrong:
+            raise RuntimeError(f"{len(wrong)} of {count} jobs failed, e.g. {wrong[0]!r}: {wrong[0].exception()!r}")
+        self.manager.remove(jobs)
+        return {"jobs": count, "seconds": elapsed, "submit_seconds": submitted, "jobs_per_s": count / elapsed}
+
+    def close(self) -> None:
+        self.manager.shutdown()
+
+
+class Ipyparallel:
+    """The anchor: an ipyparallel cluster of local engines (``ipp.Cluster(n=2)``), one engine's DirectView."""
+
+    def __init__(self, engines: int = 2) -> None:
+        import ipyparallel as ipp
+
+        self.version = ipp.__version__
+        self.engines = engines
+        began = clock()
+        self.cluster = ipp.Cluster(n=engines, log_level=logging.WARNING)
+        try:
+            self.client = self.cluster.start_and_connect_sync()
+            self.client.wait_for_engines(engines, timeout=120)
+        except BaseException:
+            self.close()
+            raise
+        self.start_seconds = clock() - began
+        self.view = self.client[0]  # one engine: the analogue of one host
+
+    def trip(self) -> float:
+        began = clock()
+        value = self.view.apply_sync(lambda: 1 + 1)
+        elapsed = clock() - began
+        if value != 2:
+            raise RuntimeError(f"ipyparallel gave {value!r}")
+        return elapsed
+
+    def throughput(self, count: int) -> dict[str, Any]:
+        began = clock()
+        results = [self.view.apply_async(lambda: 1) for _ in range(count)]
+        submitted = clock() - began
+        self.client.wait(results, timeout=JOB_TIMEOUT)
+        elapsed = clock() - began
+        if any(r.get() != 1 for r in results):
+            raise RuntimeError("ipyparallel gave a wrong value")
+        self.client.purge_local_results("all")
+        return {"jobs": count, "seconds": elapsed, "submit_seconds": submitted, "jobs_per_s": count / elapsed}
+
+    def close(self) -> None:
+        try:
+            self.cluster.stop_cluster_sync()
+        except Exception as exc:  # noqa: BLE001 - a benchmark reports, it does not crash on tidying
+            say(f"stopping the ipyparallel cluster failed: {exc}")
+
+
+def ssh_command(lab: SshLab, host: str, command: str) -> list[str]:
+    return ["ssh", "-F", lab.ssh_config, host, command]
+
+
+def timed_ssh(lab: SshLab, host: str, command: str) -> float:
+    """Seconds for a cold OpenSSH ``ssh host command`` (its output discarded)."""
+    began = clock()
+    subprocess.run(ssh_command(lab, host, command), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.PIPE, check=True)
+    return clock() - began
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) < 200 else text[:200] + "..."
+
+
+# --------------------------------------------------------------------------- the host's numpy
+def make_numpy_venv(lab: SshLab) -> tuple[str | None, str]:
+    """A virtualenv of the test user under lab.scratch with numpy and dill: (its python or None, note)."""
+    venv = os.path.join(lab.scratch, "venv")
+    made = lab.run_as_user([lab.python, "-m", "venv", venv])
+    if made.returncode != 0:
+        return None, f"`{lab.python} -m venv` failed: {made.stderr.strip()[-300:]}"
+    python = os.path.join(venv, "bin", "python")
+    try:
+        import numpy
+
+        wanted = [f"numpy=={numpy.__version__}", "numpy"]  # the kernel's version first: same pickles
+    except ImportError:
+        wanted = ["numpy"]
+    errors = []
+    for spec in wanted:
+        pip = lab.run_as_user([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", spec, "dill"])
+        if pip.returncode == 0:
+            version = lab.run_as_user([python, "-c", "import numpy; print(numpy.__version__)"])
+            return python, f"host numpy {version.stdout.strip()} in a venv of {lab.user} ({spec}, dill)"
+        errors.append(pip.stderr.strip()[-300:])
+    return None, "pip install numpy in the test user's venv failed: " + " / ".join(errors)
+
+
+# --------------------------------------------------------------------------- the parts
+def part_round_trip(lab: SshLab, rj: Rjobs, ipp: Ipyparallel | None, plan: Plan) -> dict[str, Any]:
+    say(f"1. warm round trip: {plan.rt_warmup} warm-up + {plan.rt_runs} runs each, {plan.rounds} interleaved rounds")
+    contenders: dict[str, Callable[[], float]] = {
+        "rjobs": lambda: rj.run("1+1", "server01", lab.python, lambda v: v == 2),
+    }
+    if ipp is not None:
+        contenders["ipyparallel"] = ipp.trip
+    for trip in contenders.values():
+        for _ in range(plan.rt_warmup):
+            trip()
+    samples = interleave(contenders, plan.rt_runs, plan.rounds)
+    say(f"1. cold OpenSSH: {plan.ssh_runs} runs each of `python3 -c pass` and `true`")
+    ssh = interleave(
+        {
+            "ssh_python": lambda: timed_ssh(lab, "server01", f"{lab.python} -c pass"),
+            "ssh_true": lambda: timed_ssh(lab, "server01", "true"),
+        },
+        plan.ssh_runs,
+        min(plan.ssh_runs, 3),
+    )
+    samples.update(ssh)
+    return {name: summary(values) for name, values in samples.items()}
+
+
+def part_throughput(lab: SshLab, rj: Rjobs, ipp: Ipyparallel | None, plan: Plan) -> dict[str, Any]:
+    say(f"2. throughput: {plan.throughput_jobs} jobs, {plan.throughput_repeats} repeat(s) each")
+    out: dict[str, Any] = {"rjobs": [], "ipyparallel": []}
+    for _ in range(plan.throughput_repeats):
+        out["rjobs"].append(rj.throughput(plan.throughput_jobs, "server01", lab.python))
+        if ipp is not None:
+            out["ipyparallel"].append(ipp.throughput(plan.throughput_jobs))
+        gc.collect()
+    for name in ("rjobs", "ipyparallel"):
+        if out[name]:
+            out[name + "_median_jobs_per_s"] = statistics.median(r["jobs_per_s"] for r in out[name])
+    out["max_remote_jobs"] = rj.manager.max_remote_jobs
+    return out
+
+
+def part_array(lab: SshLab, rj: Rjobs, plan: Plan, connect_ms: float) -> dict[str, Any]:
+    mib = plan.array_mib
+    say(f"3. {mib} MiB result: making the test user's numpy venv")
+    began = clock()
+    python, note = make_numpy_venv(lab)
+    venv_seconds = clock() - began
+    count = mib * MiB // 8
+    if python is not None:
+        import numpy as np
+
+        code = f"import numpy as np; np.ones({count})"
+        fixed_code = f"import numpy as np\nx = np.ones({count})"  # the same work, no value sent back
+
+        def check(value: Any) -> bool:
+            return isinstance(value, np.ndarray) and value.shape == (count,) and value.dtype == np.float64 \
+                and value[0] == 1.0 and value[-1] == 1.0
+
+        what = f"numpy float64 array of {mib} MiB (`np.ones({count})`)"
+        kind = "numpy float64 array"
+    else:
+        python = lab.python
+        code = f"bytes({mib * MiB})"
+        fixed_code = f"x = bytes({mib * MiB})"
+
+        def check(value: Any) -> bool:
+            return isinstance(value, bytes) and len(value) == mib * MiB
+
+        what = f"a {mib} MiB bytes value (numpy impossible in a venv: {note})"
+        kind = "bytes, numpy impossible"
+    say(f"3. {note} ({venv_seconds:.1f} s); making a {mib} MiB file on the host")
+    path = os.path.join(lab.scratch, f"payload-{mib}MiB")
+    made = lab.run_as_user(["dd", "if=/dev/urandom", f"of={path}", "bs=1M", f"count={mib}", "status=none"])
+    if made.returncode != 0 or os.path.getsize(path) != mib * MiB:
+        raise RuntimeError(f"could not make {path}: {made.stderr.strip()}")
+    rj.run(code, "server01", python, check)  # warm-up: connects, installs the agent, warms the page cache
+    timed_ssh(lab, "server01", f"cat {shlex.quote(path)}")
+    say(f"3. {plan.array_runs} runs each: rjobs value, rjobs without value, `ssh server01 cat FILE`")
+    samples = interleave(
+        {
+            "rjobs": lambda: rj.run(code, "server01", python, check),
+            "rjobs_no_value": lambda: rj.run(fixed_code, "server01", python, lambda v: v is None),
+            "ssh_cat": lambda: timed_ssh(lab, "server01", f"cat {shlex.quote(path)}"),
+        },
+        plan.array_runs,
+        plan.array_runs,
+    )
+    out: dict[str, Any] = {"what": what, "kind": kind, "mib": mib, "host_python": python, "note": note,
+                           "venv_seconds": venv_seconds}
+    for name, values in samples.items():
+        out[name] = summary(values)
+        out[name]["mib_per_s"] = mib / statistics.median(values)
+    # OpenSSH's rate without its connection set-up: cat minus a cold `ssh true` (measured in part 1)
+    out["ssh_connect_ms"] = connect_ms
+    transfer_ms = out["ssh_cat"]["median_ms"] - connect_ms
+    out["ssh_cat_transfer_only_mib_per_s"] = mib / (transfer_ms / 1e3) if transfer_ms > 0 else None
+    return out
+
+
+def part_fanout(lab: SshLab, rj: Rjobs, plan: Plan) -> dict[str, Any]:
+    hosts = [f"nshost{i}" for i in range(1, FANOUT_HOSTS + 1)]
+    spec = ",".join(hosts)
+    say(f"4. fan-out to {FANOUT_HOSTS} hosts vs 1: {plan.fan_warmup} warm-up + {plan.fan_runs} runs each")
+
+    def all_two(value: Any) -> bool:
+        return isinstance(value, dict) and sorted(value) == sorted(hosts) and all(v == 2 for v in value.values())
+
+    contenders = {
+        "one_host": lambda: rj.run("1+1", hosts[0], lab.python, lambda v: v == 2),
+        "fanout": lambda: rj.run("1+1", spec, lab.python, all_two),
+    }
+    for trip in contenders.values():
+        for _ in range(plan.fan_warmup):
+            trip()
+    samples = interleave(contenders, plan.fan_runs, plan.rounds)
+    out: dict[str, Any] = {"hosts": hosts}
+    out.update({name: summary(values) for name, values in samples.items()})
+    return out
+
+
+# --------------------------------------------------------------------------- report
+def _ms(value: float) -> str:
+    return f"{value:.2f} ms" if value < 100 else f"{value:.0f} ms"
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def build_rows(r: dict[str, Any]) -> list[dict[str, str]]:
+    rows: list[dict[str, str]] = []
+    rt = r["round_trip"]
+    rj = rt["rjobs"]
+    ipp_note = r["ipyparallel"]["note"]
+    rows.append({
+        "what": "1. warm round trip `start(\"1+1\", host=server01)` -> value, median (p90)",
+        "rjobs": f"{_ms(rj['median_ms'])} ({_ms(rj['p90_ms'])})",
+        "anchor": f"ipyparallel `apply_sync`: {_ms(rt['ipyparallel']['median_ms'])} ({_ms(rt['ipyparallel']['p90_ms'])})"
+        if "ipyparallel" in rt else f"ipyparallel: {ipp_note}",
+        "ratio": f"{rj['median_ms'] / rt['ipyparallel']['median_ms']:.2f}x" if "ipyparallel" in rt else "-",
+        "target": f"<= 3 ms: {_verdict(rj['median_ms'] <= 3.0)}",
+    })
+    rows.append({
+        "what": "1a. same, against a cold OpenSSH `ssh server01 python3 -c pass` (and `true`)",
+        "rjobs": _ms(rj["median_ms"]),
+        "anchor": f"{_ms(rt['ssh_python']['median_ms'])} (`true`: {_ms(rt['ssh_true']['median_ms'])})",
+        "ratio": f"{rj['median_ms'] / rt['ssh_python']['median_ms']:.3f}x",
+        "target": "-",
+    })
+    tp = r["throughput"]
+    rjobs_tp = tp["rjobs_median_jobs_per_s"]
+    rows.append({
+        "what": f"2. throughput, {tp['rjobs'][0]['jobs']} jobs `\"1\"` to server01 (start all, wait all)",
+        "rjobs": f"{rjobs_tp:.0f} jobs/s",
+        "anchor": f"ipyparallel `apply_async`: {tp['ipyparallel_median_jobs_per_s']:.0f} jobs/s"
+        if tp.get("ipyparallel") else f"ipyparallel: {ipp_note}",
+        "ratio": f"{rjobs_tp / tp['ipyparallel_median_jobs_per_s']:.2f}x" if tp.get("ipyparallel") else "-",
+        "target": f">= 1000 jobs/s: {_verdict(rjobs_tp >= 1000)}",
+    })
+    ar = r["array"]
+    ratio = ar["rjobs"]["mib_per_s"] / ar["ssh_cat"]["mib_per_s"]
+    rows.append({
+        "what": f"3. {ar['mib']} MiB result ({ar['kind']}),"
+        " start -> value, median",
+        "rjobs": f"{ar['rjobs']['mib_per_s']:.0f} MiB/s ({_ms(ar['rjobs']['median_ms'])})",
+        "anchor": f"`ssh server01 cat FILE`: {ar['ssh_cat']['mib_per_s']:.0f} MiB/s ({_ms(ar['ssh_cat']['median_ms'])};"
+        f" without its ~{ar['ssh_connect_ms']:.0f} ms connection: {ar['ssh_cat_transfer_only_mib_per_s'] or float('nan'):.0f} MiB/s)",
+        "ratio": f"{ratio:.2f}x",
+        "target": f">= 1.0x: {_verdict(ratio >= 1.0)}",
+    })
+    rows.append({
+        "what": "3a. same job, no value sent back (its own work on the host: numpy import, filling the array)",
+        "rjobs": _ms(ar["rjobs_no_value"]["median_ms"]),
+        "anchor": "-",
+        "ratio": "-",
+        "target": "-",
+    })
+    fo = r["fanout"]
+    fan_ratio = fo["fanout"]["median_ms"] / fo["one_host"]["median_ms"]
+    rows.append({
+        "what": f"4. fan-out `1+1` to {len(fo['hosts'])} namespace hosts vs 1 (nshost1), warm, median (p90)",
+        "rjobs": f"{_ms(fo['fanout']['median_ms'])} ({_ms(fo['fanout']['p90_ms'])})",
+        "anchor": f"1 host: {_ms(fo['one_host']['median_ms'])} ({_ms(fo['one_host']['p90_ms'])})",
+        "ratio": f"{fan_ratio:.2f}x",
+        "target": f"<= 1.5x: {_verdict(fan_ratio <= 1.5)}",
+    })
+    return rows
+
+
+def markdown(rows: list[dict[str, str]]) -> str:
+    lines = ["| measurement | jupyter_rjobs | anchor | ratio (rjobs / anchor) | target |", "|---|---:|---:|---:|---|"]
+    for row in rows:
+        lines.append(f"| {row['what']} | {row['rjobs']} | {row['anchor']} | {row['ratio']} | {row['target']} |")
+    return "\n".join(lines)
+
+
+def environment(lab: SshLab) -> dict[str, Any]:
+    import paramiko
+
+    ssh_version = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
+    host_python = lab.run_as_user([lab.python, "--version"]).stdout.strip()
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    import jupyter_rjobs
+
+    package = Path(jupyter_rjobs.__file__).resolve().parent
+    in_repo = package == REPO / "jupyter_rjobs"
+    return {
+        "package": str(package),
+        "git_commit": git("rev-parse", "--short", "HEAD") if in_repo else f"not this repo's working tree ({package})",
+        "package_changes_not_committed": bool(git("status", "--porcelain", "--", "jupyter_rjobs")) if in_repo else False,
+        "kernel_python": sys.version.split()[0],
+        "host_python": f"{lab.python} ({host_python})",
+        "host_user": lab.user,
+        "openssh": ssh_version,
+        "paramiko": paramiko.__version__,
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "lab_setup_s": lab.timings.get("setup"),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few runs and a 16 MiB array: a smoke test of about a minute")
+    args = parser.parse_args(argv)
+    plan = Plan.make(args.quick)
+    started = clock()
+    background = busy_cores()
+    try:
+        import ipyparallel  # noqa: F401
+
+        ipp_note = ""
+    except ImportError:
+        ipp_note = "not installed (pip install ipyparallel)"
+
+    try:
+        lab = SshLab(namespace_hosts=FANOUT_HOSTS, behind_jump=False).start()
+    except LabUnavailable as exc:
+        print(f"bench_remote: the SSH lab cannot run here: {exc.reason}", file=sys.stderr)
+        return 2
+    report: dict[str, Any] = {"plan": asdict(plan), "background_busy_cores_before": background}
+    ipp: Ipyparallel | None = None
+    rj: Rjobs | None = None
+    try:
+        say(f"lab up in {lab.timings['setup']:.2f} s: {', '.join(lab.hosts)}")
+        report["environment"] = environment(lab)
+        rj = Rjobs(lab)
+        rj.run("1+1", "server01", lab.python, lambda v: v == 2)  # first contact: connect, install the agent
+        if not ipp_note:
+            say("starting an ipyparallel cluster (2 local engines)")
+            try:
+                ipp = Ipyparallel(engines=2)
+                ipp_note = f"ipyparallel {ipp.version}, 2 local engines, DirectView of engine 0 (cluster up in {ipp.start_seconds:.1f} s)"
+            except Exception as exc:  # noqa: BLE001 - the anchor is optional; say why it is missing
+                ipp_note = f"cluster did not start: {type(exc).__name__}: {exc}"
+        report["ipyparallel"] = {"note": ipp_note}
+        report["round_trip"] = part_round_trip(lab, rj, ipp, plan)
+        report["throughput"] = part_throughput(lab, rj, ipp, plan)
+        if ipp is not None:
+            ipp.close()  # the rest has no ipyparallel anchor: its processes go before
+            ipp = None
+        report["array"] = part_array(lab, rj, plan, report["round_trip"]["ssh_true"]["median_ms"])
+        report["fanout"] = part_fanout(lab, rj, plan)
+    finally:
+        if ipp is not None:
+            ipp.close()
+        if rj is not None:
+            rj.close()
+        lab.close()
+
+    report["background_busy_cores_after"] = busy_cores()
+    rows = build_rows(report)
+    report["table"] = rows
+    report["seconds"] = clock() - started
+    table = markdown(rows)
+    print(table)
+    print()
+    print(f"{'quick run' if plan.quick else 'full run'} in {report['seconds']:.0f} s; {ipp_note}; "
+          f"{report['array']['note']}; {report['environment']['openssh']}; paramiko {report['environment']['paramiko']};"
+          f" {report['environment']['cpus']} CPUs; jupyter_rjobs at {report['environment']['git_commit']}"
+          + (" with uncommitted changes" if report["environment"]["package_changes_not_committed"] else ""))
+    load = max(report["background_busy_cores_before"], report["background_busy_cores_after"])
+    print(f"background load outside this benchmark: {report['background_busy_cores_before']:.2f} CPUs busy before,"
+          f" {report['background_busy_cores_after']:.2f} after"
+          + (" -- OTHER LOAD ON THE MACHINE SKEWED THESE NUMBERS; rerun on a quiet machine" if load > 0.25 else ""))
+    report["markdown"] = table
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    say(f"wrote {RESULTS.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
