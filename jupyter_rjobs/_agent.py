@@ -62,8 +62,18 @@ def _write_all(out: BinaryIO, data: Any) -> None:
         view = view[written:]
 
 
-def _read_exact(inp: BinaryIO, size: int) -> Optional[bytearray]:
-    buf = bytearray(size)
+_BIG = 1 << 20
+
+
+def _read_exact(inp: BinaryIO, size: int) -> Optional[Any]:
+    """``size`` bytes; a large buffer is an anonymous mmap, whose pages the OS zeroes lazily
+    (a bytearray would be zero-filled up front, holding the GIL, while the sender stalls)."""
+    if size >= _BIG:
+        import mmap
+
+        buf: Any = mmap.mmap(-1, size)
+    else:
+        buf = bytearray(size)
     view = memoryview(buf)
     got = 0
     while got < size:
@@ -214,6 +224,8 @@ class RoutingStream:
         sink = current_sink()
         if sink is None:
             return self._fallback.write(text)  # type: ignore[no-any-return]
+        if _fd_capture is not None:
+            _fd_capture.drain()  # what a subprocess already wrote to fd 1 or 2 comes first
         sink.write(self._name, text)
         return len(text)
 
@@ -424,7 +436,8 @@ class _FdCapture:
             os.dup2(write_end, fd)
             os.close(write_end)
             self._readers[read_end] = name
-        threading.Thread(target=self._pump, daemon=True).start()
+        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
+        self._pump_thread.start()
 
     def _pump(self) -> None:
         import select
@@ -448,7 +461,9 @@ class _FdCapture:
                         self._busy -= 1
 
     def drain(self, timeout: float = 1.0) -> None:
-        """Wait until what the job wrote to the fds has been read (so it comes before its end)."""
+        """Wait until what the job wrote to the fds has been read (so it comes before what follows)."""
+        if threading.current_thread() is self._pump_thread:
+            return
         deadline = time.monotonic() + timeout
         pending = bytearray(4)
         while time.monotonic() < deadline:
@@ -619,12 +634,16 @@ def _emit_value(value: Any, emit: Callable[..., None], sink: Sink) -> str:
     return "Completed"
 
 
+_fd_capture: Optional[_FdCapture] = None  # this process's, once its fds 1 and 2 are captured
+
+
 def _capture_process_output() -> _FdCapture:
     """This process's output becomes records: sys.stdout/err route to the job's sink, fds 1 and 2 too."""
+    global _fd_capture
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    fds = _FdCapture()
+    fds = _fd_capture = _FdCapture()
     sys.stdout = RoutingStream(io.TextIOWrapper(os.fdopen(1, "wb", buffering=0), write_through=True), "stdout")
     sys.stderr = RoutingStream(io.TextIOWrapper(os.fdopen(2, "wb", buffering=0), write_through=True), "stderr")
     _install_rich_display()

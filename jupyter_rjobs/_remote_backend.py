@@ -108,6 +108,7 @@ class HostSession:
         self._send_lock = threading.Lock()
         self._runners: dict[str, RemoteRunner] = {}
         self._hello = threading.Event()
+        self._pong = threading.Event()
         self._closed = False
 
     # -- first contact ------------------------------------------------------------------
@@ -216,11 +217,23 @@ class HostSession:
         if op == "hello":
             self._hello.set()
             return
+        if op == "pong":
+            self._pong.set()
+            return
         runner = self._runners.get(str(header.get("job")))
         if runner is not None:
             runner.on_frame(op, header, buffers)
 
-    def close(self) -> None:
+    def close(self, sync_timeout: float = 2.0) -> None:
+        """Close the agent server's channel and the connection; first a ping, so that every frame
+        sent before (the last clean and stop requests) has been acted on."""
+        if self._writer is not None and not self._closed:
+            self._pong.clear()
+            try:
+                self.send({"op": "ping"})
+                self._pong.wait(sync_timeout)
+            except HostError:
+                pass
         self._closed = True
         if self._channel is not None:
             try:
