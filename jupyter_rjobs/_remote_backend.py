@@ -354,8 +354,10 @@ class RemoteRunner(JobRunner):
         self._clean()
 
     def _clean(self) -> None:
+        """Delete the job's spool on the host; a finished job needs no more frames from there."""
         self._send_quietly({"op": "clean", "job": self.instance})
-        self.session.detach(self.instance) if self.cache == "kernel" and self.job.state.finished else None
+        if self.job.state.finished:
+            self.session.detach(self.instance)
 
     def _send_quietly(self, header: dict[str, Any]) -> None:
         try:

@@ -374,7 +374,7 @@ def test_an_unsendable_variable_is_named_and_no_job_starts(start_sending):
 
 
 def test_numpy_arrays_travel_both_ways(manager):
-    np = pytest.importorskip("numpy", reason="numpy is in the test extra; install .[test]")
+    import numpy as np  # in the test extra
     array = np.arange(1_000_000, dtype=np.float64)
     job = manager.start("array * 2", "process", namespace={"array": array})
     result = job.result(timeout=60)
