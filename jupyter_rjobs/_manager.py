@@ -244,25 +244,24 @@ class JobManager:
         options: dict[str, Any] = {}
         if kind is JobKind.REMOTE:
             options = {"hosts": hosts, "cache": cache, "python": python, "accept_new_host": accept_new_host}
+        ids_needed = 1 + (len(hosts) if len(hosts) > 1 else 0)  # a fan-out parent and its children
         with self._lock:
             job_id = self._next_id
-            self._next_id += 1
+            self._next_id += ids_needed
         try:
             prepared = backend.prepare(code, f"<rjob {job_id}>", namespace, push, **options)
         except SyntaxError as exc:
-            self._give_back_id(job_id)
+            self._give_back_ids(job_id, ids_needed)
             raise JobCodeError(exc) from None
         except BaseException:
-            self._give_back_id(job_id)
+            self._give_back_ids(job_id, ids_needed)
             raise
         callbacks = {"on_state": self._job_state_changed, "on_record": self._job_record}
         if len(hosts) > 1:
             job = Job(job_id, kind, code, name, location=",".join(hosts), **callbacks)
-            with self._lock:
-                for offset, child_host in enumerate(hosts, start=1):
-                    child = Job(job_id + offset, kind, code, f"{job.name}:{child_host}", location=child_host, parent=job, **callbacks)
-                    job.children.append(child)
-                self._next_id = job_id + len(hosts) + 1
+            for offset, child_host in enumerate(hosts, start=1):
+                child = Job(job_id + offset, kind, code, f"{job.name}:{child_host}", location=child_host, parent=job, **callbacks)
+                job.children.append(child)
         else:
             job = Job(job_id, kind, code, name, location=hosts[0] if hosts else "localhost", **callbacks)
         with self._lock:
@@ -272,9 +271,10 @@ class JobManager:
             self._throttles[backend.kind].submit(leaf, lambda leaf=leaf: self._launch(backend, leaf, prepared))
         return job
 
-    def _give_back_id(self, job_id: int) -> None:
+    def _give_back_ids(self, job_id: int, count: int) -> None:
+        """A job that was never created returns its ids, if no later job took ids meanwhile."""
         with self._lock:
-            if self._next_id == job_id + 1:
+            if self._next_id == job_id + count:
                 self._next_id = job_id
 
     @staticmethod

@@ -181,7 +181,12 @@ def test_bad_hosts_are_clear_errors(remote, ssh_lab, tmp_path):
     for host, message in cases:
         with pytest.raises(HostError, match=message):
             remote.start("1", host=host)
+    with pytest.raises(HostError, match="no host could be used"):
+        remote.start("1", host="127.0.0.1:1,127.0.0.1:2")
     assert remote.list() == []
+    parent = remote.start("1", host="server01,nshost1")
+    assert (parent.id, [c.id for c in parent.children]) == (1, [2, 3])  # nothing was used up before
+    parent.result(timeout=60)
 
 
 def test_authentication_failure_names_the_keys_tried(make_manager, ssh_lab, tmp_path):
