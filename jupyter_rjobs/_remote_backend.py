@@ -320,8 +320,9 @@ class RemoteRunner(JobRunner):
             job.stream.notice(int(header["seq"]))
         elif op == "fetched":
             self._fetch_done.set()
-        elif op == "failed":
+        elif op == "failed":  # the host could not start it (a full disk, say): nothing of it may stay there
             job.fail("HostError", f"{self.session.host}: {header.get('error')}")
+            self._clean()
 
     def fetch(self, after: int) -> list[Record]:
         with self._fetch_lock:

@@ -240,6 +240,7 @@ def test_a_full_disk_on_the_host_fails_the_job_saying_so(remote, ssh_lab):
         with pytest.raises(JobError, match="no space left on the host's disk"):
             job.result(timeout=30)
         assert job.state is JobState.Failed
+        assert wait_until(lambda: not spool_of(ssh_lab, job).exists(), timeout=10)  # nothing half-made stays
     finally:
         subprocess.run(["umount", str(jobs_dir)], check=True)
 
