@@ -232,7 +232,7 @@ class Job(Future):  # type: ignore[type-arg]
                     self.begin_time = self.end_time
         if new.finished:
             self.stream.close()
-            self._settle_future(new)
+            self._settle_future(new)  # before observers: one may ask for the result on this event
         if self._on_state is not None:
             self._on_state(self, old, new)
         return True

@@ -187,14 +187,14 @@ class JobManager:
         return unsubscribe
 
     def _emit(self, event: JobEvent, wake: bool = True) -> None:
-        if wake:
-            with self._activity:
-                self._activity.notify_all()
         for listener in list(self._listeners):
             try:
                 listener(event)
             except Exception:  # noqa: BLE001 - a broken observer must not break jobs
                 log.exception("jupyter_rjobs event listener failed")
+        if wake:  # last, so a woken reader does not wait for this thread to finish the listeners
+            with self._activity:
+                self._activity.notify_all()
 
     def _job_state_changed(self, job: Job, old: JobState, new: JobState) -> None:
         if new.finished:
@@ -266,7 +266,7 @@ class JobManager:
             job = Job(job_id, kind, code, name, location=hosts[0] if hosts else "localhost", **callbacks)
         with self._lock:
             self._jobs[job_id] = job
-        self._emit(JobEvent(EventKind.ADDED, job))
+        self._emit(JobEvent(EventKind.ADDED, job), wake=False)  # readers follow jobs they already have
         for leaf in _leaves(job):
             self._throttles[backend.kind].submit(leaf, lambda leaf=leaf: self._launch(backend, leaf, prepared))
         return job

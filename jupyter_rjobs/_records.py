@@ -13,8 +13,7 @@ from __future__ import annotations
 import enum
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 __all__ = ["RecordKind", "Record", "RecordStream"]
 
@@ -31,12 +30,13 @@ class RecordKind(str, enum.Enum):
         return self.value
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
+    """One numbered piece of a job's output (a tuple: cheap to make, immutable)."""
+
     seq: int
     kind: RecordKind
     data: Any
-    time: float = field(default_factory=time.time)
+    time: float
     job_id: int = 0
 
 
@@ -59,7 +59,8 @@ class RecordStream:
                 seq = self._last_seq + 1
             elif seq <= self._last_seq:
                 return None
-            record = Record(seq, RecordKind(kind), data, time.time() if when is None else when, self.job_id)
+            kind = kind if kind.__class__ is RecordKind else RecordKind(kind)
+            record = Record(seq, kind, data, time.time() if when is None else when, self.job_id)
             self._last_seq = seq
             self._records.append(record)
         if self._on_append is not None:

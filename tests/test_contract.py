@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from helpers import wait_until
 from jupyter_rjobs import (
     EventKind,
     JobCodeError,
@@ -404,3 +405,17 @@ def test_shutdown_stops_running_jobs(make_manager):
     assert [j.state for j in jobs] == [JobState.Stopped, JobState.Stopped]
     with pytest.raises(Exception, match="shut down"):
         manager.start("1", "thread")
+
+
+def test_an_observer_may_ask_a_finished_job_for_its_result(start):
+    seen = []
+
+    def on_event(event):
+        finished = event.new_state is not None and event.new_state.finished
+        if event.job.name == "observed" and finished:
+            seen.append(event.job.result(timeout=5))  # must not deadlock: the Future is settled first
+
+    start.manager.subscribe(on_event)
+    job = start("40 + 2", name="observed")
+    assert job.result(timeout=30) == 42
+    assert wait_until(lambda: seen == [42])
