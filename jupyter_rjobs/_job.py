@@ -139,7 +139,6 @@ class Job(Future):  # type: ignore[type-arg]
         self._job_state = JobState.NotStarted
         self._state_lock = self._condition  # type: ignore[attr-defined]  # the Future's own (re-entrant) lock
         self._value: Any = None
-        self.ending = False
         self._on_state = on_state
         self._on_record = on_record
         self.stream = RecordStream(id, on_append=self._record_appended)
@@ -159,9 +158,14 @@ class Job(Future):  # type: ignore[type-arg]
 
     @property
     def state(self) -> JobState:
-        if self.children:
-            return aggregate_state([child.state for child in self.children])
+        """The job's state; a parent's follows its children (see :func:`aggregate_state`)."""
         return self._job_state
+
+    def leaves(self) -> list[Job]:
+        """The jobs that really run: this one, or (for a parent) its children's leaves."""
+        if not self.children:
+            return [self]
+        return [leaf for child in self.children for leaf in child.leaves()]
 
     @property
     def has_more_data(self) -> bool:
@@ -199,16 +203,6 @@ class Job(Future):  # type: ignore[type-arg]
     def emit(self, kind: RecordKind, data: Any, seq: int | None = None, when: float | None = None) -> None:
         self.stream.append(kind, data, seq=seq, when=when)
 
-    def complete(self, value: Any) -> None:
-        """End as Completed with ``value`` as the last record: readers are woken once, not twice."""
-        self.ending = True  # observers may skip waking readers for the value: the state change follows
-        try:
-            if value is not None:
-                self.emit(RecordKind.VALUE, value)
-        finally:
-            self.ending = False
-        self.set_state(JobState.Completed)
-
     def fail(self, ename: str, evalue: str, traceback: list[str] | None = None) -> None:
         """Record an error raised outside the job's code (its worker died, say) and end as Failed."""
         if self.error is None:
@@ -223,13 +217,7 @@ class Job(Future):  # type: ignore[type-arg]
                 return False
             if old is JobState.Stopping and new in (JobState.Completed, JobState.Failed):
                 new = JobState.Stopped if new is JobState.Failed else new
-            self._job_state = new
-            if new is JobState.Running and self.begin_time is None:
-                self.begin_time = datetime.now()
-            if new.finished:
-                self.end_time = datetime.now()
-                if self.begin_time is None:
-                    self.begin_time = self.end_time
+            self._enter(new)
         if new.finished:
             self.stream.close()
             self._settle_future(new)  # before observers: one may ask for the result on this event
@@ -237,17 +225,24 @@ class Job(Future):  # type: ignore[type-arg]
             self._on_state(self, old, new)
         return True
 
+    def _enter(self, new: JobState) -> None:
+        """Take state ``new`` and note when the job began and ended (the caller holds the lock)."""
+        self._job_state = new
+        if new is JobState.Running and self.begin_time is None:
+            self.begin_time = datetime.now()
+        if new.finished:
+            self.end_time = datetime.now()
+            if self.begin_time is None:
+                self.begin_time = self.end_time
+
     def child_state_changed(self) -> None:
         """A child moved: tell observers if this parent's aggregate state moved, settle when all ended."""
         with self._state_lock:
             old, new = self._job_state, aggregate_state([child.state for child in self.children])
             if old is new:
                 return
-            self._job_state = new
-            if new is JobState.Running and self.begin_time is None:
-                self.begin_time = datetime.now()
+            self._enter(new)
             if new.finished:
-                self.end_time = datetime.now()
                 self._value = {child.location: child._value for child in self.children if child.state is JobState.Completed}
                 failed = [c for c in self.children if c.state is JobState.Failed]
                 if failed:

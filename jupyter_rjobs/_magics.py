@@ -210,11 +210,11 @@ class RJobMagics(Magics):
         if args.auto_remove and not args.wait:
             raise UsageError("--auto-remove needs --wait (the jobs must end before they are removed)")
         jobs = self.manager.resolve(args.jobs or None)
+        leaves = [leaf for job in jobs for leaf in job.leaves()]
         if args.host:
-            jobs = [child for job in jobs for child in (job.children or [job]) if child.location == args.host]
+            jobs = leaves = [leaf for leaf in leaves if leaf.location == args.host]
             if not jobs:
                 raise UsageError(f"none of those jobs runs on {args.host!r}; see %rjob show JOB for its hosts")
-        leaves = [leaf for job in jobs for leaf in (job.children or [job])]
         renderer = Renderer(self.shell, leaves, streaming=args.wait)
         if args.wait:
             records: Any = self.manager.follow(jobs, keep=args.keep)

@@ -19,7 +19,7 @@ from ._backend import Backend
 from ._errors import AmbiguousJobError, JobCodeError, JobNotFoundError, JobStateError, RJobError, UsageProblem
 from ._job import Job, JobKind, JobState
 from ._process_backend import ProcessBackend
-from ._records import Record
+from ._records import Record, RecordKind
 from ._thread_backend import ThreadBackend
 
 __all__ = ["JobManager", "JobEvent", "EventKind", "WaitResult", "JobSpec"]
@@ -205,7 +205,9 @@ class JobManager:
             job.parent.child_state_changed()
 
     def _job_record(self, job: Job, record: Record) -> None:
-        self._emit(JobEvent(EventKind.RECORD, job, record=record), wake=not job.ending)
+        # A value is always followed at once by the job's end, which wakes readers: waking them for
+        # the value too would cost a second thread hand-off per job.
+        self._emit(JobEvent(EventKind.RECORD, job, record=record), wake=record.kind is not RecordKind.VALUE)
 
     # -- starting -------------------------------------------------------------------------
     def start(
@@ -267,7 +269,7 @@ class JobManager:
         with self._lock:
             self._jobs[job_id] = job
         self._emit(JobEvent(EventKind.ADDED, job), wake=False)  # readers follow jobs they already have
-        for leaf in _leaves(job):
+        for leaf in job.leaves():
             self._throttles[backend.kind].submit(leaf, lambda leaf=leaf: self._launch(backend, leaf, prepared))
         return job
 
@@ -385,9 +387,8 @@ class JobManager:
             records = list(self.follow(targets, keep=keep, timeout=timeout))
         else:
             records = []
-            for job in targets:
-                for leaf in _leaves(job):
-                    records.extend(leaf.stream.take(keep=keep))
+            for leaf in _leaves_of(targets):
+                records.extend(leaf.stream.take(keep=keep))
         if auto_remove:
             self.remove([j for j in targets if j.state.finished])
         return records
@@ -399,7 +400,7 @@ class JobManager:
 
         Without ``keep`` a record counts as received once yielded: stopping half way loses nothing unseen.
         """
-        leaves = [leaf for job in self.resolve(jobs) for leaf in _leaves(job)]
+        leaves = _leaves_of(self.resolve(jobs))
         seen = {leaf.id: 0 for leaf in leaves}
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -427,7 +428,7 @@ class JobManager:
         then kills. Returns the jobs; one still Stopping is a thread stuck in C code."""
         grace = self.stop_grace if grace is None else grace
         targets = self.resolve(jobs)
-        leaves = [leaf for job in targets for leaf in _leaves(job)]
+        leaves = _leaves_of(targets)
         asked = []
         for leaf in leaves:
             if leaf.state is JobState.NotStarted:
@@ -467,7 +468,7 @@ class JobManager:
             for job in targets:
                 self._jobs.pop(job.id, None)
         for job in targets:
-            for leaf in _leaves(job):
+            for leaf in job.leaves():
                 if leaf.runner is not None:
                     leaf.runner.cleanup()
             self._emit(JobEvent(EventKind.REMOVED, job))
@@ -515,10 +516,8 @@ def _host_list(host: str | Sequence[str] | None) -> list[str]:
     return hosts
 
 
-def _leaves(job: Job) -> list[Job]:
-    if not job.children:
-        return [job]
-    return [leaf for child in job.children for leaf in _leaves(child)]
+def _leaves_of(jobs: Iterable[Job]) -> list[Job]:
+    return [leaf for job in jobs for leaf in job.leaves()]
 
 
 def _shutdown_at_exit(ref: weakref.ReferenceType[JobManager]) -> None:

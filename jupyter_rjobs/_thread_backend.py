@@ -80,10 +80,9 @@ class ThreadRunner(JobRunner):
         except JobStopRequested:
             outcome, value = "Stopped", None
             _absorb_late_stop()
-        if outcome == "Completed":
-            job.complete(value)
-            return
-        if outcome == "Failed" and job.error is not None and isinstance(value, dict):
+        if outcome == "Completed" and value is not None:
+            job.emit(RecordKind.VALUE, value)
+        elif outcome == "Failed" and job.error is not None and isinstance(value, dict):
             job.error.original = value.get("original")
         job.set_state(JobState(outcome))
 
