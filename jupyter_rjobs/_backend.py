@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import abc
 import sys
+import time
 from typing import Any, Mapping, Sequence
 
 from ._agent import loads_value
 from ._job import Job, JobKind, JobState
-from ._records import RecordKind
+from ._records import Record, RecordKind
 
 __all__ = ["Backend", "JobRunner", "FrameApplier"]
 
@@ -84,21 +85,26 @@ class FrameApplier:
         self._value_failed = False
 
     def __call__(self, header: dict[str, Any], buffers: list[bytearray]) -> None:
-        job = self.job
-        kind, data, seq, when = header["kind"], header.get("data"), header["seq"], header.get("time")
-        if kind == "state":
-            state = JobState(data)
+        """Apply a frame to the job: a state change, or a record appended to its stream."""
+        if header["kind"] == "state":
+            state = JobState(header["data"])
             if state is JobState.Completed and self._value_failed:
                 state = JobState.Failed
-            job.set_state(state)
+            self.job.set_state(state)
             return
+        record = self.record(header, buffers)
+        self.job.emit(record.kind, record.data, seq=record.seq, when=record.time)
+
+    def record(self, header: dict[str, Any], buffers: list[bytearray]) -> Record:
+        """The record a (non-state) frame holds, its value loaded; an unloadable value becomes an error."""
+        kind, data = header["kind"], header.get("data")
         if kind == "value":
             try:
                 data = loads_value(data["format"], buffers)
             except Exception as exc:  # noqa: BLE001 - a class the kernel lacks, a Python version mismatch
                 self._value_failed = True
                 kind, data = "error", self._unloadable(exc)
-        job.emit(RecordKind(kind), data, seq=seq, when=when)
+        return Record(header["seq"], RecordKind(kind), data, header.get("time") or time.time(), self.job.id)
 
     def _unloadable(self, exc: Exception) -> dict[str, Any]:
         local = sys.version.split()[0]

@@ -311,7 +311,7 @@ class RemoteRunner(JobRunner):
         job = self.job
         if op == "record":
             if self._fetched is not None and header["kind"] != "state":
-                self._fetched.append(_record_of(header, buffers, job.id, self._apply))
+                self._fetched.append(self._apply.record(header, buffers))
                 return
             self._apply(header, buffers)
             if header["kind"] == "state" and JobState(header["data"]).finished and self.cache == "kernel":
@@ -365,16 +365,6 @@ class RemoteRunner(JobRunner):
             self.session.send(header)
         except HostError:
             pass
-
-
-def _record_of(header: dict[str, Any], buffers: list[bytearray], job_id: int, apply: FrameApplier) -> Record:
-    kind, data = header["kind"], header.get("data")
-    if kind == "value":
-        try:
-            data = _agent.loads_value(data["format"], buffers)
-        except Exception as exc:  # noqa: BLE001
-            kind, data = "error", apply._unloadable(exc)
-    return Record(header["seq"], RecordKind(kind), data, header.get("time") or 0.0, job_id)
 
 
 class _RemotePrepared:
