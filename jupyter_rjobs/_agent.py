@@ -497,6 +497,20 @@ def descendants(pid: int) -> List[int]:
     return found
 
 
+def signal_tree(pid: int, signum: int) -> None:
+    """Signal every descendant of ``pid`` (also those that left its group), then the process
+    group ``pid`` leads: last, as the caller may be in that group itself."""
+    for target in descendants(pid):
+        try:
+            os.kill(target, signum)
+        except OSError:
+            pass
+    try:
+        os.killpg(pid, signum)
+    except OSError:
+        pass
+
+
 def _watch_parent(parent_pid: int) -> None:
     """A worker whose kernel is gone (even by SIGKILL) takes its process group and every
     descendant (also those that left the group) down with it."""
@@ -505,11 +519,7 @@ def _watch_parent(parent_pid: int) -> None:
     while os.getppid() == parent_pid:
         time.sleep(0.5)
     try:
-        for pid in descendants(os.getpid()):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        signal_tree(os.getpid(), signal.SIGKILL)  # the worker leads its own session and group
     finally:  # whatever happened above, the worker and its group go
         os.killpg(os.getpgid(0), signal.SIGKILL)
 
@@ -861,7 +871,7 @@ class _Server:
             job = self.jobs.get(instance)
             if job is not None and job.exit_status is None:
                 job.stopping = True
-                _signal_tree(job.pid, 15)
+                signal_tree(job.pid, 15)
                 job.kill_at = time.monotonic() + float(header.get("grace", 3.0))
         elif op == "fetch":
             self.fetch(instance, int(header.get("after", 0)))
@@ -938,7 +948,7 @@ class _Server:
         """Kill a stopped job whose grace has passed; once it has ended, make sure its spool says how."""
         if job.exit_status is None:
             if job.kill_at is not None and time.monotonic() >= job.kill_at:
-                _signal_tree(job.pid, 9)
+                signal_tree(job.pid, 9)
                 job.kill_at = None
             return
         if job.instance not in self.jobs:
@@ -1023,18 +1033,6 @@ def _os_error_text(exc: OSError, root: str) -> str:
     if exc.errno == errno.ENOSPC:
         return f"no space left on the host's disk (writing under {root}); free some space there"
     return f"{type(exc).__name__}: {exc}"
-
-
-def _signal_tree(pid: int, signum: int) -> None:
-    for target in descendants(pid):
-        try:
-            os.kill(target, signum)
-        except OSError:
-            pass
-    try:
-        os.killpg(pid, signum)
-    except OSError:
-        pass
 
 
 class _Spare:

@@ -17,7 +17,7 @@ import sys
 import threading
 from typing import Any, BinaryIO, Callable, Mapping, Sequence
 
-from ._agent import compile_job, descendants, read_frame, write_frame
+from ._agent import compile_job, read_frame, signal_tree, write_frame
 from ._backend import Backend, FrameApplier, JobRunner
 from ._errors import RJobError
 from ._job import Job, JobKind, JobState
@@ -91,21 +91,8 @@ class Worker:
         with self._send_lock:
             write_frame(self.proc.stdin, header, buffers)
 
-    def signal_tree(self, signum: int) -> None:
-        """Signal the worker's process group and every descendant (also those that left the group)."""
-        targets = descendants(self.pid)
-        try:
-            os.killpg(self.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
-        for pid in targets:
-            try:
-                os.kill(pid, signum)
-            except (ProcessLookupError, PermissionError):
-                pass
-
     def close(self) -> None:
-        self.signal_tree(signal.SIGKILL)
+        signal_tree(self.pid, signal.SIGKILL)
         self.proc.wait()
         for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if pipe is not None:
@@ -268,11 +255,11 @@ class ProcessRunner(JobRunner):
 
     def terminate(self) -> None:
         self.worker.stopping = True
-        self.worker.signal_tree(signal.SIGTERM)
+        signal_tree(self.worker.pid, signal.SIGTERM)
 
     def kill(self) -> None:
         self.worker.stopping = True
-        self.worker.signal_tree(signal.SIGKILL)
+        signal_tree(self.worker.pid, signal.SIGKILL)
 
 
 class ProcessBackend(Backend):

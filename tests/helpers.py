@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from jupyter_rjobs._process_backend import descendants
+from jupyter_rjobs._agent import descendants
 
 
 def pid_alive(pid: int) -> bool:

@@ -29,6 +29,8 @@ from typing import Any, Iterable
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
+from jupyter_rjobs._agent import descendants  # the package's own /proc walk
+
 __all__ = [
     "CellResult",
     "ChildSubreaper",
@@ -263,22 +265,6 @@ def proc_parent(pid: int) -> int | None:
             return int(stat.read().rsplit(b")", 1)[1].split()[1])
     except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
         return None
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid``, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            parent = proc_parent(int(entry))
-            if parent is not None:
-                children.setdefault(parent, []).append(int(entry))
-    found, stack = [], [pid]
-    while stack:
-        for child in children.get(stack.pop(), ()):
-            found.append(child)
-            stack.append(child)
-    return found
 
 
 def pid_gone(pid: int) -> bool:

@@ -43,6 +43,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
 
+from jupyter_rjobs._agent import descendants
+
 __all__ = ["SshLab", "LabUnavailable", "LabHost"]
 
 SSHD = "/usr/sbin/sshd"
@@ -129,18 +131,10 @@ def _stat_fields(pid: int) -> Optional[tuple[str, int]]:
 
 
 def _descendants(root_pids: Iterable[int]) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for pid in _pids():
-        fields = _stat_fields(pid)
-        if fields:
-            children.setdefault(fields[1], []).append(pid)
+    """Every process below any of ``root_pids`` (the package's own /proc walk)."""
     found: list[int] = []
-    todo = list(root_pids)
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.append(child)
-                todo.append(child)
+    for root in root_pids:
+        found += [pid for pid in descendants(root) if pid not in found]
     return found
 
 
