@@ -21,12 +21,15 @@ from ._errors import (
     JobStateError,
     JobStoppedError,
     RJobError,
+    SessionNotFoundError,
     UnsendableVariableError,
     UsageProblem,
 )
 from ._job import Job, JobKind, JobState
 from ._manager import EventKind, JobEvent, JobManager, WaitResult
 from ._records import Record, RecordKind
+from ._registry import LeftJob
+from ._sessions import Availability, Session, SessionState
 from ._table import JobTable
 
 __version__ = "0.1.0"
@@ -34,6 +37,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AmbiguousJobError",
     "AuthenticationError",
+    "Availability",
     "EventKind",
     "HostError",
     "HostKeyError",
@@ -48,9 +52,13 @@ __all__ = [
     "JobStateError",
     "JobStoppedError",
     "JobTable",
+    "LeftJob",
     "RJobError",
     "Record",
     "RecordKind",
+    "Session",
+    "SessionNotFoundError",
+    "SessionState",
     "UnsendableVariableError",
     "UsageProblem",
     "WaitResult",

@@ -580,7 +580,10 @@ def _load_variables(header: Dict[str, Any], buffers: List[bytearray]) -> Dict[st
     return values
 
 
-def _run_one(header: Dict[str, Any], buffers: List[bytearray], out: BinaryIO, fds: _FdCapture) -> None:
+def _run_one(
+    header: Dict[str, Any], buffers: List[bytearray], out: BinaryIO, fds: _FdCapture, module: Optional[types.ModuleType] = None
+) -> None:
+    """Run one job, writing its records to ``out``; ``module`` is a session's lasting ``__main__``."""
     global _process_sink
     job_id = header["job"]
     seq = [0]
@@ -593,7 +596,7 @@ def _run_one(header: Dict[str, Any], buffers: List[bytearray], out: BinaryIO, fd
 
     sink = Sink(emit)
     filename = header["filename"]
-    module = types.ModuleType("__main__")
+    module = module or types.ModuleType("__main__")
     sys.modules["__main__"] = module
     namespace = module.__dict__
     namespace["__builtins__"] = builtins
@@ -678,11 +681,16 @@ def worker_main() -> None:
 
 
 # --------------------------------------------------------------------------- remote host
-# `serve` runs on a remote host, one per SSH connection. Each job is a forked, detached
-# process (its own session) that writes its records to an append-only spool,
-# ROOT/jobs/<instance>/records; the server forwards them to the kernel as they come, and
-# the spool outlives the connection. Everything under ROOT is private (0700/0600) and is
-# checked before anything is read from it: the kernel unpickles what comes from there.
+# `serve` runs on a remote host, one per SSH connection. Each job runs in a pre-forked,
+# detached pair of processes (their own session): a small supervisor and, below it, the job
+# process, which writes the job's records to an append-only spool ROOT/jobs/<instance>/records.
+# The supervisor outlives the job to write its end into the spool when the job could not
+# (a signal, a stop), so a spool always ends saying how, with or without a server or a
+# connection. The server forwards spools to the kernel as they grow; a later server (after a
+# reconnect, or in a new kernel) adopts a job by its spool and goes on from a sequence number.
+# A session (a lasting interpreter) is such a pair too, running one request after another.
+# Everything under ROOT is private (0700/0600) and is checked before anything is read from
+# it: the kernel unpickles what comes from there.
 
 FINAL_STATES = ("Completed", "Failed", "Stopped")
 
@@ -701,6 +709,40 @@ def check_private(path: str) -> None:
         )
 
 
+def write_private(path: str, data: bytes) -> None:
+    """Replace a small file atomically, readable by its owner only."""
+    part = f"{path}.{os.getpid()}.part"
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(part, path)
+
+
+def _read_json(path: str) -> Optional[Dict[str, Any]]:
+    try:
+        check_private(path)
+        with open(path, "rb") as f:
+            return json.loads(f.read() or b"null")
+    except (OSError, ValueError):
+        return None
+
+
+def process_start(pid: int) -> Optional[int]:
+    """When process ``pid`` started (clock ticks since boot), or None if it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in (b"Z", b"X") else int(fields[19])
+
+
+def _alive(pid: int, start: Optional[int]) -> bool:
+    return pid > 0 and process_start(pid) == start
+
+
 class _SpoolWriter:
     """The job side of a spool: append-only writes, and a byte on the notify pipe after each."""
 
@@ -712,11 +754,15 @@ class _SpoolWriter:
         view = memoryview(data).cast("B")
         while view.nbytes:
             view = view[os.write(self._fd, view):]
-        try:
-            os.write(self._notify, b"\0")
-        except OSError:
-            pass  # no server is listening (disconnected): the spool is enough
+        if self._notify >= 0:
+            try:
+                os.write(self._notify, b"\0")
+            except OSError:
+                pass  # no server is listening (disconnected): the spool is enough
         return len(data)
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 class _Scanner:
@@ -727,6 +773,7 @@ class _Scanner:
         self.offset = 0
         self.last_seq = 0
         self.final: Optional[str] = None
+        self.final_time: Optional[float] = None
         self._fd: Optional[int] = None
 
     def next(self) -> Optional[Tuple[Dict[str, Any], int, int]]:
@@ -757,7 +804,13 @@ class _Scanner:
         self.last_seq = max(self.last_seq, header.get("seq", 0))
         if header.get("kind") == "state" and header.get("data") in FINAL_STATES:
             self.final = header["data"]
+            self.final_time = header.get("time")
         return header, start, position
+
+    def to_end(self) -> "_Scanner":
+        while self.next() is not None:
+            pass
+        return self
 
     def copy(self, out_fd: int, start: int, end: int) -> None:
         """Send bytes [start, end) of the spool to ``out_fd`` (zero-copy where the kernel can)."""
@@ -777,23 +830,69 @@ class _Scanner:
             self._fd = None
 
 
+def end_records(path: str, records: Sequence[Tuple[str, Any]], instance: str) -> str:
+    """Write a job's last records for it (it could not: killed, stopped, its session died)."""
+    scanner = _Scanner(path).to_end()
+    scanner.close()
+    if scanner.final is not None:
+        return scanner.final
+    seq = scanner.last_seq
+    writer = _SpoolWriter(path, -1)
+    try:
+        for kind, data in records:
+            seq += 1
+            write_frame(writer, {"op": "record", "job": instance, "seq": seq, "kind": kind, "time": time.time(), "data": data})  # type: ignore[arg-type]
+    finally:
+        writer.close()
+    return records[-1][1]
+
+
+def died_records(how: str, stopping: bool, what: str = "worker") -> List[Tuple[str, Any]]:
+    if stopping:
+        return [("state", "Stopped")]
+    evalue = f"{what} exited with {how}"
+    return [("error", {"ename": "WorkerDied", "evalue": evalue, "traceback": [f"WorkerDied: {evalue}"]}), ("state", "Failed")]
+
+
+def exit_text(status: Optional[int]) -> str:
+    if status is None:
+        return "an unknown status (its supervisor was killed too)"
+    if os.WIFSIGNALED(status):
+        import signal
+
+        number = os.WTERMSIG(status)
+        try:
+            return f"signal {number} ({signal.Signals(number).name})"
+        except ValueError:
+            return f"signal {number}"
+    return f"exit code {os.WEXITSTATUS(status)}"
+
+
 class _HostJob:
-    def __init__(self, instance: str, spool: str, pid: int, notify_fd: int, cache: str) -> None:
+    """A job the server forwards: its own (forked here) or adopted (by its spool)."""
+
+    def __init__(self, instance: str, spool: str, pid: int, start: Optional[int], notify_fd: int, cache: str) -> None:
         self.instance = instance
         self.spool = spool
-        self.pid = pid
+        self.pid = pid  # its supervisor (a session's, for a session job)
+        self.start = start
         self.notify_fd = notify_fd
         self.cache = cache
         self.scanner = _Scanner(os.path.join(spool, "records"))
+        self.skip_upto = 0  # the kernel has these already
+        self.adopted = notify_fd < 0
+        self.session: Optional[str] = None
         self.stopping = False
         self.kill_at: Optional[float] = None
         self.exit_status: Optional[int] = None
+        self.ended = False
 
 
 class _Server:
     def __init__(self, root: str) -> None:
         self.root = root
         self.jobs_dir = os.path.join(root, "jobs")
+        self.sessions_dir = os.path.join(root, "sessions")
         self.inp = os.fdopen(os.dup(0), "rb", buffering=0)
         self.out_fd = os.dup(1)
         null = os.open(os.devnull, os.O_RDWR)
@@ -805,6 +904,8 @@ class _Server:
         self.by_pid: Dict[int, _HostJob] = {}
         self.spare: Optional[_Spare] = None
         self.quiet = True
+        self.owner = f"{os.getpid()} {process_start(os.getpid())}".encode()
+        self.request_counter = 0
 
     def send(self, header: Dict[str, Any], buffers: Sequence[Any] = ()) -> None:
         write_frame(self.out, header, buffers)
@@ -812,8 +913,10 @@ class _Server:
     def loop(self) -> None:
         import selectors
 
-        check_private(self.root)
-        check_private(self.jobs_dir)
+        for path in (self.root, self.jobs_dir, self.sessions_dir):
+            if not os.path.isdir(path):
+                os.mkdir(path, 0o700)
+            check_private(path)
         self.selector = selectors.DefaultSelector()  # epoll: no limit of 1024 jobs
         self.selector.register(self.inp.fileno(), selectors.EVENT_READ, None)
         self.send({"op": "hello", "version": AGENT_VERSION, "python": sys.version.split()[0], "pid": os.getpid()})
@@ -837,6 +940,8 @@ class _Server:
                     except OSError:
                         pass
                     self.forward(job)
+            for job in [j for j in self.jobs.values() if j.adopted]:
+                self.forward(job)  # no pipe wakes us for these: their spools are watched
             self.reap_children()
             if self.quiet:  # forking now would delay a running job's records: wait for a quiet moment
                 self.replenish()
@@ -858,6 +963,7 @@ class _Server:
             job = self.by_pid.pop(pid, None)
             if job is not None:
                 job.exit_status = status
+                job.ended = True
                 self.settle(job)
 
     def handle(self, header: Dict[str, Any], buffers: List[bytearray]) -> None:
@@ -866,57 +972,87 @@ class _Server:
         if op == "ping":
             self.send({"op": "pong", "n": header.get("n")})
         elif op == "run":
-            self.start(header, buffers)
+            if header.get("session"):
+                self.session_run(header, buffers)
+            else:
+                self.start(header, buffers)
         elif op == "stop":
-            job = self.jobs.get(instance)
-            if job is not None and job.exit_status is None:
-                job.stopping = True
-                signal_tree(job.pid, 15)
-                job.kill_at = time.monotonic() + float(header.get("grace", 3.0))
+            self.stop(instance, float(header.get("grace", 3.0)))
         elif op == "fetch":
             self.fetch(instance, int(header.get("after", 0)))
         elif op == "ack":
-            self.write_private(os.path.join(self.spool_of(instance), "cursor"), str(int(header["seq"])).encode())
+            write_private(os.path.join(self.spool_of(instance), "cursor"), str(int(header["seq"])).encode())
         elif op == "clean":
             self.clean(instance)
+        elif op == "attach":
+            self.attach(header)
+        elif op == "release":
+            self.release(instance)
+        elif op == "list":
+            self.send({"op": "listing", "jobs": self.list_jobs(), "sessions": self.list_sessions()})
+        elif op == "session_new":
+            self.session_new(header)
+        elif op == "session_attach":
+            self.send(dict(self.session_status(str(header["session"])), op="session_state"))
+        elif op == "session_close":
+            self.session_close(str(header["session"]))
 
     def spool_of(self, instance: str) -> str:
         import uuid
 
         return os.path.join(self.jobs_dir, str(uuid.UUID(instance)))  # a UUID, never a path
 
-    def write_private(self, path: str, data: bytes) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+    def session_dir(self, session: str) -> str:
+        import uuid
 
-    def start(self, header: Dict[str, Any], buffers: List[bytearray]) -> None:
+        return os.path.join(self.sessions_dir, str(uuid.UUID(session)))
+
+    def make_spool(self, header: Dict[str, Any]) -> str:
         instance = str(header["job"])
         spool = self.spool_of(instance)
         os.mkdir(spool, 0o700)
-        meta = {k: header.get(k) for k in ("code", "name", "cache", "detached")}
+        meta = {k: header.get(k) for k in ("code", "name", "cache", "detached", "session", "kernel")}
         meta.update(instance=instance, started=time.time())
-        self.write_private(os.path.join(spool, "meta.json"), json.dumps(meta).encode())
+        write_private(os.path.join(spool, "meta.json"), json.dumps(meta).encode())
+        write_private(os.path.join(spool, "owner"), self.owner)
+        return spool
+
+    def track(self, job: _HostJob) -> None:
+        self.jobs[job.instance] = job
+        if job.notify_fd >= 0:
+            self.by_pid[job.pid] = job
+            self.selector.register(job.notify_fd, 1, job)  # 1 = selectors.EVENT_READ
+
+    def start(self, header: Dict[str, Any], buffers: List[bytearray]) -> None:
+        spool = self.make_spool(header)
         spare, self.spare = self.spare or _Spare(), None
         try:
-            write_frame(spare.control, dict(header, spool=spool), buffers)
+            spare.hand(spool, header, buffers)
         except OSError:  # the spare died: make one now
             spare.discard()
             spare = _Spare()
-            write_frame(spare.control, dict(header, spool=spool), buffers)
-        spare.control.close()
-        self.write_private(os.path.join(spool, "pid"), str(spare.pid).encode())
-        job = _HostJob(instance, spool, spare.pid, spare.notify_fd, header.get("cache", "kernel"))
-        self.jobs[instance] = job
-        self.by_pid[spare.pid] = job
-        self.selector.register(spare.notify_fd, 1, job)  # 1 = selectors.EVENT_READ
+            spare.hand(spool, header, buffers)
+        start = process_start(spare.pid)
+        write_private(os.path.join(spool, "pid"), json.dumps({"pid": spare.pid, "start": start}).encode())
+        self.track(_HostJob(str(header["job"]), spool, spare.pid, start, spare.notify_fd, header.get("cache", "kernel")))
 
     def replenish(self) -> None:
         """Fork the next job process ahead of time, so a run request only hands it the job."""
         if self.spare is None:
             self.spare = _Spare()
+
+    def stop(self, instance: str, grace: float) -> None:
+        import signal
+
+        job = self.jobs.get(instance)
+        if job is None or job.ended:
+            return
+        job.stopping = True
+        if job.session is not None and self.unqueue(job):
+            return
+        if _alive(job.pid, job.start):  # a session job is interrupted; a job's supervisor stops its tree
+            os.kill(job.pid, signal.SIGINT if job.session else signal.SIGTERM)
+        job.kill_at = time.monotonic() + grace
 
     def forward(self, job: _HostJob) -> None:
         """Send the kernel what the job's spool has gained: the frames themselves (consecutive ones
@@ -927,7 +1063,8 @@ class _Server:
             if found is None:
                 break
             header, start, end = found
-            if job.cache == "kernel" or header.get("kind") in ("state", "error"):
+            seq = header.get("seq", 0)
+            if seq > job.skip_upto and (job.cache == "kernel" or header.get("kind") in ("state", "error")):
                 if pending is not None and pending[1] == start:
                     pending[1] = end
                 else:
@@ -938,7 +1075,8 @@ class _Server:
                 if pending is not None:
                     job.scanner.copy(self.out_fd, *pending)
                     pending = None
-                self.send({"op": "notice", "job": job.instance, "seq": header.get("seq"), "kind": header.get("kind")})
+                if seq > job.skip_upto:
+                    self.send({"op": "notice", "job": job.instance, "seq": seq, "kind": header.get("kind")})
         if pending is not None:
             job.scanner.copy(self.out_fd, *pending)
         if job.scanner.final is not None:
@@ -946,51 +1084,46 @@ class _Server:
 
     def settle(self, job: _HostJob) -> None:
         """Kill a stopped job whose grace has passed; once it has ended, make sure its spool says how."""
-        if job.exit_status is None:
+        import signal
+
+        if not job.ended:
+            if job.scanner.final is not None:
+                job.ended = True  # its spool says how it ended (a supervisor exits soon after)
+            elif job.adopted and not _alive(job.pid, job.start):
+                job.ended = True  # not our child: its supervisor is gone, and with it the job
+        if not job.ended:
             if job.kill_at is not None and time.monotonic() >= job.kill_at:
-                signal_tree(job.pid, 9)
+                os.kill(job.pid, signal.SIGUSR1)  # the supervisor kills the job's whole tree
                 job.kill_at = None
+            if job.scanner.final is None and not os.path.isdir(job.spool):
+                self.send({"op": "gone", "job": job.instance})
+                self.drop(job)
             return
         if job.instance not in self.jobs:
             return
-        if job.notify_fd >= 0:
-            self.forward(job)  # whatever it wrote before it ended
-            self.selector.unregister(job.notify_fd)
-            os.close(job.notify_fd)
-            job.notify_fd = -1
+        self.forward(job)  # whatever it wrote before it ended
         if job.scanner.final is None:
             self.finish_for(job)
             self.forward(job)
-        del self.jobs[job.instance]
+        self.drop(job)
+
+    def drop(self, job: _HostJob) -> None:
+        """Forget a job here (its spool stays)."""
+        self.jobs.pop(job.instance, None)
+        if job.notify_fd >= 0:
+            self.selector.unregister(job.notify_fd)
+            os.close(job.notify_fd)
+            job.notify_fd = -1
         job.scanner.close()
 
     def finish_for(self, job: _HostJob) -> None:
-        """The job died without saying how it ended (a signal): say it for it, in its spool."""
-        status = job.exit_status or 0
-        records: List[Tuple[str, Any]] = []
-        if job.stopping:
-            records.append(("state", "Stopped"))
-        else:
-            if os.WIFSIGNALED(status):
-                import signal
-
-                number = os.WTERMSIG(status)
-                try:
-                    how = f"signal {number} ({signal.Signals(number).name})"
-                except ValueError:
-                    how = f"signal {number}"
-            else:
-                how = f"exit code {os.WEXITSTATUS(status)}"
-            evalue = f"worker exited with {how}"
-            records.append(("error", {"ename": "WorkerDied", "evalue": evalue, "traceback": [f"WorkerDied: {evalue}"]}))
-            records.append(("state", "Failed"))
-        seq = job.scanner.last_seq
+        """The job and its supervisor died without saying how it ended: say it for them."""
+        what = "the session's interpreter" if job.session else "worker"
+        records = died_records(exit_text(job.exit_status), job.stopping, what)
         try:
-            writer = _SpoolWriter(job.scanner.path, -1)
-            for kind, data in records:
-                seq += 1
-                write_frame(writer, {"op": "record", "job": job.instance, "seq": seq, "kind": kind, "time": time.time(), "data": data})
-        except OSError:  # no room to write it: tell the kernel directly
+            end_records(job.scanner.path, records, job.instance)
+        except OSError:  # no room to write it (or no spool): tell the kernel directly
+            seq = job.scanner.last_seq
             for kind, data in records:
                 seq += 1
                 self.send({"op": "record", "job": job.instance, "seq": seq, "kind": kind, "time": time.time(), "data": data})
@@ -1017,14 +1150,207 @@ class _Server:
     def clean(self, instance: str) -> None:
         import shutil
 
-        job = self.jobs.pop(instance, None)
+        job = self.jobs.get(instance)
         if job is not None:  # still reaped by reap_children (by_pid keeps it)
-            if job.notify_fd >= 0:
-                self.selector.unregister(job.notify_fd)
-                os.close(job.notify_fd)
-                job.notify_fd = -1
-            job.scanner.close()
+            self.drop(job)
         shutil.rmtree(self.spool_of(instance), ignore_errors=True)
+
+    # -- adopting jobs this server did not start -----------------------------------------
+    def owner_elsewhere(self, spool: str) -> Optional[int]:
+        """The pid of another live server that forwards this spool, if one does."""
+        try:
+            with open(os.path.join(spool, "owner"), "rb") as f:
+                pid_text, start_text = f.read().split()
+            pid = int(pid_text)
+        except (OSError, ValueError):
+            return None
+        if pid == os.getpid() or not _alive(pid, int(start_text) if start_text.isdigit() else None):
+            return None
+        return pid
+
+    def attach(self, header: Dict[str, Any]) -> None:
+        """Adopt a job by its spool and forward it from sequence number ``after``."""
+        import signal
+
+        instance = str(header["job"])
+        spool = self.spool_of(instance)
+        if not os.path.isdir(spool) or not os.path.exists(os.path.join(spool, "records")):
+            self.send({"op": "gone", "job": instance})
+            return
+        check_private(spool)
+        check_private(os.path.join(spool, "records"))
+        other = self.owner_elsewhere(spool)
+        if other is not None and header.get("force"):
+            pass  # the user takes it over; the other server goes on sending into its own connection
+        elif other is not None and other == header.get("replace"):
+            try:
+                os.kill(other, signal.SIGTERM)  # our own earlier server, stranded by a lost connection
+            except OSError:
+                pass
+        elif other is not None:
+            self.send({"op": "refused", "job": instance, "reason": f"another kernel is attached to it (its agent is pid {other}); connect with --force to take it over"})
+            return
+        old = self.jobs.get(instance)
+        if old is not None:
+            self.drop(old)
+        write_private(os.path.join(spool, "owner"), self.owner)
+        process = _read_json(os.path.join(spool, "pid")) or {}
+        meta = _read_json(os.path.join(spool, "meta.json")) or {}
+        job = _HostJob(instance, spool, int(process.get("pid", 0)), process.get("start"), -1, header.get("cache") or meta.get("cache") or "kernel")
+        job.session = meta.get("session")
+        job.skip_upto = int(header.get("after", 0))
+        if job.session:
+            sup = _read_json(os.path.join(self.session_dir(job.session), "pid")) or {}
+            job.pid, job.start = int(sup.get("pid", 0)), sup.get("start")
+        self.track(job)
+        self.send({"op": "attached", "job": instance, "cursor": _read_cursor(spool), "meta": meta})
+        self.forward(job)
+
+    def release(self, instance: str) -> None:
+        """Stop forwarding a job (a disconnect): it runs on, its spool keeps what it writes."""
+        job = self.jobs.get(instance)
+        if job is not None:
+            self.drop(job)
+        try:
+            os.unlink(os.path.join(self.spool_of(instance), "owner"))
+        except OSError:
+            pass
+
+    def list_jobs(self) -> List[Dict[str, Any]]:
+        """Every job spool of this user here: what it is, how far it got, who forwards it."""
+        found = []
+        for entry in sorted(os.listdir(self.jobs_dir)):
+            spool = os.path.join(self.jobs_dir, entry)
+            meta = _read_json(os.path.join(spool, "meta.json"))
+            if meta is None:
+                continue
+            scanner = _Scanner(os.path.join(spool, "records"))
+            try:
+                check_private(spool)
+                scanner.to_end()
+            except (OSError, ValueError):
+                continue
+            finally:
+                scanner.close()
+            process = _read_json(os.path.join(spool, "pid")) or {}
+            running = scanner.final is None and _alive(int(process.get("pid", 0)), process.get("start"))
+            if meta.get("session"):
+                sup = _read_json(os.path.join(self.session_dir(meta["session"]), "pid")) or {}
+                running = scanner.final is None and _alive(int(sup.get("pid", 0)), sup.get("start"))
+            found.append(dict(
+                meta,
+                state=scanner.final or ("Running" if running else "Failed"),
+                ended=scanner.final_time,
+                last_seq=scanner.last_seq,
+                cursor=_read_cursor(spool),
+                attached_elsewhere=self.owner_elsewhere(spool),
+            ))
+        return found
+
+    # -- sessions: lasting interpreters -------------------------------------------------
+    def session_new(self, header: Dict[str, Any]) -> None:
+        session = str(header["session"])
+        path = self.session_dir(session)
+        os.mkdir(path, 0o700)
+        os.mkdir(os.path.join(path, "requests"), 0o700)
+        os.mkfifo(os.path.join(path, "wake"), 0o600)
+        meta = {"session": session, "name": header.get("name"), "created": time.time(), "kernel": header.get("kernel")}
+        write_private(os.path.join(path, "meta.json"), json.dumps(meta).encode())
+        spare = _Spare(session_dir=path)
+        spare.discard()  # the session reads its requests from its queue, not from the server
+        write_private(os.path.join(path, "pid"), json.dumps({"pid": spare.pid, "start": process_start(spare.pid)}).encode())
+        self.send(dict(self.session_status(session), op="session_state"))
+
+    def session_status(self, session: str) -> Dict[str, Any]:
+        path = self.session_dir(session)
+        meta = _read_json(os.path.join(path, "meta.json"))
+        if meta is None:
+            return {"session": session, "state": "Gone", "reason": "the session is gone on this host"}
+        check_private(path)
+        sup = _read_json(os.path.join(path, "pid")) or {}
+        broken = _read_text(os.path.join(path, "broken"))
+        alive = _alive(int(sup.get("pid", 0)), sup.get("start"))
+        state = "Opened" if alive and not broken else "Broken"
+        reason = broken or ("" if alive else "its interpreter is gone")
+        return dict(meta, state=state, reason=reason, busy=_read_text(os.path.join(path, "current")))
+
+    def list_sessions(self) -> List[Dict[str, Any]]:
+        return [self.session_status(entry) for entry in sorted(os.listdir(self.sessions_dir))]
+
+    def session_run(self, header: Dict[str, Any], buffers: List[bytearray]) -> None:
+        session = str(header["session"])
+        path = self.session_dir(session)
+        status = self.session_status(session)
+        if status["state"] != "Opened":
+            self.send({"op": "failed", "job": header.get("job"), "error": f"the session is {status['state'].lower()}: {status['reason']}"})
+            return
+        spool = self.make_spool(header)
+        self.request_counter += 1
+        request = os.path.join(path, "requests", f"{time.time():017.6f}-{self.request_counter:06d}-{header['job']}")
+        writer = _SpoolWriter(request + ".part", -1)
+        try:
+            write_frame(writer, dict(header, spool=spool), buffers)  # type: ignore[arg-type]
+        finally:
+            writer.close()
+        os.replace(request + ".part", request)
+        _poke(os.path.join(path, "wake"))
+        sup = _read_json(os.path.join(path, "pid")) or {}
+        job = _HostJob(str(header["job"]), spool, int(sup.get("pid", 0)), sup.get("start"), -1, header.get("cache", "kernel"))
+        job.session = session
+        self.track(job)
+
+    def unqueue(self, job: _HostJob) -> bool:
+        """Take a session job that has not begun out of the session's queue (it ends Stopped)."""
+        assert job.session is not None
+        requests = os.path.join(self.session_dir(job.session), "requests")
+        for name in os.listdir(requests):
+            if name.endswith(job.instance):
+                try:
+                    os.unlink(os.path.join(requests, name))
+                except FileNotFoundError:
+                    return False  # the session took it just now
+                end_records(job.scanner.path, [("state", "Stopped")], job.instance)
+                return True
+        return False
+
+    def session_close(self, session: str) -> None:
+        import shutil
+        import signal
+
+        path = self.session_dir(session)
+        sup = _read_json(os.path.join(path, "pid")) or {}
+        if _alive(int(sup.get("pid", 0)), sup.get("start")):
+            write_private(os.path.join(path, "closing"), b"1")
+            os.kill(int(sup["pid"]), signal.SIGTERM)
+        shutil.rmtree(path, ignore_errors=True)
+        self.send({"op": "session_state", "session": session, "state": "Closed", "reason": ""})
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _read_cursor(spool: str) -> int:
+    text = _read_text(os.path.join(spool, "cursor"))
+    return int(text) if text.isdigit() else 0
+
+
+def _poke(fifo: str) -> None:
+    """Wake a session's interpreter (it may be busy: then it looks when it is done)."""
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return  # nobody reads it: the session is gone
+    try:
+        os.write(fd, b"\0")
+    except OSError:
+        pass  # full: a wake-up is already waiting
+    finally:
+        os.close(fd)
 
 
 def _os_error_text(exc: OSError, root: str) -> str:
@@ -1036,35 +1362,197 @@ def _os_error_text(exc: OSError, root: str) -> str:
 
 
 class _Spare:
-    """A job process forked ahead of time: detached (its own session), output captured, waiting
-    on a pipe for the one job it will run. The server hands it the job and forks the next."""
+    """A detached pair forked ahead of time: a supervisor (its own session) and below it the
+    process that will run the one job (or, for a session, every request) handed to it. The
+    supervisor stays out of the job's process group, so stopping the job leaves it to write
+    how the job ended."""
 
-    def __init__(self) -> None:
-        control_r, control_w = os.pipe()
-        notify_r, notify_w = os.pipe()
+    def __init__(self, session_dir: Optional[str] = None) -> None:
+        control_r, control_w = os.pipe()  # the job, to the job process
+        spool_r, spool_w = os.pipe()  # where its spool is, to the supervisor
+        notify_r, notify_w = os.pipe()  # a byte per record written, to the server
         os.set_blocking(notify_w, False)
         pid = os.fork()
         if pid == 0:
             try:
                 os.setsid()
-                _close_all_but(control_r, notify_w)
-                fds = _capture_process_output()
+                _close_all_but(control_r, spool_r, notify_w)
+                _supervise(control_r, spool_r, notify_w, session_dir)
+            finally:
+                os._exit(0)
+        for fd in (control_r, spool_r, notify_w):
+            os.close(fd)
+        self.pid = pid
+        self.notify_fd = notify_r
+        self.control = os.fdopen(control_w, "wb", buffering=0)
+        self.spool_pipe = spool_w
+
+    def hand(self, spool: str, header: Dict[str, Any], buffers: List[bytearray]) -> None:
+        write_frame(self.control, dict(header, spool=spool), buffers)
+        self.control.close()
+        os.write(self.spool_pipe, spool.encode())
+        os.close(self.spool_pipe)
+
+    def discard(self) -> None:
+        self.control.close()
+        os.close(self.spool_pipe)
+        os.close(self.notify_fd)
+
+
+def _supervise(control_r: int, spool_r: int, notify_w: int, session_dir: Optional[str]) -> None:
+    """The supervisor: starts the job process, passes stop requests on to its process tree, and
+    when it ends, writes its end into the spool if it could not."""
+    import signal
+
+    stopping = [False]
+    child = [0]
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if signum == signal.SIGINT:  # a session: interrupt the request it runs
+            os.kill(child[0], signal.SIGINT)
+            return
+        stopping[0] = True
+        signal_tree(child[0], signal.SIGKILL if signum == signal.SIGUSR1 else signal.SIGTERM)
+
+    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _become_subreaper()  # what the job leaves behind is still ours to stop
+    child[0] = os.fork()
+    if child[0] == 0:
+        try:
+            for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
+                signal.signal(signum, signal.SIG_DFL)
+            os.setpgid(0, 0)  # its own group: stopping its tree leaves the supervisor
+            os.close(spool_r)
+            fds = _capture_process_output()
+            if session_dir is not None:
+                _serve_session(session_dir, fds)
+            else:
                 frame = read_frame(os.fdopen(control_r, "rb"))
                 if frame is not None:  # None: the server ended before it had a job for us
                     header, buffers = frame
                     out = _SpoolWriter(os.path.join(header["spool"], "records"), notify_w)
                     _run_one(header, buffers, out, fds)  # type: ignore[arg-type]
-            finally:
-                os._exit(0)
-        os.close(control_r)
-        os.close(notify_w)
-        self.pid = pid
-        self.notify_fd = notify_r
-        self.control = os.fdopen(control_w, "wb", buffering=0)
+        finally:
+            os._exit(0)
+    os.close(control_r)
+    spool = b""
+    while True:
+        chunk = os.read(spool_r, 4096)
+        if not chunk:
+            break
+        spool += chunk
+    while True:
+        try:
+            _, status = os.waitpid(child[0], 0)
+            break
+        except ChildProcessError:
+            return
+    if stopping[0]:
+        _end_leftovers()
+    if session_dir is not None:
+        closing = os.path.exists(os.path.join(session_dir, "closing"))
+        if not closing:
+            reason = f"its interpreter exited with {exit_text(status)}; its variables are gone"
+            try:
+                write_private(os.path.join(session_dir, "broken"), reason.encode())
+            except OSError:
+                pass
+        current = _read_text(os.path.join(session_dir, "current"))
+        if current:
+            spool = current.encode()
+            stopping[0] = stopping[0] or closing
+    if spool:
+        path = os.path.join(spool.decode(), "records")
+        what = "the session's interpreter" if session_dir else "worker"
+        try:
+            end_records(path, died_records(exit_text(status), stopping[0], what), os.path.basename(spool.decode()))
+            os.write(notify_w, b"\0")
+        except OSError:
+            pass
 
-    def discard(self) -> None:
-        self.control.close()
-        os.close(self.notify_fd)
+
+def _become_subreaper() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except Exception:  # noqa: BLE001 - not Linux: leftovers of a stopped job may outlive it
+        pass
+
+
+def _end_leftovers(grace: float = 2.0) -> None:
+    """A stopped job's processes that outlived it (they came to us, the subreaper): TERM, then KILL."""
+    import signal
+
+    deadline = time.monotonic() + grace
+    sent = 0
+    while True:
+        while True:  # collect the ones that ended
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
+        left = descendants(os.getpid())
+        if not left:
+            return
+        if time.monotonic() > deadline + 5:
+            return  # unkillable (stuck in the kernel): nothing more to do
+        signum = signal.SIGTERM if time.monotonic() < deadline else signal.SIGKILL
+        if signum != sent or signum == signal.SIGKILL:
+            for pid in left:
+                try:
+                    os.kill(pid, signum)
+                except OSError:
+                    pass
+            sent = signum
+        time.sleep(0.05)
+
+
+def _serve_session(session_dir: str, fds: _FdCapture) -> None:
+    """A session's interpreter: runs the requests put in its queue, one after another, all in
+    the same ``__main__``, so variables live from one to the next."""
+    import signal
+
+    running = [False]
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        if running[0]:
+            raise JobStopRequested()
+
+    signal.signal(signal.SIGINT, interrupt)
+    module = types.ModuleType("__main__")
+    wake = os.open(os.path.join(session_dir, "wake"), os.O_RDWR)  # RDWR: never an end of file
+    requests = os.path.join(session_dir, "requests")
+    current = os.path.join(session_dir, "current")
+    while True:
+        names = sorted(n for n in os.listdir(requests) if not n.endswith(".part"))
+        if not names:
+            os.read(wake, 4096)
+            continue
+        path = os.path.join(requests, names[0])
+        try:
+            with open(path, "rb") as f:
+                frame = read_frame(f)  # type: ignore[arg-type]
+            os.unlink(path)
+        except OSError:
+            continue  # stopped before it began
+        if frame is None:
+            continue
+        header, buffers = frame
+        write_private(current, header["spool"].encode())
+        out = _SpoolWriter(os.path.join(header["spool"], "records"), -1)
+        try:
+            running[0] = True
+            _run_one(header, buffers, out, fds, module)  # type: ignore[arg-type]
+        except JobStopRequested:
+            pass  # it came between the job's end and here
+        finally:
+            running[0] = False
+            out.close()
+            os.unlink(current)
 
 
 def _close_all_but(*keep: int) -> None:
@@ -1090,6 +1578,9 @@ def _provide_package_stub() -> None:
 def serve_main(root: str) -> None:
     """One per SSH connection: runs jobs as detached processes and forwards their spools."""
     os.umask(0o077)
+    import ctypes  # noqa: F401 - imported once here, not in every forked supervisor
+    import signal  # noqa: F401
+
     _provide_package_stub()
     _Server(root).loop()
 

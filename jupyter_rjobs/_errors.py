@@ -5,6 +5,7 @@ The tree::
     RJobError
     ├── UsageProblem                 bad input from the caller (the magics turn these into UsageError)
     │   ├── JobNotFoundError         no job has that id or name          (also LookupError)
+    │   ├── SessionNotFoundError     no session has that id or name      (also LookupError)
     │   ├── AmbiguousJobError        a name that several jobs share
     │   ├── JobCodeError             the job's code does not compile; no job was created
     │   ├── UnsendableVariableError  a variable cannot be serialized for a process or remote job
@@ -27,6 +28,7 @@ __all__ = [
     "UsageProblem",
     "JobNotFoundError",
     "AmbiguousJobError",
+    "SessionNotFoundError",
     "JobCodeError",
     "UnsendableVariableError",
     "JobStateError",
@@ -52,6 +54,13 @@ class UsageProblem(RJobError):
 class JobNotFoundError(UsageProblem, LookupError):
     def __init__(self, spec: object) -> None:
         super().__init__(f"no job with id or name {spec!r}; see `%rjob list` for the jobs there are")
+        self.spec = spec
+
+
+class SessionNotFoundError(UsageProblem, LookupError):
+    def __init__(self, spec: object, known: Sequence[str]) -> None:
+        names = ", ".join(known) or "none yet"
+        super().__init__(f"no session with id or name {spec!r} (sessions: {names}); open one with `%rjob session new HOST`")
         self.spec = spec
 
 

@@ -122,10 +122,11 @@ class Job(Future):  # type: ignore[type-arg]
         parent: Job | None = None,
         on_state: StateListener | None = None,
         on_record: RecordListener | None = None,
+        instance_id: uuid.UUID | None = None,
     ) -> None:
         super().__init__()
         self.id = id
-        self._instance_id: uuid.UUID | None = None
+        self._instance_id = instance_id
         self.name = name or f"Job{id}"
         self.kind = kind
         self.location = location
@@ -135,6 +136,9 @@ class Job(Future):  # type: ignore[type-arg]
         self.begin_time: datetime | None = None
         self.end_time: datetime | None = None
         self.error: JobError | None = None
+        self.reason = ""  # why it is in its state, when that needs saying (PowerShell's JobStateInfo.Reason)
+        self.detached = False  # a remote job that outlives the kernel (also: one of a disconnected session)
+        self.session: Any = None  # the Session it runs in, if any
         self.runner: JobRunner | None = None
         self._job_state = JobState.NotStarted
         self._state_lock = self._condition  # type: ignore[attr-defined]  # the Future's own (re-entrant) lock

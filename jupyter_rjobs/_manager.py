@@ -20,6 +20,8 @@ from ._errors import AmbiguousJobError, JobCodeError, JobNotFoundError, JobState
 from ._job import Job, JobKind, JobState
 from ._process_backend import ProcessBackend
 from ._records import Record, RecordKind
+from ._remote_ops import RemoteOps
+from ._sessions import Session, SessionState
 from ._thread_backend import ThreadBackend
 
 __all__ = ["JobManager", "JobEvent", "EventKind", "WaitResult", "JobSpec"]
@@ -94,13 +96,14 @@ class _Throttle:
         return False
 
 
-class JobManager:
+class JobManager(RemoteOps):
     """Starts jobs and keeps them: list, get, wait, receive, stop, remove; observable by events.
 
     ``max_thread_jobs``, ``max_process_jobs`` and ``max_remote_jobs`` throttle how many run at
     once (the rest wait NotStarted, in order); at most ``max_connecting_hosts`` hosts are being
     connected to at once. ``ssh_config`` replaces ``~/.ssh/config`` for remote jobs. ``stop_grace`` is how long a stopped job has before it is
-    killed. Timeouts are seconds, ``None`` meaning forever.
+    killed. A lost connection is re-tried with back-off for ``reconnect_for`` seconds (then its
+    jobs stay Disconnected until ``connect``). Timeouts are seconds, ``None`` meaning forever.
     """
 
     def __init__(
@@ -114,8 +117,11 @@ class JobManager:
         max_remote_jobs: int = 1000,
         ssh_config: str | None = None,
         max_connecting_hosts: int = 32,
+        reconnect_for: float | None = 300.0,
     ) -> None:
         self.stop_grace = stop_grace
+        self.reconnect_for = reconnect_for
+        self._sessions: dict[int, Session] = {}
         self._ssh_config = ssh_config or os.environ.get("JUPYTER_RJOBS_SSH_CONFIG")
         self.max_remote_jobs = max_remote_jobs
         self.max_connecting_hosts = max_connecting_hosts
@@ -145,7 +151,7 @@ class JobManager:
                 from ._remote_backend import RemoteBackend  # paramiko is imported only when needed
 
                 self.add_backend(
-                    RemoteBackend(self.max_remote_jobs, self.stop_grace, self.ssh_config, self.max_connecting_hosts)
+                    RemoteBackend(self.max_remote_jobs, self.stop_grace, self.ssh_config, self.max_connecting_hosts, self.reconnect_for)
                 )
             try:
                 return self._backends[kind]
@@ -199,6 +205,8 @@ class JobManager:
     def _job_state_changed(self, job: Job, old: JobState, new: JobState) -> None:
         if new.finished:
             self._throttles[job.kind].finished(job)  # frees a slot (a parent holds none: harmless)
+            if job.session is not None:
+                self._job_in_session_ended(job)
         # readers wait for records and for the end: only a finished job is worth waking them for
         self._emit(JobEvent(EventKind.STATE, job, old_state=old, new_state=new), wake=new.finished)
         if job.parent is not None:
@@ -222,6 +230,8 @@ class JobManager:
         cache: str = "kernel",
         python: str | None = None,
         accept_new_host: bool = False,
+        detached: bool = False,
+        session: Session | int | str | None = None,
     ) -> Job:
         """Start ``code`` as a job and return it at once (NotStarted if throttled).
 
@@ -229,23 +239,31 @@ class JobManager:
         a thread job runs in a shallow copy of it; process and remote jobs get the variables it
         reads, or those named by ``push`` (``[]``: none). ``host`` (one, a list, or "a,b,c")
         makes a remote job; several hosts make a parent job with one child per host.
-        ``cache="remote"`` keeps a remote job's records on its host until received. Bad code,
-        an unsendable variable or an unusable host raises before any job exists.
+        ``cache="remote"`` keeps a remote job's records on its host until received. ``detached``
+        remote jobs outlive the kernel (``connect`` in a new one adopts them). ``session`` runs the
+        job in a session's lasting interpreter, on its host. Bad code, an unsendable variable or
+        an unusable host raises before any job exists.
         """
         if self._closed:
             raise RJobError("this job manager is shut down; create a new one")
+        in_session = None
+        if session is not None:
+            if host is not None or python:
+                raise UsageProblem("a session job runs on the session's host: give --session or --host, not both")
+            in_session = self._session_for_start(session)
+            host, kind = in_session.host, JobKind.REMOTE
         hosts = _host_list(host)
         if kind is None:
             kind = JobKind.REMOTE if hosts else JobKind.PROCESS
         kind = JobKind.parse(kind)
         if kind is JobKind.REMOTE and not hosts:
             raise UsageProblem("a remote job needs a host: give --host HOST (or several: --host a,b,c)")
-        if kind is not JobKind.REMOTE and (hosts or cache != "kernel" or python or accept_new_host):
-            raise UsageProblem("--host, --cache, --python and --accept-new-host are for remote jobs; give --host HOST")
+        if kind is not JobKind.REMOTE and (hosts or cache != "kernel" or python or accept_new_host or detached):
+            raise UsageProblem("--host, --cache, --python, --detached and --accept-new-host are for remote jobs; give --host HOST")
         backend = self.backend(kind)
         options: dict[str, Any] = {}
         if kind is JobKind.REMOTE:
-            options = {"hosts": hosts, "cache": cache, "python": python, "accept_new_host": accept_new_host}
+            options = {"hosts": hosts, "cache": cache, "python": python, "accept_new_host": accept_new_host, "session": in_session}
         ids_needed = 1 + (len(hosts) if len(hosts) > 1 else 0)  # a fan-out parent and its children
         with self._lock:
             job_id = self._next_id
@@ -266,11 +284,26 @@ class JobManager:
                 job.children.append(child)
         else:
             job = Job(job_id, kind, code, name, location=hosts[0] if hosts else "localhost", **callbacks)
+        for each in [job, *job.children]:
+            each.detached = detached
+        if in_session is not None:
+            job.session = in_session
+            in_session.jobs.append(job)
         with self._lock:
             self._jobs[job_id] = job
         self._emit(JobEvent(EventKind.ADDED, job), wake=False)  # readers follow jobs they already have
         for leaf in job.leaves():
             self._throttles[backend.kind].submit(leaf, lambda leaf=leaf: self._launch(backend, leaf, prepared))
+        return job
+
+    def _add_job(self, code: str, kind: JobKind, **job_options: Any) -> Job:
+        """A job that runs already (adopted from a host): registered with the next id."""
+        with self._lock:
+            job_id = self._next_id
+            self._next_id += 1
+            job = Job(job_id, kind, code, on_state=self._job_state_changed, on_record=self._job_record, **job_options)
+            self._jobs[job_id] = job
+        self._emit(JobEvent(EventKind.ADDED, job), wake=False)
         return job
 
     def _give_back_ids(self, job_id: int, count: int) -> None:
@@ -480,12 +513,19 @@ class JobManager:
         if self._closed:
             return
         self._closed = True
-        running = [j for j in self._all_jobs() if j.parent is None and not j.state.finished]
+        staying = [j for j in self._all_jobs() if j.detached or j.state is JobState.Disconnected]
+        running = [j for j in self._all_jobs() if j.parent is None and not j.state.finished and j not in staying]
         if running:
             self.stop(running, grace=grace)
+        for session in self.sessions():
+            if session.state is SessionState.Opened:
+                try:
+                    self.close_session(session)
+                except RJobError:
+                    pass
         for job in self._all_jobs():
-            if job.runner is not None:
-                job.runner.cleanup()  # remote spools go with the kernel (detached jobs aside)
+            if job.runner is not None and job not in staying:
+                job.runner.cleanup()  # remote spools go with the kernel; detached and disconnected ones stay
         for backend in list(self._backends.values()):
             backend.shutdown()
 

@@ -1,248 +1,56 @@
-"""Remote jobs: the code runs on SSH hosts, under the agent's ``serve`` (see _agent.py).
+"""Remote jobs: the code runs on SSH hosts, under the agent's ``serve`` (see _agent.py and _host.py).
 
-One :class:`HostSession` per host: one SSH connection and one agent server on it, shared by
-every job there. First contact checks the host's Python, uploads the agent (and dill, if the
-host lacks it) into a private, versioned cache directory, and starts the server. Each job is a
-detached process on the host writing an append-only spool; with ``cache="kernel"`` its records
-stream into the kernel and the spool is deleted once they are all here; with ``cache="remote"``
-they stay on the host and ``receive`` fetches them.
+Each job is a detached process on the host writing an append-only spool; with
+``cache="kernel"`` its records stream into the kernel (the spool goes once they are all here),
+with ``cache="remote"`` they stay on the host and ``receive`` fetches them. Either way the host
+keeps, in the spool's ``cursor``, how far the job was received, and every frame carries a
+sequence number. So a lost connection loses nothing: the backend reconnects with back-off and
+the new server goes on from the last number the kernel has; a new kernel adopts the job and
+receives everything after the cursor.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import logging
-import shlex
+import os
 import sys
 import threading
-import zipfile
+import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from . import _agent
-from ._agent import compile_job, read_frame, write_frame
+from . import _registry
+from ._agent import compile_job
 from ._backend import Backend, FrameApplier, JobRunner
 from ._errors import HostError
+from ._host import HostConnection
 from ._job import Job, JobKind, JobState
 from ._namespace import capture_variables, serialize_variables
 from ._records import Record, RecordKind, RecordStream
-from ._ssh import HostSettings, SshConnection, resolve_host
+from ._sessions import Session, SessionState
+from ._ssh import resolve_host
 
-__all__ = ["RemoteBackend", "HostSession"]
+__all__ = ["RemoteBackend", "RemoteRunner"]
 
 log = logging.getLogger(__name__)
 
-MIN_PYTHON = (3, 9)
 MAX_CONNECTING = 32
-AGENT_SOURCE = Path(_agent.__file__).read_bytes()
-AGENT_DIGEST = hashlib.sha256(AGENT_SOURCE).hexdigest()[:12]
-
-_PROBE = (
-    "import json, os, sys\n"
-    "root = os.path.join(os.path.expanduser('~'), '.cache', 'jupyter_rjobs')\n"
-    "try:\n    import dill\n    has_dill = True\nexcept Exception:\n    has_dill = False\n"
-    "st = os.lstat(root) if os.path.lexists(root) else None\n"
-    "print(json.dumps({'version': list(sys.version_info[:3]), 'dill': has_dill, 'root': root, 'uid': os.getuid(),"
-    " 'root_uid': st.st_uid if st else None, 'root_mode': st.st_mode & 0o7777 if st else None,"
-    " 'root_link': os.path.islink(root)}))\n"
-)
+RECONNECT_FOR = 300.0
 
 
-def _dill_zip() -> bytes:
-    """The local dill package as a zip, for hosts whose Python lacks it (zipimport loads it)."""
-    import dill
+class AckingStream(RecordStream):
+    """A kernel-cache remote job's records: what the user receives is acknowledged to the host,
+    so a kernel that adopts the job later gets exactly what nobody received."""
 
-    package = Path(dill.__file__).parent
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in package.rglob("*.py"):
-            archive.write(path, str(Path("dill") / path.relative_to(package)))
-    return buffer.getvalue()
+    def __init__(self, job_id: int, on_append: Callable[[Record], None], runner: RemoteRunner) -> None:
+        super().__init__(job_id, on_append)
+        self._runner = runner
 
-
-class _ChannelReader:
-    """A file-like ``readinto`` over a paramiko channel, for read_frame: small reads are served
-    from a buffer (a frame's head, its JSON), large ones go straight into the caller's memory."""
-
-    def __init__(self, channel: Any) -> None:
-        self._channel = channel
-        self._buffer = b""
-
-    def readinto(self, view: memoryview) -> int:
-        wanted = len(view)
-        if not self._buffer and wanted < 65536:
-            self._buffer = self._channel.recv(65536)
-        if self._buffer:
-            n = min(wanted, len(self._buffer))
-            view[:n] = self._buffer[:n]
-            self._buffer = self._buffer[n:]
-            return n
-        data = self._channel.recv(min(wanted, 4 * 2**20))
-        view[: len(data)] = data
-        return len(data)
-
-
-class _ChannelWriter:
-    def __init__(self, channel: Any) -> None:
-        self._channel = channel
-
-    def write(self, data: Any) -> int:
-        self._channel.sendall(data)
-        return len(data)
-
-
-class HostSession:
-    """A host's connection and agent server, shared by all jobs on it."""
-
-    def __init__(self, settings: HostSettings) -> None:
-        self.settings = settings
-        self.host = settings.alias
-        self.connection: SshConnection | None = None
-        self.python_version = ""
-        self.root = ""
-        self._channel: Any = None
-        self._writer: _ChannelWriter | None = None
-        self._send_lock = threading.Lock()
-        self._runners: dict[str, RemoteRunner] = {}
-        self._hello = threading.Event()
-        self._pong = threading.Event()
-        self._closed = False
-
-    # -- first contact ------------------------------------------------------------------
-    def open(self) -> HostSession:
-        self.connection = SshConnection(self.settings).open()
-        try:
-            agent_dir, python_path = self._install()
-            command = (
-                f"exec env PYTHONPATH={shlex.quote(python_path)} {shlex.quote(self.settings.python)} -u -c "
-                + shlex.quote(f"import sys; sys.path.insert(0, {agent_dir!r}); import rjobs_agent; rjobs_agent.serve_main({self.root!r})")
-            )
-            self._channel = self.connection.exec(command)
-            self._writer = _ChannelWriter(self._channel)
-            threading.Thread(target=self._read, name=f"rjob-host-{self.host}", daemon=True).start()
-            if not self._hello.wait(30) or self._closed:
-                raise HostError(self.host, f"the agent did not start there: {self._stderr_tail() or 'no message'}")
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def _install(self) -> tuple[str, str]:
-        assert self.connection is not None
-        python = self.settings.python
-        status, out, err = self.connection.run(f"{shlex.quote(python)} -c {shlex.quote(_PROBE)}")
-        if status == 127 or (status != 0 and b"not found" in err):
-            raise HostError(self.host, f"no {python} there; install Python 3.9 or newer, or name one with --python PATH")
-        if status != 0:
-            raise HostError(self.host, f"{python} failed to start ({err.decode(errors='replace').strip()[-200:]})")
-        probe = json.loads(out.decode().strip().splitlines()[-1])
-        version = tuple(probe["version"])
-        self.python_version = ".".join(map(str, version))
-        if version[:2] < MIN_PYTHON:
-            raise HostError(self.host, f"{python} there is Python {self.python_version}; jobs need 3.9 or newer (give one with --python PATH)")
-        self.root = probe["root"]
-        if probe["root_mode"] is not None and (
-            probe["root_link"] or probe["root_uid"] != probe["uid"] or probe["root_mode"] & 0o077
-        ):
-            raise HostError(
-                self.host,
-                f"the spool directory {self.root} is not private (mode {oct(probe['root_mode'])}, owner uid {probe['root_uid']});"
-                f" refusing to load anything from it. Fix it there with: chmod 700 {self.root}",
-            )
-        agent_dir = f"{self.root}/agent-{_agent.AGENT_VERSION}-{AGENT_DIGEST}"
-        files = {"rjobs_agent.py": AGENT_SOURCE}
-        if not probe["dill"]:
-            files["dill.zip"] = _dill_zip()
-        quoted_dir = shlex.quote(agent_dir)
-        for name, content in files.items():
-            target = shlex.quote(f"{agent_dir}/{name}")
-            command = (
-                f"umask 077 && mkdir -p {shlex.quote(self.root + '/jobs')} {quoted_dir} && "
-                f"if [ ! -f {target} ]; then cat > {target}.part && mv {target}.part {target}; else cat > /dev/null; fi"
-            )
-            status, _, err = self.connection.run(command, stdin=content)
-            if status != 0:
-                message = err.decode(errors="replace").strip()
-                if "No space left" in message:
-                    raise HostError(self.host, f"no space left on the host's disk (installing the agent in {agent_dir}); free some space there")
-                raise HostError(self.host, f"could not install the agent in {agent_dir} ({message[-200:]})")
-        return agent_dir, f"{agent_dir}/dill.zip"
-
-    def _stderr_tail(self) -> str:
-        try:
-            if self._channel is not None and self._channel.recv_stderr_ready():
-                return self._channel.recv_stderr(4096).decode(errors="replace").strip().splitlines()[-1]
-        except Exception:  # noqa: BLE001
-            pass
-        return ""
-
-    # -- talking to the agent -----------------------------------------------------------
-    @property
-    def alive(self) -> bool:
-        return not self._closed and self.connection is not None and self.connection.alive
-
-    def send(self, header: dict[str, Any], buffers: Sequence[Any] = ()) -> None:
-        if self._writer is None or self._closed:
-            raise HostError(self.host, "the connection is closed")
-        with self._send_lock:
-            write_frame(self._writer, header, buffers)
-
-    def attach(self, instance: str, runner: RemoteRunner) -> None:
-        self._runners[instance] = runner
-
-    def detach(self, instance: str) -> None:
-        self._runners.pop(instance, None)
-
-    def _read(self) -> None:
-        reader = _ChannelReader(self._channel)
-        try:
-            while True:
-                frame = read_frame(reader)  # type: ignore[arg-type]
-                if frame is None:
-                    break
-                self._dispatch(*frame)
-        except Exception as exc:  # noqa: BLE001 - a broken connection ends the session
-            log.debug("session %s ended: %s", self.host, exc)
-        finally:
-            self._closed = True
-            self._hello.set()
-            for runner in list(self._runners.values()):
-                runner.connection_lost()
-
-    def _dispatch(self, header: dict[str, Any], buffers: list[bytearray]) -> None:
-        op = header.get("op")
-        if op == "hello":
-            self._hello.set()
-            return
-        if op == "pong":
-            self._pong.set()
-            return
-        runner = self._runners.get(str(header.get("job")))
-        if runner is not None:
-            runner.on_frame(op, header, buffers)
-
-    def close(self, sync_timeout: float = 2.0) -> None:
-        """Close the agent server's channel and the connection; first a ping, so that every frame
-        sent before (the last clean and stop requests) has been acted on."""
-        if self._writer is not None and not self._closed:
-            self._pong.clear()
-            try:
-                self.send({"op": "ping"})
-                self._pong.wait(sync_timeout)
-            except HostError:
-                pass
-        self._closed = True
-        if self._channel is not None:
-            try:
-                self._channel.shutdown_write()
-                self._channel.close()
-            except Exception:  # noqa: BLE001
-                pass
-        if self.connection is not None:
-            self.connection.close()
+    def take(self, after: int = 0, keep: bool = False) -> list[Record]:
+        records = super().take(after, keep)
+        if records and not keep and self._runner.keeps_spool:
+            self._runner.ack(records[-1].seq)
+        return records
 
 
 class RemoteSpoolStream(RecordStream):
@@ -252,11 +60,11 @@ class RemoteSpoolStream(RecordStream):
     fetches from the host, and without ``keep`` tells the host how far it was received.
     """
 
-    def __init__(self, job_id: int, on_append: Callable[[Record], None], runner: RemoteRunner) -> None:
+    def __init__(self, job_id: int, on_append: Callable[[Record], None], runner: RemoteRunner, received: int = 0) -> None:
         super().__init__(job_id, on_append)
         self._runner = runner
-        self._host_last = 0
-        self._received = 0
+        self._host_last = received
+        self._received = received
 
     def append(self, kind: RecordKind, data: Any, seq: int | None = None, when: float | None = None) -> Record | None:
         seq = seq if seq is not None else self._host_last + 1
@@ -289,58 +97,109 @@ class RemoteSpoolStream(RecordStream):
 
 
 class RemoteRunner(JobRunner):
-    def __init__(self, job: Job, session: HostSession, cache: str, stop_grace: float) -> None:
+    """A remote job, seen from the kernel: it follows the job's frames from whichever
+    connection currently carries them."""
+
+    def __init__(self, job: Job, connection: HostConnection, cache: str, stop_grace: float, received: int = 0) -> None:
         super().__init__(job)
-        self.session = session
+        self.connection = connection
         self.cache = cache
         self.instance = str(job.instance_id)
         self.stop_grace = stop_grace
-        self._apply = FrameApplier(job, session.python_version)
+        self.last_seq = received  # the highest sequence number the kernel has of this job
+        self.user_disconnected = False
+        self._apply = FrameApplier(job, connection.python_version)
         self._fetch_lock = threading.Lock()
         self._fetched: list[Record] | None = None
         self._fetch_done = threading.Event()
         if cache == "remote":
-            job.stream = RemoteSpoolStream(job.id, job._record_appended, self)
+            job.stream = RemoteSpoolStream(job.id, job._record_appended, self, received)
+        else:
+            job.stream = AckingStream(job.id, job._record_appended, self)
+
+    @property
+    def keeps_spool(self) -> bool:
+        """Whether the host keeps this job's spool after it ends (else it goes once all is here)."""
+        return self.cache == "remote" or self.job.detached or not self.job.state.finished
 
     def start(self, header: dict[str, Any], buffers: Sequence[Any]) -> None:
-        self.session.attach(self.instance, self)
-        self.session.send(dict(header, job=self.instance, cache=self.cache, name=self.job.name), buffers)
+        self.connection.attach(self.instance, self)
+        self.connection.send(dict(header, job=self.instance, cache=self.cache, name=self.job.name, detached=self.job.detached), buffers)
+
+    def reattach(self, connection: HostConnection, replace: int = 0, force: bool = False) -> None:
+        """Follow the job from ``connection`` (after a reconnect, or adopting it), from where we are."""
+        self.connection = connection
+        self._apply.python_version = connection.python_version
+        self.user_disconnected = False
+        connection.attach(self.instance, self)
+        connection.send({"op": "attach", "job": self.instance, "after": self.last_seq, "cache": self.cache, "replace": replace, "force": force})
+
+    def release(self) -> None:
+        """Stop following the job (a disconnect): it goes on on the host."""
+        self.user_disconnected = True
+        self._send_quietly({"op": "release", "job": self.instance})
+        self.connection.detach(self.instance)
+        if not self.job.state.finished:
+            self.job.reason = f"disconnected; it goes on on {self.connection.host} (reconnect with %rjob connect)"
+            self.job.set_state(JobState.Disconnected)
 
     # frames from the host
     def on_frame(self, op: str | None, header: dict[str, Any], buffers: list[bytearray]) -> None:
         job = self.job
         if op == "record":
+            seq = int(header.get("seq", 0))
             if self._fetched is not None and header["kind"] != "state":
                 self._fetched.append(self._apply.record(header, buffers))
                 return
+            if seq <= self.last_seq:
+                return  # already here (sent again after a reconnect)
+            self.last_seq = seq
             self._apply(header, buffers)
-            if header["kind"] == "state" and JobState(header["data"]).finished and self.cache == "kernel":
-                self._clean()  # every record is safely here: the host's spool can go
+            if header["kind"] == "state" and JobState(header["data"]).finished:
+                self._ended()
         elif op == "notice" and isinstance(job.stream, RemoteSpoolStream):
+            self.last_seq = max(self.last_seq, int(header["seq"]))
             job.stream.notice(int(header["seq"]))
         elif op == "fetched":
             self._fetch_done.set()
+        elif op == "attached":
+            if job.state in (JobState.Disconnected, JobState.NotStarted):
+                job.reason = ""
+                job.set_state(JobState.Running)  # its final state, if it ended meanwhile, follows
+        elif op == "gone":
+            job.reason = f"job spool is gone on {self.connection.host}"
+            if not job.state.finished:
+                job.fail("HostError", f"job spool is gone on {self.connection.host} (was the host rebuilt or its ~/.cache cleared?)")
+            self.connection.detach(self.instance)
+        elif op == "refused":
+            job.reason = str(header.get("reason"))
+            self.connection.detach(self.instance)
         elif op == "failed":  # the host could not start it (a full disk, say): nothing of it may stay there
-            job.fail("HostError", f"{self.session.host}: {header.get('error')}")
+            job.fail("HostError", f"{self.connection.host}: {header.get('error')}")
             self._clean()
+
+    def _ended(self) -> None:
+        _registry.remember(self.instance, state=str(self.job.state))
+        if not self.keeps_spool:
+            self._clean()  # every record is safely here: the host's spool can go
 
     def fetch(self, after: int) -> list[Record]:
         with self._fetch_lock:
             self._fetched = []
             self._fetch_done.clear()
-            self.session.send({"op": "fetch", "job": self.instance, "after": after})
-            if not self._fetch_done.wait(300):
+            self.connection.send({"op": "fetch", "job": self.instance, "after": after})
+            if not self._fetch_done.wait(300) or not self.connection.alive:
                 self._fetched = None
-                raise HostError(self.session.host, "the host did not send the job's records within 300 s")
+                raise HostError(self.connection.host, "the job's records could not be fetched (the connection was lost); try again once it is back")
             records, self._fetched = self._fetched, None
-        records = sorted({r.seq: r for r in records if r.seq > after}.values(), key=lambda r: r.seq)
-        return records
+        return sorted({r.seq: r for r in records if r.seq > after}.values(), key=lambda r: r.seq)
 
     def ack(self, seq: int) -> None:
-        self.session.send({"op": "ack", "job": self.instance, "seq": seq})
+        self._send_quietly({"op": "ack", "job": self.instance, "seq": seq})
 
     def connection_lost(self) -> None:
         if not self.job.state.finished:
+            self.job.reason = f"the connection to {self.connection.host} was lost; reconnecting"
             self.job.set_state(JobState.Disconnected)
         self._fetch_done.set()
 
@@ -355,24 +214,28 @@ class RemoteRunner(JobRunner):
         self._clean()
 
     def _clean(self) -> None:
-        """Delete the job's spool on the host; a finished job needs no more frames from there."""
+        """Delete the job's spool on the host (and its registry entry)."""
         self._send_quietly({"op": "clean", "job": self.instance})
+        _registry.forget(self.instance)
         if self.job.state.finished:
-            self.session.detach(self.instance)
+            self.connection.detach(self.instance)
 
     def _send_quietly(self, header: dict[str, Any]) -> None:
         try:
-            self.session.send(header)
+            self.connection.send(header)
         except HostError:
             pass
 
 
 class _RemotePrepared:
-    def __init__(self, header: dict[str, Any], buffers: list[Any], sessions: dict[str, HostSession | HostError], cache: str) -> None:
+    def __init__(self, header: dict[str, Any], buffers: list[Any], connections: dict[str, HostConnection | HostError], cache: str) -> None:
         self.header = header
         self.buffers = buffers
-        self.sessions = sessions
+        self.connections = connections
         self.cache = cache
+
+
+ConnectionKey = tuple[str, str, str]
 
 
 class RemoteBackend(Backend):
@@ -384,34 +247,99 @@ class RemoteBackend(Backend):
         stop_grace: float = 3.0,
         ssh_config: str | None = None,
         max_connecting: int = MAX_CONNECTING,
+        reconnect_for: float | None = RECONNECT_FOR,
     ) -> None:
         super().__init__(max_concurrent)
         self.stop_grace = stop_grace
         self.ssh_config = ssh_config
         self.max_connecting = max_connecting
-        self._sessions: dict[tuple[str, str], HostSession] = {}
+        self.reconnect_for = reconnect_for  # None: forever
+        self._connections: dict[ConnectionKey, HostConnection] = {}
         self._lock = threading.Lock()
         self._connecting = threading.Semaphore(max_connecting)
-        self._host_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._host_locks: dict[ConnectionKey, threading.Lock] = {}
+        self._reconnecting: set[ConnectionKey] = set()
+        self._closed = threading.Event()
+        self.on_reconnected: Callable[[str], None] | None = None
 
-    def session(self, host: str, python: str | None = None, accept_new: bool = False) -> HostSession:
-        """The open session to ``host`` (connecting on first use; ssh_config is read only then)."""
-        key = (host, python or "", self.ssh_config or "")
-        existing = self._sessions.get(key)
+    # -- connections ----------------------------------------------------------------------
+    def _key(self, host: str, python: str | None) -> ConnectionKey:
+        return (host, python or "", self.ssh_config or "")
+
+    def connection(self, host: str, python: str | None = None, accept_new: bool = False) -> HostConnection:
+        """The open connection to ``host`` (connecting on first use; ssh_config is read only then)."""
+        key = self._key(host, python)
+        existing = self._connections.get(key)
         if existing is not None and existing.alive:
             return existing
         with self._lock:
             host_lock = self._host_locks.setdefault(key, threading.Lock())
         with host_lock:
-            existing = self._sessions.get(key)
+            existing = self._connections.get(key)
             if existing is not None and existing.alive:
                 return existing
             settings = resolve_host(host, ssh_config=self.ssh_config, python=python, accept_new=accept_new)
             with self._connecting:
-                session = HostSession(settings).open()
-            self._sessions[key] = session
-            return session
+                connection = HostConnection(settings, on_lost=lambda c, key=key: self._lost(key, c)).open()
+            connection.python = python  # type: ignore[attr-defined]
+            self._connections[key] = connection
+            return connection
 
+    def _lost(self, key: ConnectionKey, old: HostConnection) -> None:
+        """A connection died under us: reconnect with back-off and re-attach its jobs."""
+        if self._closed.is_set():
+            return
+        with self._lock:
+            if key in self._reconnecting:
+                return
+            self._reconnecting.add(key)
+        threading.Thread(target=self._reconnect, args=(key, old), name=f"rjob-reconnect-{key[0]}", daemon=True).start()
+
+    def _reconnect(self, key: ConnectionKey, old: HostConnection) -> None:
+        deadline = None if self.reconnect_for is None else time.monotonic() + self.reconnect_for
+        delay = 0.5
+        try:
+            while not self._closed.is_set():
+                waiting = [r for r in old._runners.values() if isinstance(r, RemoteRunner) and not r.user_disconnected]
+                if not waiting:
+                    return
+                if deadline is not None and time.monotonic() > deadline:
+                    for runner in waiting:
+                        if runner.job.state is JobState.Disconnected:
+                            runner.job.reason = f"gave up reconnecting to {key[0]} after {self.reconnect_for:g} s; reconnect with %rjob connect {key[0]}"
+                    return
+                if self._closed.wait(delay):
+                    return
+                delay = min(delay * 2, 15.0)
+                try:
+                    connection = self.connection(key[0], key[1] or None)
+                except HostError as exc:
+                    log.debug("reconnecting to %s: %s", key[0], exc)
+                    continue
+                for runner in waiting:
+                    runner.reattach(connection, replace=old.server_pid)
+                if self.on_reconnected is not None:
+                    self.on_reconnected(key[0])
+                return
+        finally:
+            with self._lock:
+                self._reconnecting.discard(key)
+
+    def disconnect(self, host: str) -> list[RemoteRunner]:
+        """Close the connections to ``host``, leaving its jobs running there; returns their runners."""
+        with self._lock:
+            keys = [k for k in self._connections if k[0] == host]
+        runners: list[RemoteRunner] = []
+        for key in keys:
+            connection = self._connections.pop(key)
+            for runner in list(connection._runners.values()):
+                if isinstance(runner, RemoteRunner):
+                    runner.release()
+                    runners.append(runner)
+            connection.close()
+        return runners
+
+    # -- jobs -----------------------------------------------------------------------------
     def prepare(
         self,
         code: str,
@@ -422,46 +350,93 @@ class RemoteBackend(Backend):
         cache: str = "kernel",
         python: str | None = None,
         accept_new_host: bool = False,
+        session: Session | None = None,
     ) -> _RemotePrepared:
         if cache not in ("kernel", "remote"):
             raise HostError(",".join(hosts), f"--cache is kernel or remote, not {cache!r}")
         compile_job(code, filename)
         specs, buffers = serialize_variables(capture_variables(code, namespace, push), where="a remote job")
-        header = {"op": "run", "code": code, "filename": filename, "variables": specs, "python": sys.version.split()[0]}
-        sessions: dict[str, HostSession | HostError] = {}
+        header = {"op": "run", "code": code, "filename": filename, "variables": specs, "python": sys.version.split()[0], "kernel": os.getpid()}
+        if session is not None:
+            header["session"] = str(session.instance)
+            python = session.python
+        connections: dict[str, HostConnection | HostError] = {}
 
         def connect(host: str) -> None:
             try:
-                sessions[host] = self.session(host, python, accept_new_host)
+                connections[host] = self.connection(host, python, accept_new_host)
             except HostError as exc:
-                sessions[host] = exc
+                connections[host] = exc
 
         if len(hosts) == 1:
             connect(hosts[0])
         else:
             with ThreadPoolExecutor(min(len(hosts), self.max_connecting)) as pool:
                 list(pool.map(connect, hosts))
-        failures = [s for s in sessions.values() if isinstance(s, HostError)]
+        failures = [c for c in connections.values() if isinstance(c, HostError)]
         if len(failures) == len(hosts):
             raise failures[0] if len(failures) == 1 else HostError(
                 ",".join(hosts), "no host could be used: " + "; ".join(str(f) for f in failures)
             )
-        return _RemotePrepared(header, buffers, sessions, cache)
+        return _RemotePrepared(header, buffers, connections, cache)
 
     def launch(self, job: Job, prepared: _RemotePrepared) -> None:
-        session = prepared.sessions[job.location]
-        if isinstance(session, HostError):
-            job.fail("HostError", str(session))
+        connection = prepared.connections[job.location]
+        if isinstance(connection, HostError):
+            job.fail("HostError", str(connection))
             return
-        runner = RemoteRunner(job, session, prepared.cache, self.stop_grace)
+        runner = RemoteRunner(job, connection, prepared.cache, self.stop_grace)
+        _registry.remember(
+            runner.instance, host=job.location, python=getattr(connection, "python", None), name=job.name, command=job.command,
+            code=job.code, cache=prepared.cache, detached=job.detached, session=prepared.header.get("session"), state="Running",
+        )
         try:
             runner.start(prepared.header, prepared.buffers)
         except HostError as exc:
             job.fail("HostError", str(exc))
 
+    def adopt(self, job: Job, host: str, python: str | None, cache: str, cursor: int, force: bool = False) -> RemoteRunner:
+        """Follow a job this kernel did not start (left on ``host``), from what nobody received."""
+        connection = self.connection(host, python)
+        runner = RemoteRunner(job, connection, cache, self.stop_grace, received=cursor)
+        _registry.remember(runner.instance, host=host, python=python, name=job.name, command=job.command, code=job.code,
+                           cache=cache, detached=job.detached, kernel_pid=os.getpid(), state=str(job.state))
+        runner.reattach(connection, force=force)
+        return runner
+
+    def listing(self, host: str, python: str | None = None, accept_new: bool = False) -> dict[str, Any]:
+        """What this user left on ``host``: its job spools and its sessions."""
+        return self.connection(host, python, accept_new).request({"op": "list"}, "listing")
+
+    # -- sessions -------------------------------------------------------------------------
+    def open_session(self, session: Session, accept_new: bool = False) -> None:
+        connection = self.connection(session.host, session.python, accept_new)
+        reply = connection.request({"op": "session_new", "session": str(session.instance), "name": session.name, "kernel": os.getpid()}, "session_state")
+        if reply.get("state") != "Opened":
+            raise HostError(session.host, f"the session did not start there: {reply.get('reason') or reply.get('state')}")
+
+    def session_status(self, session: Session) -> dict[str, Any]:
+        connection = self.connection(session.host, session.python)
+        return connection.request({"op": "session_attach", "session": str(session.instance)}, "session_state")
+
+    def close_session(self, session: Session) -> None:
+        connection = self.connection(session.host, session.python)
+        connection.request({"op": "session_close", "session": str(session.instance)}, "session_state")
+
     def shutdown(self) -> None:
+        self._closed.set()
         with self._lock:
-            sessions = list(self._sessions.values())
-            self._sessions.clear()
-        for session in sessions:
-            session.close()
+            connections = list(self._connections.values())
+            self._connections.clear()
+        for connection in connections:
+            connection.close()
+
+
+def session_state_of(reply: dict[str, Any]) -> tuple[SessionState, str]:
+    state = reply.get("state")
+    if state == "Opened":
+        return SessionState.Opened, ""
+    if state == "Closed":
+        return SessionState.Closed, ""
+    reason = str(reply.get("reason") or "its interpreter is gone")
+    return SessionState.Broken, f"{reason}; close it (%rjob session close) and open a new one"

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import Any, Callable, Iterator
 
 import pytest
 
 from jupyter_rjobs import Job, JobManager
+
+# The local registry of remote jobs is per user: tests keep theirs apart from the user's own.
+os.environ["JUPYTER_RJOBS_STATE"] = tempfile.mkdtemp(prefix="rjobs-state-")
 
 pytest_plugins = ["sshfixtures"]  # the real-sshd lab: tests/sshfixtures.py, tests/sshlab.py
 

@@ -1,0 +1,274 @@
+"""A host's SSH connection and the agent server on it, shared by every job and session there.
+
+First contact checks the host's Python, uploads the agent (and dill, if the host lacks it) into a
+private, versioned cache directory, and starts the server (``serve_main`` in _agent.py). Frames
+for a job go to its runner; replies to requests (a listing, a session's state) to whoever waits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import shlex
+import threading
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+from . import _agent
+from ._agent import read_frame, write_frame
+from ._errors import HostError
+from ._ssh import HostSettings, SshConnection
+
+__all__ = ["HostConnection", "FrameTarget"]
+
+log = logging.getLogger(__name__)
+
+
+class FrameTarget(Protocol):
+    def on_frame(self, op: str | None, header: dict[str, Any], buffers: list[bytearray]) -> None: ...
+    def connection_lost(self) -> None: ...
+
+
+MIN_PYTHON = (3, 9)
+MAX_CONNECTING = 32
+AGENT_SOURCE = Path(_agent.__file__).read_bytes()
+AGENT_DIGEST = hashlib.sha256(AGENT_SOURCE).hexdigest()[:12]
+
+_PROBE = (
+    "import json, os, sys\n"
+    "root = os.path.join(os.path.expanduser('~'), '.cache', 'jupyter_rjobs')\n"
+    "try:\n    import dill\n    has_dill = True\nexcept Exception:\n    has_dill = False\n"
+    "st = os.lstat(root) if os.path.lexists(root) else None\n"
+    "print(json.dumps({'version': list(sys.version_info[:3]), 'dill': has_dill, 'root': root, 'uid': os.getuid(),"
+    " 'root_uid': st.st_uid if st else None, 'root_mode': st.st_mode & 0o7777 if st else None,"
+    " 'root_link': os.path.islink(root)}))\n"
+)
+
+
+def _dill_zip() -> bytes:
+    """The local dill package as a zip, for hosts whose Python lacks it (zipimport loads it)."""
+    import dill
+
+    package = Path(dill.__file__).parent
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in package.rglob("*.py"):
+            archive.write(path, str(Path("dill") / path.relative_to(package)))
+    return buffer.getvalue()
+
+
+class _ChannelReader:
+    """A file-like ``readinto`` over a paramiko channel, for read_frame: small reads are served
+    from a buffer (a frame's head, its JSON), large ones go straight into the caller's memory."""
+
+    def __init__(self, channel: Any) -> None:
+        self._channel = channel
+        self._buffer = b""
+
+    def readinto(self, view: memoryview) -> int:
+        wanted = len(view)
+        if not self._buffer and wanted < 65536:
+            self._buffer = self._channel.recv(65536)
+        if self._buffer:
+            n = min(wanted, len(self._buffer))
+            view[:n] = self._buffer[:n]
+            self._buffer = self._buffer[n:]
+            return n
+        data = self._channel.recv(min(wanted, 4 * 2**20))
+        view[: len(data)] = data
+        return len(data)
+
+
+class _ChannelWriter:
+    def __init__(self, channel: Any) -> None:
+        self._channel = channel
+
+    def write(self, data: Any) -> int:
+        self._channel.sendall(data)
+        return len(data)
+
+
+class HostConnection:
+    """A host's connection and agent server, shared by all jobs and sessions on it."""
+
+    def __init__(self, settings: HostSettings, on_lost: Callable[[HostConnection], None] | None = None) -> None:
+        self.settings = settings
+        self.host = settings.alias
+        self.server_pid = 0
+        self._on_lost = on_lost
+        self._replies: dict[str, tuple[threading.Event, list[dict[str, Any]]]] = {}
+        self._request_lock = threading.Lock()
+        self.connection: SshConnection | None = None
+        self.python_version = ""
+        self.root = ""
+        self._channel: Any = None
+        self._writer: _ChannelWriter | None = None
+        self._send_lock = threading.Lock()
+        self._runners: dict[str, FrameTarget] = {}
+        self._hello = threading.Event()
+        self._pong = threading.Event()
+        self._closed = False
+
+    # -- first contact ------------------------------------------------------------------
+    def open(self) -> HostConnection:
+        self.connection = SshConnection(self.settings).open()
+        try:
+            agent_dir, python_path = self._install()
+            command = (
+                f"exec env PYTHONPATH={shlex.quote(python_path)} {shlex.quote(self.settings.python)} -u -c "
+                + shlex.quote(f"import sys; sys.path.insert(0, {agent_dir!r}); import rjobs_agent; rjobs_agent.serve_main({self.root!r})")
+            )
+            self._channel = self.connection.exec(command)
+            self._writer = _ChannelWriter(self._channel)
+            threading.Thread(target=self._read, name=f"rjob-host-{self.host}", daemon=True).start()
+            if not self._hello.wait(30) or self._closed:
+                raise HostError(self.host, f"the agent did not start there: {self._stderr_tail() or 'no message'}")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _install(self) -> tuple[str, str]:
+        assert self.connection is not None
+        python = self.settings.python
+        status, out, err = self.connection.run(f"{shlex.quote(python)} -c {shlex.quote(_PROBE)}")
+        if status == 127 or (status != 0 and b"not found" in err):
+            raise HostError(self.host, f"no {python} there; install Python 3.9 or newer, or name one with --python PATH")
+        if status != 0:
+            raise HostError(self.host, f"{python} failed to start ({err.decode(errors='replace').strip()[-200:]})")
+        probe = json.loads(out.decode().strip().splitlines()[-1])
+        version = tuple(probe["version"])
+        self.python_version = ".".join(map(str, version))
+        if version[:2] < MIN_PYTHON:
+            raise HostError(self.host, f"{python} there is Python {self.python_version}; jobs need 3.9 or newer (give one with --python PATH)")
+        self.root = probe["root"]
+        if probe["root_mode"] is not None and (
+            probe["root_link"] or probe["root_uid"] != probe["uid"] or probe["root_mode"] & 0o077
+        ):
+            raise HostError(
+                self.host,
+                f"the spool directory {self.root} is not private (mode {oct(probe['root_mode'])}, owner uid {probe['root_uid']});"
+                f" refusing to load anything from it. Fix it there with: chmod 700 {self.root}",
+            )
+        agent_dir = f"{self.root}/agent-{_agent.AGENT_VERSION}-{AGENT_DIGEST}"
+        files = {"rjobs_agent.py": AGENT_SOURCE}
+        if not probe["dill"]:
+            files["dill.zip"] = _dill_zip()
+        quoted_dir = shlex.quote(agent_dir)
+        for name, content in files.items():
+            target = shlex.quote(f"{agent_dir}/{name}")
+            command = (
+                f"umask 077 && mkdir -p {shlex.quote(self.root + '/jobs')} {quoted_dir} && "
+                f"if [ ! -f {target} ]; then cat > {target}.part && mv {target}.part {target}; else cat > /dev/null; fi"
+            )
+            status, _, err = self.connection.run(command, stdin=content)
+            if status != 0:
+                message = err.decode(errors="replace").strip()
+                if "No space left" in message:
+                    raise HostError(self.host, f"no space left on the host's disk (installing the agent in {agent_dir}); free some space there")
+                raise HostError(self.host, f"could not install the agent in {agent_dir} ({message[-200:]})")
+        return agent_dir, f"{agent_dir}/dill.zip"
+
+    def _stderr_tail(self) -> str:
+        try:
+            if self._channel is not None and self._channel.recv_stderr_ready():
+                return self._channel.recv_stderr(4096).decode(errors="replace").strip().splitlines()[-1]
+        except Exception:  # noqa: BLE001
+            pass
+        return ""
+
+    # -- talking to the agent -----------------------------------------------------------
+    @property
+    def alive(self) -> bool:
+        return not self._closed and self.connection is not None and self.connection.alive
+
+    def send(self, header: dict[str, Any], buffers: Sequence[Any] = ()) -> None:
+        if self._writer is None or self._closed:
+            raise HostError(self.host, "the connection is closed")
+        with self._send_lock:
+            write_frame(self._writer, header, buffers)
+
+    def attach(self, instance: str, runner: FrameTarget) -> None:
+        self._runners[instance] = runner
+
+    def detach(self, instance: str) -> None:
+        self._runners.pop(instance, None)
+
+    def _read(self) -> None:
+        reader = _ChannelReader(self._channel)
+        try:
+            while True:
+                frame = read_frame(reader)  # type: ignore[arg-type]
+                if frame is None:
+                    break
+                self._dispatch(*frame)
+        except Exception as exc:  # noqa: BLE001 - a broken connection ends the session
+            log.debug("session %s ended: %s", self.host, exc)
+        finally:
+            lost = not self._closed  # not closed by us: the network, the host, sshd
+            self._closed = True
+            self._hello.set()
+            for event, _ in list(self._replies.values()):
+                event.set()
+            for runner in list(self._runners.values()):
+                runner.connection_lost()
+            if lost and self._on_lost is not None:
+                self._on_lost(self)
+
+    def _dispatch(self, header: dict[str, Any], buffers: list[bytearray]) -> None:
+        op = header.get("op")
+        if op == "hello":
+            self.server_pid = int(header.get("pid") or 0)
+            self._hello.set()
+            return
+        reply_key = f"{op}:{header.get('session', '')}"
+        if reply_key in self._replies:
+            event, box = self._replies[reply_key]
+            box.append(header)
+            event.set()
+            return
+        if op == "pong":
+            self._pong.set()
+            return
+        runner = self._runners.get(str(header.get("job")))
+        if runner is not None:
+            runner.on_frame(op, header, buffers)
+
+    def request(self, header: dict[str, Any], reply: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Send ``header`` and wait for the server's ``reply`` frame (for a session: about it)."""
+        key = f"{reply}:{header.get('session', '')}"
+        event, box = threading.Event(), []  # type: ignore[var-annotated]
+        with self._request_lock:
+            self._replies[key] = (event, box)
+            try:
+                self.send(header)
+                if not event.wait(timeout) or not box:
+                    raise HostError(self.host, f"no answer from the agent there within {timeout:g} s (the connection was lost?)")
+                return box[0]
+            finally:
+                self._replies.pop(key, None)
+
+    def close(self, sync_timeout: float = 2.0) -> None:
+        """Close the agent server's channel and the connection; first a ping, so that every frame
+        sent before (the last clean and stop requests) has been acted on."""
+        if self._writer is not None and not self._closed:
+            self._pong.clear()
+            try:
+                self.send({"op": "ping"})
+                self._pong.wait(sync_timeout)
+            except HostError:
+                pass
+        self._closed = True
+        if self._channel is not None:
+            try:
+                self._channel.shutdown_write()
+                self._channel.close()
+            except Exception:  # noqa: BLE001
+                pass
+        if self.connection is not None:
+            self.connection.close()
+
+
