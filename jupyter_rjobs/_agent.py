@@ -1011,7 +1011,7 @@ class _Server:
         instance = str(header["job"])
         spool = self.spool_of(instance)
         os.mkdir(spool, 0o700)
-        meta = {k: header.get(k) for k in ("code", "name", "cache", "detached", "session", "kernel")}
+        meta = {k: header.get(k) for k in ("code", "name", "cache", "detached", "session", "kernel", "host")}
         meta.update(instance=instance, started=time.time())
         write_private(os.path.join(spool, "meta.json"), json.dumps(meta).encode())
         write_private(os.path.join(spool, "owner"), self.owner)
@@ -1254,7 +1254,7 @@ class _Server:
         os.mkdir(path, 0o700)
         os.mkdir(os.path.join(path, "requests"), 0o700)
         os.mkfifo(os.path.join(path, "wake"), 0o600)
-        meta = {"session": session, "name": header.get("name"), "created": time.time(), "kernel": header.get("kernel")}
+        meta = {"session": session, "name": header.get("name"), "created": time.time(), "kernel": header.get("kernel"), "host": header.get("host")}
         write_private(os.path.join(path, "meta.json"), json.dumps(meta).encode())
         spare = _Spare(session_dir=path)
         spare.discard()  # the session reads its requests from its queue, not from the server

@@ -15,7 +15,8 @@ from ._ipython import Renderer
 from ._job import Job, JobKind, JobState
 from ._manager import JobManager
 from ._namespace import parse_names
-from ._table import JobDetails, JobTable
+from ._session_magics import SESSION_SUBCOMMANDS, SessionMagics
+from ._table import JobDetails, JobTable, LeftJobTable
 
 __all__ = ["RJobMagics"]
 
@@ -33,6 +34,8 @@ _STATES = ", ".join(s.value for s in JobState)
 @argument("--cache", choices=["kernel", "remote"], default="kernel", help="where a remote job's output is kept until received (default kernel)")
 @argument("--python", metavar="PATH", help="the Python to run on the hosts (default python3)")
 @argument("--accept-new-host", action="store_true", help="accept and remember the key of a host not in known_hosts")
+@argument("--detached", action="store_true", help="a remote job that outlives this kernel; `%%rjob connect HOST` adopts it in another")
+@argument("--session", metavar="S", help="run in this session's interpreter, on its host (its variables live on)")
 def _start_args() -> None:
     """Start the cell (or, in line form, the code after `--`) as a job; returns at once.
 
@@ -48,6 +51,7 @@ def _start_args() -> None:
 @argument("--has-more-data", action="store_true", help="only jobs with output not yet received")
 @argument("--kind", choices=["thread", "process", "remote"], help="only jobs of this kind")
 @argument("--include-children", action="store_true", help="list child jobs too")
+@argument("--all", action="store_true", help="also the remote jobs left on hosts by other kernels (from the local registry)")
 def _list_args() -> None:
     """List jobs (Get-Job)."""
 
@@ -100,12 +104,13 @@ _SUBCOMMANDS: dict[str, Callable[[], None]] = {
     "receive": _receive_args,
     "stop": _stop_args,
     "remove": _remove_args,
+    **SESSION_SUBCOMMANDS,
 }
 
 
 def _usage() -> str:
     parts = [
-        "Run cells as jobs in a thread, another process or (later) remote hosts, while the notebook stays free.",
+        "Run cells as jobs in a thread, another process or on SSH hosts, while the notebook stays free.",
         "",
         "Subcommands: " + ", ".join(_SUBCOMMANDS) + ". Jobs are named by id or name, several at once.",
     ]
@@ -124,7 +129,7 @@ def _parse(func: Callable[[], None], line: str) -> Any:
 
 
 @magics_class
-class RJobMagics(Magics):
+class RJobMagics(SessionMagics, Magics):
     def __init__(self, shell: Any, manager: JobManager) -> None:
         super().__init__(shell)
         self.manager = manager
@@ -136,9 +141,9 @@ class RJobMagics(Magics):
         if not subcommand or handler is None:
             known = ", ".join(_SUBCOMMANDS)
             raise UsageError(f"unknown %rjob subcommand {subcommand!r}; use one of: {known} (see %rjob?)")
-        if cell is not None and subcommand != "start":
-            raise UsageError(f"%%rjob {subcommand} takes no cell; only %%rjob start runs a cell")
-        if subcommand != "start":  # start's code after `--` is Python, where # may be inside a string
+        if cell is not None and subcommand not in ("start", "invoke"):
+            raise UsageError(f"%%rjob {subcommand} takes no cell; only %%rjob start and %%rjob invoke run a cell")
+        if subcommand not in ("start", "invoke"):  # their code after `--` is Python, where # may be inside a string
             rest = _strip_comment(rest)
         try:
             return handler(rest.strip(), cell)
@@ -162,14 +167,17 @@ class RJobMagics(Magics):
             raise UsageError("choose one of --thread and --process")
         if args.push is not None and args.no_push:
             raise UsageError("choose one of --push NAMES and --no-push")
-        if args.host and (args.thread or args.process):
-            raise UsageError("--host runs the job on those hosts; leave out --thread and --process")
-        remote = {}
-        if args.host:
+        if (args.host or args.session) and (args.thread or args.process):
+            raise UsageError("--host and --session run the job on a host; leave out --thread and --process")
+        if args.host and args.session:
+            raise UsageError("a session job runs on the session's host: give --session S or --host H, not both")
+        remote: dict[str, Any] = {}
+        if args.host or args.session:
             kind = JobKind.REMOTE
-            remote = {"host": args.host, "cache": args.cache, "python": args.python, "accept_new_host": args.accept_new_host}
-        elif args.cache != "kernel" or args.python or args.accept_new_host:
-            raise UsageError("--cache, --python and --accept-new-host are for remote jobs; add --host HOST")
+            remote = {"host": args.host, "cache": args.cache, "python": args.python, "accept_new_host": args.accept_new_host,
+                      "detached": args.detached, "session": args.session}
+        elif args.cache != "kernel" or args.python or args.accept_new_host or args.detached:
+            raise UsageError("--cache, --python, --detached and --accept-new-host are for remote jobs; add --host HOST")
         else:
             kind = JobKind.THREAD if args.thread else JobKind.PROCESS
         push = [] if args.no_push else parse_names(args.push)
@@ -178,8 +186,13 @@ class RJobMagics(Magics):
             self.shell.user_ns[args.out] = job
         return job
 
-    def _do_list(self, rest: str, cell: str | None) -> JobTable:
+    def _do_list(self, rest: str, cell: str | None) -> Any:
         args = _parse(_list_args, rest)
+        if args.all:
+            from IPython.display import display
+
+            display(self._do_list(rest.replace("--all", ""), cell))
+            return LeftJobTable(self.manager.left_jobs(), note="Jobs left on hosts by other kernels: `%rjob connect HOST` adopts them.")
         jobs = self.manager.list(
             args.jobs or None,
             state=args.state,

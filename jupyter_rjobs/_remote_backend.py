@@ -124,7 +124,9 @@ class RemoteRunner(JobRunner):
 
     def start(self, header: dict[str, Any], buffers: Sequence[Any]) -> None:
         self.connection.attach(self.instance, self)
-        self.connection.send(dict(header, job=self.instance, cache=self.cache, name=self.job.name, detached=self.job.detached), buffers)
+        self.connection.send(
+            dict(header, job=self.instance, cache=self.cache, name=self.job.name, detached=self.job.detached, host=self.job.location), buffers
+        )
 
     def reattach(self, connection: HostConnection, replace: int = 0, force: bool = False) -> None:
         """Follow the job from ``connection`` (after a reconnect, or adopting it), from where we are."""
@@ -411,7 +413,9 @@ class RemoteBackend(Backend):
     # -- sessions -------------------------------------------------------------------------
     def open_session(self, session: Session, accept_new: bool = False) -> None:
         connection = self.connection(session.host, session.python, accept_new)
-        reply = connection.request({"op": "session_new", "session": str(session.instance), "name": session.name, "kernel": os.getpid()}, "session_state")
+        reply = connection.request(
+            {"op": "session_new", "session": str(session.instance), "name": session.name, "kernel": os.getpid(), "host": session.host}, "session_state"
+        )
         if reply.get("state") != "Opened":
             raise HostError(session.host, f"the session did not start there: {reply.get('reason') or reply.get('state')}")
 

@@ -88,7 +88,7 @@ class RemoteOps:
         """Ask the host how the session is (its interpreter may have died meanwhile)."""
         from ._remote_backend import session_state_of
 
-        if session.state in (SessionState.Opened, SessionState.Broken):
+        if session.state is not SessionState.Closed:
             state, reason = session_state_of(self._remote.session_status(session))
             if state is SessionState.Broken:
                 session.set_broken(reason)
@@ -214,8 +214,8 @@ class RemoteOps:
         known = {str(j.instance_id) for j in self._all_jobs() if j.kind is JobKind.REMOTE}
         sessions = self._adopt_sessions(host, python, listing.get("sessions", []))
         for meta in listing.get("jobs", []):
-            if meta["instance"] in known:
-                continue
+            if meta["instance"] in known or meta.get("host") not in (None, host):
+                continue  # followed already, or started on another host that shares this home directory
             if meta.get("attached_elsewhere") and not force:
                 continue
             job = self._add_job(meta.get("code") or "", JobKind.REMOTE, name=meta.get("name"), location=host,
@@ -235,6 +235,8 @@ class RemoteOps:
         by_instance = {str(s.instance): s for s in self.sessions()}
         for info in listed:
             instance = info.get("session")
+            if info.get("host") not in (None, host):
+                continue
             if not instance or instance in by_instance:
                 if instance in by_instance:
                     state, reason = session_state_of(info)

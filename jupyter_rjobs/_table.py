@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 if TYPE_CHECKING:
     from ._job import Job
 
-__all__ = ["COLUMNS", "job_row", "text_table", "html_table", "JobTable", "JobDetails"]
+__all__ = ["COLUMNS", "job_row", "text_table", "html_table", "JobTable", "JobDetails", "SessionTable", "LeftJobTable"]
 
 COLUMNS = ("Id", "Name", "PSJobTypeName", "State", "HasMoreData", "Location", "Command")
 
@@ -115,7 +115,7 @@ class JobDetails:
             ("InstanceId", str(job.instance_id)),
             ("Name", job.name),
             ("PSJobTypeName", str(job.kind)),
-            ("State", str(job.state)),
+            ("State", str(job.state) + (f" ({job.reason})" if job.reason else "")),
             ("HasMoreData", str(job.has_more_data)),
             ("Location", job.location),
             ("BeginTime", str(job.begin_time or "")),
@@ -154,3 +154,77 @@ class JobDetails:
             error = f"<pre>{html.escape(self.job.error.traceback_text)}</pre>"
         return f"<table class='rjob-details'>{rows}</table>{error}"
 
+
+
+class RowTable:
+    """Any rows under column names, shown like the job tables (sessions, jobs left on hosts)."""
+
+    columns: tuple[str, ...] = ()
+    empty = "(none)"
+
+    def __init__(self, items: Iterable[Any] = (), note: str = "") -> None:
+        self.items = list(items)
+        self.note = note
+
+    def row(self, item: Any) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Any:
+        return iter(self.items)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.items[index]
+
+    def __str__(self) -> str:
+        rows = [self.row(item) for item in self.items]
+        if not rows:
+            return f"{self.empty}\n{self.note}" if self.note else self.empty
+        widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(self.columns)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(self.columns, widths)).rstrip(), "  ".join("-" * w for w in widths)]
+        lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+        return "\n".join(lines + ([self.note] if self.note else []))
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th style='text-align:left'>{c}</th>" for c in self.columns)
+        body = "".join(
+            "<tr>" + "".join(
+                f"<td style='text-align:left{';color:' + _STATE_COLOURS[cell] + ';font-weight:bold' if column == 'State' and cell in _STATE_COLOURS else ''}'>{html.escape(cell)}</td>"
+                for column, cell in zip(self.columns, self.row(item))
+            ) + "</tr>"
+            for item in self.items
+        )
+        table = f"<table class='rjob-table'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>" if self.items else f"<em>{html.escape(self.empty)}</em>"
+        return table + (f"<p>{html.escape(self.note)}</p>" if self.note else "")
+
+
+_STATE_COLOURS.update({"Opened": "#2e7d32", "Broken": "#c62828", "Closed": "#757575"})
+
+
+class SessionTable(RowTable):
+    """Sessions (Get-PSSession): Id, Name, Host, State, Availability."""
+
+    columns = ("Id", "Name", "Host", "State", "Availability", "Reason")
+    empty = "(no sessions)"
+
+    def row(self, session: Any) -> tuple[str, ...]:
+        return (str(session.id), session.name, session.host, str(session.state), str(session.availability), session.reason)
+
+
+class LeftJobTable(RowTable):
+    """Remote jobs this kernel does not follow, as the local registry last knew them."""
+
+    columns = ("Name", "Host", "LastKnownState", "Started", "Kernel", "Command")
+    empty = "(no jobs left on hosts)"
+
+    def row(self, job: Any) -> tuple[str, ...]:
+        from datetime import datetime
+
+        kernel = f"pid {job.kernel_pid} (running)" if job.kernel_alive else "gone"
+        started = datetime.fromtimestamp(job.started).strftime("%Y-%m-%d %H:%M:%S") if job.started else ""
+        return (job.name, job.host, job.state, started, kernel, job.command)

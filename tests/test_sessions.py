@@ -1,0 +1,151 @@
+"""Sessions (lasting interpreters on a host), invoke, enter/exit, on the real-sshd lab."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from IPython.core.error import UsageError
+
+from jupyter_rjobs import JobError, JobState, RecordKind, SessionState
+from jupyter_rjobs._ipython import get_manager
+from helpers import wait_until
+
+pytestmark = pytest.mark.ssh
+
+
+@pytest.fixture
+def remote(make_manager, ssh_lab):
+    return make_manager(ssh_config=ssh_lab.ssh_config)
+
+
+def test_a_session_keeps_its_variables_between_invokes(remote):
+    session = remote.new_session("server01", name="s1")
+    assert session.state is SessionState.Opened and str(session.availability) == "Available"
+    assert remote.invoke("import os\nx = list(range(10))\nos.getpid()", session="s1") != os.getpid()
+    assert remote.invoke("sum(x)", session="s1") == 45
+    pid_a = remote.invoke("os.getpid()", session=session)
+    assert remote.invoke("os.getpid()", session=session) == pid_a  # one interpreter
+    assert remote.list() == []  # invoke leaves no job behind
+
+
+def test_invoke_shows_output_live_and_raises_the_remote_error(remote):
+    remote.new_session("server01", name="s1")
+    seen = []
+    assert remote.invoke("print('hello')\n7", session="s1", on_record=lambda job, r: seen.append((r.kind, r.data))) == 7
+    assert (RecordKind.STDOUT, "hello\n") in seen
+    with pytest.raises(JobError) as info:
+        remote.invoke("def f():\n    raise KeyError('deep')\nf()", session="s1")
+    assert info.value.ename == "KeyError" and "f()" in info.value.traceback_text
+    assert remote.invoke("1 + 1", session="s1") == 2  # an error does not break the session
+
+
+def test_invoke_on_several_hosts_returns_a_value_per_host(remote):
+    assert remote.invoke("import socket\n6 * 7", host="server01,nshost1") == {"server01": 42, "nshost1": 42}
+
+
+def test_a_background_job_in_a_session_makes_it_busy_and_sees_its_variables(remote):
+    remote.new_session("server01", name="s1")
+    remote.invoke("import time\ntotal = 5", session="s1")
+    job = remote.start("time.sleep(1.5)\ntotal * 2", session="s1", cache="remote", name="long")
+    assert wait_until(lambda: job.state is JobState.Running, timeout=30)
+    session = remote.get_session("s1")
+    assert str(session.availability) == "Busy"
+    with pytest.raises(Exception, match="busy with job"):
+        remote.invoke("1", session="s1")
+    assert job.result(timeout=30) is None  # cache=remote: the value stays on the host until received
+    assert [r.data for r in remote.receive(job) if r.kind is RecordKind.VALUE] == [10]
+    assert str(session.availability) == "Available"
+
+
+def test_stopping_a_session_job_interrupts_it_and_keeps_the_session(remote):
+    remote.new_session("server01", name="s1")
+    remote.invoke("kept = 'still here'", session="s1")
+    job = remote.start("import time\nwhile True:\n    time.sleep(0.05)", session="s1")
+    assert wait_until(lambda: job.state is JobState.Running, timeout=30)
+    remote.stop(job)
+    assert job.state is JobState.Stopped
+    assert remote.invoke("kept", session="s1") == "still here"
+
+
+def test_a_session_whose_interpreter_died_is_broken_saying_its_variables_are_gone(remote):
+    session = remote.new_session("server01", name="s1")
+    pid = remote.invoke("import os\nos.getpid()", session="s1")
+    job = remote.start("import time\ntime.sleep(600)", session="s1")
+    assert wait_until(lambda: job.state is JobState.Running, timeout=30)
+    os.kill(pid, signal.SIGKILL)  # the lab's hosts are this machine's processes
+    assert wait_until(lambda: job.state.finished, timeout=10)
+    assert job.state is JobState.Failed and "SIGKILL" in str(job.error)
+    assert session.state is SessionState.Broken and "variables are gone" in session.reason
+    with pytest.raises(Exception, match="broken"):
+        remote.invoke("1", session="s1")
+    remote.close_session("s1")
+    assert remote.sessions() == []
+
+
+def test_closing_a_session_ends_its_interpreter(remote, ssh_lab):
+    remote.new_session("server01", name="s1")
+    pid = remote.invoke("import os\nos.getpid()", session="s1")
+    remote.close_session("s1")
+    assert wait_until(lambda: not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] == "Z", timeout=10)
+    with pytest.raises(Exception, match="no session"):
+        remote.get_session("s1")
+
+
+def test_disconnected_session_jobs_go_on_and_connect_receives_everything(remote):
+    remote.new_session("server01", name="s1")
+    job = remote.start("import time\nfor i in range(20):\n    print(i, flush=True)\n    time.sleep(0.05)\n'done'", session="s1")
+    assert wait_until(lambda: job.state is JobState.Running, timeout=30)
+    first = [r.data for r in remote.receive(job) if r.kind is RecordKind.STDOUT]
+    remote.disconnect("s1")
+    session = remote.get_session("s1")
+    assert session.state is SessionState.Disconnected and job.state is JobState.Disconnected
+    time.sleep(1.5)  # it finishes while nobody listens
+    assert remote.connect("s1") == [job]
+    assert job.result(timeout=30) == "done"
+    rest = [r.data for r in remote.receive(job) if r.kind is RecordKind.STDOUT]
+    assert "".join(first + rest).split() == [str(i) for i in range(20)]
+    assert session.state is SessionState.Opened
+
+
+# ---------------------------------------------------------------- the magics
+@pytest.fixture
+def ip_remote(ip, ssh_lab):
+    get_manager(ip).ssh_config = ssh_lab.ssh_config
+    return ip
+
+
+def test_magics_session_invoke_enter_exit(ip_remote, capsys):
+    ip = ip_remote
+    ip.run_line_magic("rjob", "session new server01 --name s1")
+    ip.run_cell_magic("rjob", "invoke --session s1", "import os\nx = list(range(10))")
+    assert ip.run_cell_magic("rjob", "invoke --session s1", "sum(x)") == 45
+    table = ip.run_line_magic("rjob", "session list")
+    assert "s1" in str(table) and "Opened" in str(table) and "server01" in str(table)
+    ip.run_line_magic("rjob", "enter s1")
+    assert "[s1@server01]" in capsys.readouterr().out
+    result = ip.run_cell("y = sum(x) + 1\nprint('remote pid', os.getpid())\ny")
+    assert result.result == 46
+    assert "y" not in ip.user_ns  # it ran in the session, not here
+    ip.run_cell("%rjob exit")
+    assert ip.run_cell("z = 3\nz").result == 3 and ip.user_ns["z"] == 3
+    assert ip.run_cell_magic("rjob", "invoke --session s1", "y") == 46
+    ip.run_line_magic("rjob", "session close s1")
+
+
+def test_magics_session_bad_input_creates_nothing(ip_remote):
+    ip = ip_remote
+    manager = get_manager(ip)
+    with pytest.raises(UsageError, match="name the host"):
+        ip.run_line_magic("rjob", "session new")
+    with pytest.raises(UsageError, match="no session"):
+        ip.run_line_magic("rjob", "enter nope")
+    with pytest.raises(UsageError, match="one of --session"):
+        ip.run_cell_magic("rjob", "invoke", "1")
+    with pytest.raises(UsageError, match="not both"):
+        ip.run_cell_magic("rjob", "start --session s1 --host server01", "1")
+    with pytest.raises(UsageError, match="add --host"):
+        ip.run_cell_magic("rjob", "start --detached", "1")
+    assert manager.sessions() == [] and manager.list() == []
