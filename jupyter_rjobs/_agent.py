@@ -724,9 +724,10 @@ def _read_json(path: str) -> Optional[Dict[str, Any]]:
     try:
         check_private(path)
         with open(path, "rb") as f:
-            return json.loads(f.read() or b"null")
+            found = json.loads(f.read() or b"null")
     except (OSError, ValueError):
         return None
+    return found if isinstance(found, dict) else None
 
 
 def process_start(pid: int) -> Optional[int]:
@@ -740,7 +741,7 @@ def process_start(pid: int) -> Optional[int]:
 
 
 def _alive(pid: int, start: Optional[int]) -> bool:
-    return pid > 0 and process_start(pid) == start
+    return pid > 0 and start is not None and process_start(pid) == start
 
 
 class _SpoolWriter:
@@ -934,6 +935,8 @@ class _Server:
                         self.handle(*frame)
                     except OSError as exc:
                         self.send({"op": "failed", "job": frame[0].get("job"), "error": _os_error_text(exc, self.root)})
+                    except Exception as exc:  # noqa: BLE001 - a bad request must not end the server
+                        self.send({"op": "failed", "job": frame[0].get("job"), "error": f"{type(exc).__name__}: {exc}"})
                 else:
                     try:
                         os.read(job.notify_fd, 65536)
@@ -1164,7 +1167,7 @@ class _Server:
             pid = int(pid_text)
         except (OSError, ValueError):
             return None
-        if pid == os.getpid() or not _alive(pid, int(start_text) if start_text.isdigit() else None):
+        if pid == os.getpid() or not start_text.isdigit() or not _alive(pid, int(start_text)):
             return None
         return pid
 
@@ -1220,32 +1223,35 @@ class _Server:
         """Every job spool of this user here: what it is, how far it got, who forwards it."""
         found = []
         for entry in sorted(os.listdir(self.jobs_dir)):
-            spool = os.path.join(self.jobs_dir, entry)
-            meta = _read_json(os.path.join(spool, "meta.json"))
-            if meta is None:
-                continue
-            scanner = _Scanner(os.path.join(spool, "records"))
             try:
-                check_private(spool)
-                scanner.to_end()
-            except (OSError, ValueError):
+                found.append(self.describe(os.path.join(self.jobs_dir, entry)))
+            except Exception:  # noqa: BLE001 - an unreadable spool (another version's, half-made) is left out
                 continue
-            finally:
-                scanner.close()
-            process = _read_json(os.path.join(spool, "pid")) or {}
-            running = scanner.final is None and _alive(int(process.get("pid", 0)), process.get("start"))
-            if meta.get("session"):
-                sup = _read_json(os.path.join(self.session_dir(meta["session"]), "pid")) or {}
-                running = scanner.final is None and _alive(int(sup.get("pid", 0)), sup.get("start"))
-            found.append(dict(
-                meta,
-                state=scanner.final or ("Running" if running else "Failed"),
-                ended=scanner.final_time,
-                last_seq=scanner.last_seq,
-                cursor=_read_cursor(spool),
-                attached_elsewhere=self.owner_elsewhere(spool),
-            ))
-        return found
+        return [job for job in found if job is not None]
+
+    def describe(self, spool: str) -> Optional[Dict[str, Any]]:
+        """One job spool: its meta, how far it got, whether it runs, who forwards it."""
+        meta = _read_json(os.path.join(spool, "meta.json"))
+        if meta is None:
+            return None
+        check_private(spool)
+        scanner = _Scanner(os.path.join(spool, "records"))
+        try:
+            scanner.to_end()
+        finally:
+            scanner.close()
+        process = _read_json(os.path.join(spool, "pid")) or {}
+        if meta.get("session"):
+            process = _read_json(os.path.join(self.session_dir(meta["session"]), "pid")) or {}
+        running = scanner.final is None and _alive(int(process.get("pid", 0)), process.get("start"))
+        return dict(
+            meta,
+            state=scanner.final or ("Running" if running else "Failed"),
+            ended=scanner.final_time,
+            last_seq=scanner.last_seq,
+            cursor=_read_cursor(spool),
+            attached_elsewhere=self.owner_elsewhere(spool),
+        )
 
     # -- sessions: lasting interpreters -------------------------------------------------
     def session_new(self, header: Dict[str, Any]) -> None:

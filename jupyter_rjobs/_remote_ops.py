@@ -289,7 +289,8 @@ class RemoteOps:
     def _disconnected(self) -> list[Job]:
         return [
             j for j in self._all_jobs()
-            if j.kind is JobKind.REMOTE and not j.children and j.runner is not None and getattr(j.runner, "user_disconnected", False)
+            if j.kind is JobKind.REMOTE and not j.children and j.runner is not None
+            and (j.state is JobState.Disconnected or getattr(j.runner, "user_disconnected", False))
         ]
 
 

@@ -442,6 +442,16 @@ class SshLab:
             _kill(sessions, signal.SIGTERM)
             _kill(_wait_gone(sessions, 1.0))
 
+    def drop_connections(self, alias: str) -> int:
+        """Kill the host's per-connection sshd processes only (what a crashed or restarted sshd
+        does to its clients), leaving whatever the sessions started running. Returns how many."""
+        host = self._host(alias)
+        if host.proc is None:
+            return 0
+        pids = [p for p in _descendants([host.proc.pid]) if (_cmdline(p) or [""])[0].startswith("sshd:")]
+        _kill(pids, signal.SIGKILL)
+        return len(pids)
+
     def start_sshd(self, alias: str) -> None:
         """Start the host's sshd again (same config, keys and address); waits until it listens."""
         host = self._host(alias)
