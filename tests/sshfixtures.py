@@ -43,3 +43,16 @@ def ssh_lab() -> Iterator[SshLab]:
 def ssh_lab_clean(ssh_lab: SshLab) -> Iterator[SshLab]:
     yield ssh_lab
     ssh_lab.reset()
+
+
+@pytest.fixture
+def ssh_lab_empty(ssh_lab_clean: SshLab, monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterator[SshLab]:
+    """The lab with no job spools or sessions on its hosts and an empty local registry."""
+    import shutil
+    from pathlib import Path
+
+    monkeypatch.setenv("JUPYTER_RJOBS_STATE", str(tmp_path / "state"))
+    root = Path(ssh_lab_clean.home) / ".cache" / "jupyter_rjobs"
+    for kind in ("jobs", "sessions"):
+        shutil.rmtree(root / kind, ignore_errors=True)
+    yield ssh_lab_clean

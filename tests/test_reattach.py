@@ -20,12 +20,8 @@ COUNT_UP = "import time\nfor i in range({n}):\n    print(i, flush=True)\n    tim
 
 
 @pytest.fixture(autouse=True)
-def nothing_left_behind(ssh_lab_clean, monkeypatch, tmp_path):
+def nothing_left_behind(ssh_lab_empty):
     """Each test starts with no spools on the hosts and an empty local registry."""
-    monkeypatch.setenv("JUPYTER_RJOBS_STATE", str(tmp_path / "state"))
-    root = Path(ssh_lab_clean.home) / ".cache" / "jupyter_rjobs"
-    for kind in ("jobs", "sessions"):
-        shutil.rmtree(root / kind, ignore_errors=True)
 
 
 @pytest.fixture
