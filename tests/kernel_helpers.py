@@ -107,9 +107,13 @@ class CellResult:
 class KernelSession:
     """A started kernel plus a blocking client. ``run(code)`` executes one cell."""
 
-    def __init__(self, startup_timeout: float = 60.0, cwd: str | None = None) -> None:
+    def __init__(
+        self, startup_timeout: float = 60.0, cwd: str | None = None, kernel: tuple[str, str] | None = None
+    ) -> None:
+        """``kernel``: (a kernels directory, a kernel name in it) to start instead of the plain test kernel."""
         self._tmp = tempfile.TemporaryDirectory(prefix="rjobs-kernel-")
         root = self._tmp.name
+        kernels_dir, kernel_name = kernel or (os.path.join(root, "kernels"), _KERNEL_NAME)
         spec_dir = os.path.join(root, "kernels", _KERNEL_NAME)
         os.makedirs(spec_dir)
         with open(os.path.join(spec_dir, "kernel.json"), "w") as f:
@@ -128,8 +132,8 @@ class KernelSession:
         env["IPYTHONDIR"] = ipython_dir
         env.pop("PYTHONSTARTUP", None)
         env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-        ksm = KernelSpecManager(kernel_dirs=[os.path.join(root, "kernels")], ensure_native_kernel=False)
-        self.km = KernelManager(kernel_name=_KERNEL_NAME, kernel_spec_manager=ksm)
+        ksm = KernelSpecManager(kernel_dirs=[kernels_dir], ensure_native_kernel=False)
+        self.km = KernelManager(kernel_name=kernel_name, kernel_spec_manager=ksm)
         self.km.start_kernel(env=env, cwd=cwd or root)
         self.process = self.km.provisioner.process  # type: ignore[union-attr]  # the kernel's Popen
         self.kernel_pid: int = self.process.pid
