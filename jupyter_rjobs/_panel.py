@@ -37,15 +37,16 @@ ALL_STATES = "All"
 ACTIVE_STATES = frozenset({JobState.Running, JobState.Stopping})
 # (column title, cell width); the progress column and the buttons follow
 COLUMNS = (
-    ("Id", "56px"),
-    ("Name", "130px"),
-    ("Type", "110px"),
-    ("State", "120px"),
-    ("Location", "100px"),
-    ("Command", "220px"),
-    ("Elapsed", "70px"),
-    ("HasMoreData", "96px"),
+    ("Id", "48px"),
+    ("Name", "120px"),
+    ("Type", "106px"),
+    ("State", "116px"),
+    ("Location", "96px"),
+    ("Command", "190px"),
+    ("Elapsed", "60px"),
+    ("HasMoreData", "102px"),
 )
+ROW_LAYOUT = {"align_items": "center", "overflow": "visible", "width": "max-content", "flex": "0 0 auto"}
 _STYLE = """<style>
 .rjob-spin{display:inline-block;animation:rjob-spin 1s linear infinite}
 @keyframes rjob-spin{from{transform:rotate(0deg)}to{transform:rotate(360deg)}}
@@ -92,11 +93,11 @@ def state_html(state: JobState) -> str:
 
 
 def _cell(width: str) -> widgets.HTML:
-    return widgets.HTML(layout=widgets.Layout(width=width, margin="0 4px 0 0"))
+    return widgets.HTML(layout=widgets.Layout(width=width, margin="0 4px 0 0", flex="0 0 auto"))  # never squeezed: columns align
 
 
 def _button(description: str, tooltip: str, width: str = "72px") -> widgets.Button:
-    return widgets.Button(description=description, tooltip=tooltip, layout=widgets.Layout(width=width, height="26px"))
+    return widgets.Button(description=description, tooltip=tooltip, layout=widgets.Layout(width=width, height="26px", flex="0 0 auto"))
 
 
 class _Row:
@@ -106,16 +107,16 @@ class _Row:
         self.job: Job | None = None
         self.expand = _button("", "show or hide the child jobs", width="30px")
         self.cells = {title: _cell(width) for title, width in COLUMNS}
-        self.bar = widgets.FloatProgress(min=0.0, max=1.0, layout=widgets.Layout(width="80px", visibility="hidden"))
-        self.progress = _cell("110px")
-        self.receive = _button("Receive", "show the job's new output below (Receive-Job)")
-        self.stop = _button("Stop", "stop the job (Stop-Job)", width="56px")
-        self.remove = _button("Remove", "forget the job and its output (Remove-Job)")
+        self.bar = widgets.FloatProgress(min=0.0, max=1.0, layout=widgets.Layout(width="70px", visibility="hidden", flex="0 0 auto"))
+        self.progress = _cell("100px")
+        self.receive = _button("Receive", "show the job's new output below (Receive-Job)", width="80px")
+        self.stop = _button("Stop", "stop the job (Stop-Job)", width="54px")
+        self.remove = _button("Remove", "forget the job and its output (Remove-Job)", width="80px")
         for action in ("expand", "receive", "stop", "remove"):
             getattr(self, action).on_click(lambda _button, action=action: act(action, self))
         self.box = widgets.HBox(
             [self.expand, *self.cells.values(), self.bar, self.progress, self.receive, self.stop, self.remove],
-            layout=widgets.Layout(align_items="center"),
+            layout=widgets.Layout(**ROW_LAYOUT),
         )
         self.box.add_class("rjob-row")
 
@@ -142,6 +143,7 @@ class _Row:
         cells["Command"].value = f"<code title=\"{code}\">{html.escape(job.command)}</code>"
         cells["Elapsed"].value = elapsed_text(job, now)
         cells["HasMoreData"].value = str(job.has_more_data)
+        self.stop.disabled = job.state.finished  # a click that arrives anyway is answered in the status line
         data = job.progress
         total = data.get("total") if data else None
         if data and total:
@@ -231,14 +233,15 @@ class JobPanel(widgets.VBox):
         self.summary = widgets.HTML()
         self.status = widgets.Label()
         self.output = widgets.Output(layout=widgets.Layout(border="1px solid #ddd", max_height="320px", overflow="auto"))
-        self._rows_box = widgets.VBox()
+        self._rows_box = widgets.VBox(layout=widgets.Layout(overflow="visible", width="max-content"))
         self._sessions_box = widgets.VBox()
         self._sessions_title = widgets.HTML("<b>Sessions</b>")
         self._pages = 1
         header = widgets.HBox(
-            [widgets.HTML(layout=widgets.Layout(width="30px"))]
-            + [widgets.HTML(f"<b>{title}</b>", layout=widgets.Layout(width=width, margin="0 4px 0 0")) for title, width in COLUMNS]
-            + [widgets.HTML("<b>Progress</b>", layout=widgets.Layout(width="190px"))]
+            [widgets.HTML(layout=widgets.Layout(width="30px", margin="2px", flex="0 0 auto"))]
+            + [widgets.HTML(f"<b>{title}</b>", layout=widgets.Layout(width=width, margin="0 4px 0 0", flex="0 0 auto")) for title, width in COLUMNS]
+            + [widgets.HTML("<b>Progress</b>", layout=widgets.Layout(width="174px", flex="0 0 auto"))],
+            layout=widgets.Layout(**ROW_LAYOUT),
         )
         toolbar = widgets.HBox([self._filter, self._previous, self._next, self.summary, self._clear], layout=widgets.Layout(align_items="center"))
         self._static = [
@@ -249,6 +252,7 @@ class JobPanel(widgets.VBox):
             [widgets.HTML(_STYLE), toolbar, header, self._rows_box, self._sessions_box, self.status, self.output]
         )
         self.add_class("rjob-panel")
+        self.layout.overflow_x = "auto"  # a narrow notebook scrolls the table rather than squeezing it
         self._static.append(self.children[0])
 
         self._flush()  # the first drawing, in the caller's thread
