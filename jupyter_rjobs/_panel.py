@@ -255,8 +255,8 @@ class JobPanel(widgets.VBox):
         self.layout.overflow_x = "auto"  # a narrow notebook scrolls the table rather than squeezing it
         self._static.append(self.children[0])
 
+        self._unsubscribe = manager.subscribe(self._on_event)  # first: a job added meanwhile is not missed
         self._flush()  # the first drawing, in the caller's thread
-        self._unsubscribe = manager.subscribe(self._on_event)
         self._shell = shell
         if shell is not None and hasattr(shell, "events"):
             shell.events.register("post_execute", self.refresh)  # a cell may have received output
