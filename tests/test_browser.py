@@ -29,7 +29,7 @@ import pytest
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
 REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("RJOBS_CHROMIUM", "/usr/bin/chromium")  # Debian's; never a downloaded one
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
