@@ -180,9 +180,11 @@ class _SessionRow:
 
     def render(self, session: Any) -> None:
         self.session = session
-        name = getattr(session, "host", None) or getattr(session, "name", None) or str(session)
-        state = getattr(session, "state", "")
-        self.label.value = f"<b>{html.escape(str(name))}</b> {html.escape(str(state))}"
+        name = getattr(session, "name", None) or str(session)
+        host = getattr(session, "host", None)
+        where = f" on {host}" if host and host != name else ""
+        details = " ".join(str(getattr(session, key)) for key in ("state", "availability") if getattr(session, key, None) is not None)
+        self.label.value = f"<b>{html.escape(str(name))}</b>{html.escape(where)} {html.escape(details)}"
 
     def close(self) -> None:
         for widget in (self.label, self.disconnect, self.connect, self.box):
@@ -352,11 +354,18 @@ class JobPanel(widgets.VBox):
         self.summary.value = f"{len(everything)} jobs" + (f" ({parts})" if parts else "") + page
 
     def _draw_sessions(self) -> None:
-        """The hook for sessions: when the manager has ``sessions`` (a list or a mapping), a row each."""
+        """The hook for sessions: when the manager has ``sessions`` (a method returning them, a list or
+        a mapping), a row each. A failure here is said in the status line and leaves the jobs' rows be."""
         sessions = getattr(self.manager, "sessions", None)
         if sessions is None:
             return
-        items = list(sessions.values() if isinstance(sessions, Mapping) else sessions)
+        try:
+            if callable(sessions):
+                sessions = sessions()
+            items = list(sessions.values() if isinstance(sessions, Mapping) else sessions)
+        except Exception as exc:  # noqa: BLE001
+            self.say(f"could not list the sessions: {type(exc).__name__}: {exc}")
+            return
         while len(self._session_rows) < len(items):
             self._session_rows.append(_SessionRow(self._session_act))
         for row, session in zip(self._session_rows, items):
@@ -452,14 +461,19 @@ class JobPanel(widgets.VBox):
         self.say(f"removed {job.label}")
 
     def _session_act(self, action: str, session: Any) -> None:
-        method = getattr(session, action, None)
-        if session is None or method is None:
+        """Disconnect or Connect: the manager's ``disconnect(session)`` / ``connect(session)`` when it
+        has them, else the session's own ``disconnect()`` / ``connect()``."""
+        by_manager = getattr(self.manager, action, None)
+        if session is None or (by_manager is None and getattr(session, action, None) is None):
             self.say(f"this session cannot {action}")
             return
 
         def run() -> None:
             try:
-                method()
+                if by_manager is not None:
+                    by_manager(session)
+                else:
+                    getattr(session, action)()
                 self.say(f"{action}: done")
             except Exception as exc:  # noqa: BLE001
                 self.say(f"{action} failed: {type(exc).__name__}: {exc}")

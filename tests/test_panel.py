@@ -253,9 +253,12 @@ def test_a_sessions_section_when_the_manager_has_sessions(make_manager: Callable
         def connect(self) -> None:
             self.state = "Opened"
 
-    manager = make_manager()
-    plain = make_panel(manager)
-    assert plain._sessions_box.children == ()  # no sessions attribute: nothing shown
+    class ListManager(JobManager):  # sessions as a list; they connect and disconnect themselves
+        connect = disconnect = None
+
+    plain = make_panel(make_manager())
+    assert plain._sessions_box.children == ()  # no sessions: nothing shown
+    manager = ListManager(warm_workers=0)
     manager.sessions = [Session("server01"), Session("server02")]  # type: ignore[attr-defined]
     panel = make_panel(manager)
     assert wait_until(lambda: len(panel._sessions_box.children) == 3)
@@ -264,6 +267,38 @@ def test_a_sessions_section_when_the_manager_has_sessions(make_manager: Callable
     first.disconnect.click()
     assert wait_until(lambda: "Disconnected" in first.label.value), first.label.value
     assert manager.sessions[0].state == "Disconnected" and panel.status.value == "disconnect: done"  # type: ignore[attr-defined]
+    panel.close()
+    manager.shutdown()
+
+
+def test_sessions_listed_by_a_method_and_connected_by_the_manager(make_panel: Callable[..., JobPanel]) -> None:
+    class Session:
+        def __init__(self, name: str, host: str) -> None:
+            self.name, self.host, self.state = name, host, "Opened"
+
+    class SessionManager(JobManager):  # the shape of the sessions milestone: manager.sessions(), manager.disconnect(s)
+        def __init__(self) -> None:
+            super().__init__(warm_workers=0)
+            self._sessions = [Session("work", "server01")]
+
+        def sessions(self) -> list[Session]:
+            return list(self._sessions)
+
+        def disconnect(self, session: Session) -> None:
+            session.state = "Disconnected"
+
+    manager = SessionManager()
+    try:
+        panel = make_panel(manager)
+        assert wait_until(lambda: len(panel._sessions_box.children) == 2)
+        row = panel._session_rows[0]
+        assert "<b>work</b> on server01 Opened" == row.label.value
+        row.disconnect.click()
+        assert wait_until(lambda: "Disconnected" in row.label.value), row.label.value
+        row.connect.click()  # neither the manager nor the session can: said, not raised
+        assert panel.status.value == "this session cannot connect"
+    finally:
+        manager.shutdown()
 
 
 def test_a_bad_interval_is_refused(manager: JobManager) -> None:
