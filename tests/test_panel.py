@@ -242,7 +242,7 @@ def test_closing_a_panel_unsubscribes_and_leaves_no_thread(manager: JobManager, 
     assert panel_threads() == []
 
 
-def test_a_sessions_section_when_the_manager_has_sessions(make_manager: Callable[..., JobManager], make_panel: Callable[..., JobPanel]) -> None:
+def test_a_sessions_section_when_the_manager_has_sessions(make_panel: Callable[..., JobPanel]) -> None:
     class Session:
         def __init__(self, host: str) -> None:
             self.host, self.state = host, "Opened"
@@ -253,20 +253,27 @@ def test_a_sessions_section_when_the_manager_has_sessions(make_manager: Callable
         def connect(self) -> None:
             self.state = "Opened"
 
-    class ListManager(JobManager):  # sessions as a list; they connect and disconnect themselves
+    class SelfConnecting(JobManager):  # sessions that connect and disconnect themselves
         connect = disconnect = None
 
-    plain = make_panel(make_manager())
-    assert plain._sessions_box.children == ()  # no sessions: nothing shown
-    manager = ListManager(warm_workers=0)
-    manager.sessions = [Session("server01"), Session("server02")]  # type: ignore[attr-defined]
+        def __init__(self) -> None:
+            super().__init__(warm_workers=0)
+            self.listed = [Session("server01"), Session("server02")]
+
+        def sessions(self) -> list[Session]:
+            return list(self.listed)
+
+    plain = JobManager(warm_workers=0)  # no sessions (or, with the sessions milestone, none open)
+    assert make_panel(plain)._sessions_box.children == ()  # nothing shown
+    plain.shutdown()
+    manager = SelfConnecting()
     panel = make_panel(manager)
     assert wait_until(lambda: len(panel._sessions_box.children) == 3)
     first = panel._session_rows[0]
     assert "server01" in first.label.value and "Opened" in first.label.value
     first.disconnect.click()
     assert wait_until(lambda: "Disconnected" in first.label.value), first.label.value
-    assert manager.sessions[0].state == "Disconnected" and panel.status.value == "disconnect: done"  # type: ignore[attr-defined]
+    assert manager.listed[0].state == "Disconnected" and panel.status.value == "disconnect: done"
     panel.close()
     manager.shutdown()
 
@@ -277,6 +284,8 @@ def test_sessions_listed_by_a_method_and_connected_by_the_manager(make_panel: Ca
             self.name, self.host, self.state = name, host, "Opened"
 
     class SessionManager(JobManager):  # the shape of the sessions milestone: manager.sessions(), manager.disconnect(s)
+        connect = None  # (so that a Connect nobody can do is tried)
+
         def __init__(self) -> None:
             super().__init__(warm_workers=0)
             self._sessions = [Session("work", "server01")]
