@@ -65,9 +65,20 @@ __all__ = [
     "__version__",
     "display",
     "load_ipython_extension",
+    "panel",
     "progress",
     "unload_ipython_extension",
 ]
+
+
+def panel(manager: JobManager | None = None, *, interval: float = 0.25, page_size: int = 50) -> Any:
+    """A live ipywidgets panel of the jobs (default: the running IPython's manager); see ``%rjob panel``.
+
+    Updates at most every ``interval`` seconds, ``page_size`` rows a page; ``.close()`` ends it.
+    """
+    from ._panel import panel as make_panel  # ipywidgets is imported only now
+
+    return make_panel(manager, interval=interval, page_size=page_size)
 
 
 def load_ipython_extension(shell: Any) -> None:

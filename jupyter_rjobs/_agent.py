@@ -560,6 +560,62 @@ def _install_rich_display() -> None:
     sys.meta_path.insert(0, _PatchDisplayOnImport())
 
 
+class _PatchTqdmOnImport:
+    """An import hook: when job code imports tqdm, its bars report as the job's progress."""
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != "tqdm.std":
+            return None
+        import importlib.machinery
+
+        spec = importlib.machinery.PathFinder.find_spec(name, path, target)
+        if spec is not None and spec.loader is not None:
+            loader = spec.loader
+            original_exec = loader.exec_module  # type: ignore[attr-defined]
+
+            def exec_module(module: types.ModuleType) -> None:
+                original_exec(module)
+                _patch_tqdm(module)
+
+            loader.exec_module = exec_module  # type: ignore[attr-defined]
+        return spec
+
+
+def _patch_tqdm(module: types.ModuleType) -> None:
+    """After tqdm draws or closes a bar, a job's bar also becomes a progress record (bars outside jobs: unchanged)."""
+    cls = getattr(module, "tqdm", None)
+    if cls is None or getattr(cls, "_rjob_patched", False):
+        return
+
+    def report(bar: Any) -> None:
+        if current_sink() is None or getattr(bar, "disable", False):
+            return
+        position = (getattr(bar, "n", 0), getattr(bar, "total", None), str(getattr(bar, "desc", "") or ""))
+        if getattr(bar, "_rjob_reported", None) != position:  # a redraw of the same position says nothing new
+            bar._rjob_reported = position
+            progress(*position)
+
+    for method in ("refresh", "close"):
+        original = getattr(cls, method)
+
+        def patched(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            result = _original(self, *args, **kwargs)
+            report(self)
+            return result
+
+        setattr(cls, method, patched)
+    cls._rjob_patched = True
+
+
+def install_tqdm_progress() -> None:
+    """tqdm bars in job code report the job's progress: now if tqdm is imported, else when it is."""
+    module = sys.modules.get("tqdm.std")
+    if module is not None:
+        _patch_tqdm(module)
+    elif not any(isinstance(finder, _PatchTqdmOnImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _PatchTqdmOnImport())
+
+
 def _load_variables(header: Dict[str, Any], buffers: List[bytearray]) -> Dict[str, Any]:
     values: Dict[str, Any] = {}
     position = 0
@@ -660,6 +716,7 @@ def _capture_process_output() -> _FdCapture:
     sys.stdout = RoutingStream(io.TextIOWrapper(os.fdopen(1, "wb", buffering=0), write_through=True), "stdout")
     sys.stderr = RoutingStream(io.TextIOWrapper(os.fdopen(2, "wb", buffering=0), write_through=True), "stderr")
     _install_rich_display()
+    install_tqdm_progress()
     return fds
 
 

@@ -3,6 +3,7 @@ rendering of received records in the cell that receives them."""
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import weakref
@@ -45,6 +46,23 @@ def load(shell: Any) -> None:
         # a cell may have swapped sys.stdout (%%capture does); route thread jobs again before the next
         shell.events.register("pre_run_cell", install_routing)
     manager.prewarm()
+    host = os.environ.get("JUPYTER_RJOBS_ENTER")
+    if host:  # a kernel spec made with `jupyter rjobs install-kernel --host HOST`
+        _enter_host(shell, manager, host)
+
+
+def _enter_host(shell: Any, manager: JobManager, host: str) -> None:
+    """Open a session on ``host`` and enter it: every cell of this kernel runs there."""
+    from ._enter import enter
+    from ._errors import RJobError
+
+    try:
+        session = manager.new_session(host, name=host)
+    except RJobError as exc:
+        print(f"jupyter_rjobs: cells run here, not on {host}: {exc}", file=sys.stderr)
+        return
+    enter(shell, session)
+    print(f"[{session.name}@{session.host}] Cells of this kernel run in {session.label} on {session.host}; `%rjob exit` brings them back here.")
 
 
 def unload(shell: Any) -> None:

@@ -143,6 +143,7 @@ class Job(Future):  # type: ignore[type-arg]
         self._job_state = JobState.NotStarted
         self._state_lock = self._condition  # type: ignore[attr-defined]  # the Future's own (re-entrant) lock
         self._value: Any = None
+        self._progress: dict[str, Any] | None = None
         self._on_state = on_state
         self._on_record = on_record
         self.stream = RecordStream(id, on_append=self._record_appended)
@@ -170,6 +171,11 @@ class Job(Future):  # type: ignore[type-arg]
         if not self.children:
             return [self]
         return [leaf for child in self.children for leaf in child.leaves()]
+
+    @property
+    def progress(self) -> dict[str, Any] | None:
+        """The latest progress the job reported (``{"current", "total", "message"}``), or None."""
+        return self._progress
 
     @property
     def has_more_data(self) -> bool:
@@ -201,6 +207,8 @@ class Job(Future):  # type: ignore[type-arg]
         elif record.kind is RecordKind.ERROR and self.error is None:
             data = record.data
             self.error = JobError(data["ename"], data["evalue"], data.get("traceback", ()), data.get("original"))
+        elif record.kind is RecordKind.PROGRESS:
+            self._progress = record.data
         if self._on_record is not None:
             self._on_record(self, record)
 

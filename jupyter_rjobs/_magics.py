@@ -96,6 +96,13 @@ def _remove_args() -> None:
     """Forget jobs and their output (Remove-Job); a running job needs --force."""
 
 
+@magic_arguments(name="rjob panel")
+@argument("--interval", type=float, metavar="S", help="redraw at most every S seconds (default 0.25 in a notebook, 1 in a terminal)")
+def _panel_args() -> None:
+    """A live view of every job. In a notebook: a widget panel with Receive, Stop and Remove,
+    a state filter and progress bars. In a terminal: the job table, redrawn as jobs change, until Ctrl-C."""
+
+
 _SUBCOMMANDS: dict[str, Callable[[], None]] = {
     "start": _start_args,
     "list": _list_args,
@@ -105,6 +112,7 @@ _SUBCOMMANDS: dict[str, Callable[[], None]] = {
     "stop": _stop_args,
     "remove": _remove_args,
     **SESSION_SUBCOMMANDS,
+    "panel": _panel_args,
 }
 
 
@@ -268,6 +276,26 @@ class RJobMagics(SessionMagics, Magics):
             print("Removed " + ", ".join(j.label for j in removed))
         else:
             print("No job matched; nothing was removed")
+
+    def _do_panel(self, rest: str, cell: str | None) -> Any:
+        args = _parse(_panel_args, rest)
+        if args.interval is not None and not args.interval > 0:
+            raise UsageError(f"--interval must be above 0 seconds, not {args.interval:g}; e.g. --interval 0.5")
+        if not _is_kernel(self.shell):
+            from ._live_table import live_table
+
+            live_table(self.manager, interval=args.interval or 1.0)
+            return None
+        try:
+            from ._panel import JobPanel
+        except ImportError as exc:
+            raise UsageError(f"the panel needs ipywidgets ({exc}); install it: pip install ipywidgets") from None
+        return JobPanel(self.manager, interval=args.interval or 0.25, shell=self.shell)
+
+
+def _is_kernel(shell: Any) -> bool:
+    """A Jupyter kernel's shell (widgets have a front end); a terminal IPython has no kernel."""
+    return getattr(shell, "kernel", None) is not None
 
 
 def _split_code(rest: str) -> tuple[str, str]:

@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 if TYPE_CHECKING:
     from ._job import Job
 
-__all__ = ["COLUMNS", "job_row", "text_table", "html_table", "JobTable", "JobDetails", "SessionTable", "LeftJobTable"]
+__all__ = ["COLUMNS", "job_row", "progress_text", "text_table", "html_table", "JobTable", "JobDetails", "SessionTable", "LeftJobTable"]
 
 COLUMNS = ("Id", "Name", "PSJobTypeName", "State", "HasMoreData", "Location", "Command")
+PROGRESS_COLUMN = "Progress"  # shown after State when some job in the table reported progress
 
 _STATE_COLOURS = {
     "Running": "#1565c0",
@@ -36,20 +37,39 @@ def job_row(job: Job, indent: str = "") -> tuple[str, ...]:
     )
 
 
-def _rows(jobs: Iterable[Job], include_children: bool) -> list[tuple[str, ...]]:
-    rows = []
+def progress_text(job: Job) -> str:
+    """The job's latest progress as "42%" (or the count, when it gave no total), "" if none."""
+    data = job.progress
+    if not data:
+        return ""
+    current, total = data.get("current"), data.get("total")
+    try:
+        return f"{100 * current / total:.0f}%" if total else f"{current:g}"
+    except (TypeError, ValueError):
+        return str(current)
+
+
+def _rows(jobs: Iterable[Job], include_children: bool) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """The columns, and one row a job (its children indented after it); Progress only when some job has it."""
+    listed: list[tuple[Job, str]] = []
     for job in jobs:
-        rows.append(job_row(job))
+        listed.append((job, ""))
         if include_children:
-            rows.extend(job_row(child, indent="  ") for child in job.children)
-    return rows
+            listed.extend((child, "  ") for child in job.children)
+    with_progress = any(job.progress for job, _ in listed)
+    columns = COLUMNS if not with_progress else COLUMNS[:4] + (PROGRESS_COLUMN,) + COLUMNS[4:]
+    rows = []
+    for job, indent in listed:
+        row = job_row(job, indent)
+        rows.append(row if not with_progress else row[:4] + (progress_text(job),) + row[4:])
+    return columns, rows
 
 
 def text_table(jobs: Sequence[Job], include_children: bool = False) -> str:
-    rows = _rows(jobs, include_children)
-    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(COLUMNS)]
+    columns, rows = _rows(jobs, include_children)
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
     lines = [
-        "  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)).rstrip(),
+        "  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip(),
         "  ".join("-" * w for w in widths),
     ]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
@@ -57,11 +77,12 @@ def text_table(jobs: Sequence[Job], include_children: bool = False) -> str:
 
 
 def html_table(jobs: Sequence[Job], include_children: bool = False) -> str:
-    head = "".join(f"<th style='text-align:left'>{c}</th>" for c in COLUMNS)
+    columns, rows = _rows(jobs, include_children)
+    head = "".join(f"<th style='text-align:left'>{c}</th>" for c in columns)
     body = []
-    for row in _rows(jobs, include_children):
+    for row in rows:
         cells = []
-        for column, cell in zip(COLUMNS, row):
+        for column, cell in zip(columns, row):
             style = "text-align:left"
             if column == "State":
                 style += f";color:{_STATE_COLOURS.get(cell, 'inherit')};font-weight:bold"

@@ -15,7 +15,7 @@ import queue
 import threading
 from typing import Any, Callable, Mapping, Sequence
 
-from ._agent import JobStopRequested, Sink, compile_job, display, execute, install_routing, set_thread_sink
+from ._agent import JobStopRequested, Sink, compile_job, display, execute, install_routing, install_tqdm_progress, set_thread_sink
 from ._backend import Backend, JobRunner
 from ._job import Job, JobKind, JobState
 from ._records import RecordKind
@@ -148,6 +148,7 @@ class ThreadBackend(Backend):
 
     def launch(self, job: Job, prepared: _ThreadPrepared) -> None:
         install_routing()
+        install_tqdm_progress()
         self._pool.submit(ThreadRunner(job, prepared).run)
 
     def shutdown(self) -> None:

@@ -107,9 +107,13 @@ class CellResult:
 class KernelSession:
     """A started kernel plus a blocking client. ``run(code)`` executes one cell."""
 
-    def __init__(self, startup_timeout: float = 60.0, cwd: str | None = None) -> None:
+    def __init__(
+        self, startup_timeout: float = 60.0, cwd: str | None = None, kernel: tuple[str, str] | None = None
+    ) -> None:
+        """``kernel``: (a kernels directory, a kernel name in it) to start instead of the plain test kernel."""
         self._tmp = tempfile.TemporaryDirectory(prefix="rjobs-kernel-")
         root = self._tmp.name
+        kernels_dir, kernel_name = kernel or (os.path.join(root, "kernels"), _KERNEL_NAME)
         spec_dir = os.path.join(root, "kernels", _KERNEL_NAME)
         os.makedirs(spec_dir)
         with open(os.path.join(spec_dir, "kernel.json"), "w") as f:
@@ -128,8 +132,8 @@ class KernelSession:
         env["IPYTHONDIR"] = ipython_dir
         env.pop("PYTHONSTARTUP", None)
         env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-        ksm = KernelSpecManager(kernel_dirs=[os.path.join(root, "kernels")], ensure_native_kernel=False)
-        self.km = KernelManager(kernel_name=_KERNEL_NAME, kernel_spec_manager=ksm)
+        ksm = KernelSpecManager(kernel_dirs=[kernels_dir], ensure_native_kernel=False)
+        self.km = KernelManager(kernel_name=kernel_name, kernel_spec_manager=ksm)
         self.km.start_kernel(env=env, cwd=cwd or root)
         self.process = self.km.provisioner.process  # type: ignore[union-attr]  # the kernel's Popen
         self.kernel_pid: int = self.process.pid
@@ -141,6 +145,7 @@ class KernelSession:
             self.close()
             raise
         self.messages: list[Output] = []  # every iopub output message seen, in arrival order
+        self.comm_messages: list[dict[str, Any]] = []  # every comm_open / comm_msg / comm_close (widgets)
         self.cells: dict[str, CellResult] = {}
         self.last: CellResult | None = None
 
@@ -203,6 +208,8 @@ class KernelSession:
         return msg
 
     def _record(self, msg: dict[str, Any]) -> None:
+        if msg["msg_type"] in ("comm_open", "comm_msg", "comm_close"):
+            self.comm_messages.append(msg)
         if msg["msg_type"] not in OUTPUT_TYPES:
             return
         parent = msg["parent_header"].get("msg_id")
@@ -211,6 +218,26 @@ class KernelSession:
         cell = self.cells.get(parent) if parent else None
         if cell is not None:
             cell.outputs.append(output)
+
+    def send_comm(self, comm_id: str, data: dict[str, Any]) -> str:
+        """Send a comm message to the kernel as a front end does (a widget click, say); returns its msg_id."""
+        msg = self.client.session.msg("comm_msg", {"comm_id": comm_id, "data": data})
+        self.client.shell_channel.send(msg)
+        return msg["header"]["msg_id"]
+
+    def wait_for_comm(self, predicate: Any, timeout: float = 30.0) -> dict[str, Any]:
+        """The first comm message (already seen or arriving within ``timeout``) that ``predicate`` accepts."""
+        deadline = time.monotonic() + timeout
+        checked = 0
+        while True:
+            for msg in self.comm_messages[checked:]:
+                if predicate(msg):
+                    return msg
+            checked = len(self.comm_messages)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no such comm message within {timeout} s ({checked} seen)")
+            self.drain(min(remaining, 0.2))
 
     def outputs_not_of(self, *msg_ids: str) -> list[Output]:
         """Every output seen that belongs to none of these cells."""

@@ -1,24 +1,78 @@
-"""Every notebook in notebooks/ runs top to bottom in a real kernel (nbclient), without errors
-except where a cell is meant to show one."""
+"""Every notebook in notebooks/ runs top to bottom in a real kernel (nbclient); then the
+checks particular to some of them.
+
+A new notebook is picked up by itself. Conventions it can use:
+- a cell tagged ``shows-job-error`` may show an error output (a failed job's traceback, shown by
+  ``receive``); anywhere else an error output fails the test; a cell that itself raises fails
+  nbclient unless tagged ``raises-exception``;
+- notebook metadata ``"rjobs": {"needs": ["ssh"]}`` runs it only with the real-sshd lab
+  (the ``ssh`` marker); its hosts then come from the lab's ssh_config (``JUPYTER_RJOBS_SSH_CONFIG``).
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any, Callable
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+NOTEBOOK_DIR = Path(__file__).parent.parent / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+ERROR_TAG = "shows-job-error"
+
+
+def _param(path: Path) -> Any:
+    needs = json.loads(path.read_text()).get("metadata", {}).get("rjobs", {}).get("needs", [])
+    marks = [pytest.mark.ssh] if "ssh" in needs else []
+    return pytest.param(path, marks=marks, id=path.name)
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Callable[[Path], Any]:
+    """Run a notebook once per test module (the generic test and the specific ones share the run)."""
+    done: dict[Path, Any] = {}
+
+    def run(path: Path) -> Any:
+        if path not in done:
+            work = tmp_path_factory.mktemp(path.stem)
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("IPYTHONDIR", str(work / "ipython"))
+                if "ssh" in json.loads(path.read_text()).get("metadata", {}).get("rjobs", {}).get("needs", []):
+                    lab = request.getfixturevalue("ssh_lab")
+                    patch.setenv("JUPYTER_RJOBS_SSH_CONFIG", str(lab.ssh_config))
+                notebook = nbformat.read(path, as_version=4)
+                NotebookClient(notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(work)}}).execute()
+            done[path] = notebook
+        return done[path]
+
+    return run
+
+
+def outputs_of(notebook: Any) -> list[Any]:
+    return [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])]
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_the_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
-    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-    notebook = nbformat.read(path, as_version=4)
-    NotebookClient(notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])]
+@pytest.mark.parametrize("path", [_param(p) for p in NOTEBOOKS])
+def test_every_notebook_runs_top_to_bottom(path: Path, executed: Callable[[Path], Any]) -> None:
+    notebook = executed(path)
+    stray_errors = [
+        (index, output.get("ename"))
+        for index, cell in enumerate(notebook.cells)
+        if cell.cell_type == "code" and ERROR_TAG not in cell.metadata.get("tags", [])
+        for output in cell.get("outputs", [])
+        if output.output_type == "error"
+    ]
+    assert stray_errors == []
+    assert notebook.metadata.get("kernelspec", {}).get("name") == "python3"  # JupyterLab opens it without asking
+
+
+@pytest.mark.kernel
+def test_the_quickstart_shows_what_it_says(executed: Callable[[Path], Any]) -> None:
+    outputs = outputs_of(executed(NOTEBOOK_DIR / "01-quickstart.ipynb"))
     errors = [o for o in outputs if o.output_type == "error"]
     assert [e.ename for e in errors] == ["ZeroDivisionError"]  # the one failing job, shown by receive
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
@@ -27,3 +81,17 @@ def test_the_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
     assert "499999500000" in values and "998500500" in values and "42" in text
     html = [o["data"].get("text/html", "") for o in outputs if o.output_type in ("display_data", "execute_result")]
     assert any("<b>bold, from a job</b>" in h for h in html)
+
+
+@pytest.mark.kernel
+def test_the_panel_notebook_shows_a_panel_and_progress(executed: Callable[[Path], Any]) -> None:
+    notebook = executed(NOTEBOOK_DIR / "04-panel.ipynb")
+    views = [
+        o["data"]["application/vnd.jupyter.widget-view+json"]
+        for o in outputs_of(notebook)
+        if o.output_type == "execute_result" and "application/vnd.jupyter.widget-view+json" in o["data"]
+    ]
+    assert len(views) == 1 and views[0]["model_id"]
+    tables = [o["data"]["text/plain"] for o in outputs_of(notebook) if o.output_type == "execute_result" and "Progress" in o["data"]["text/plain"]]
+    rows = {line.split()[1]: line for line in tables[-1].splitlines()[2:]}
+    assert "100%" in rows["counting"] and "100%" in rows["with-tqdm"] and "Running" in rows["long-runner"]
