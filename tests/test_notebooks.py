@@ -43,6 +43,8 @@ def executed(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRe
                 if "ssh" in json.loads(path.read_text()).get("metadata", {}).get("rjobs", {}).get("needs", []):
                     lab = request.getfixturevalue("ssh_lab")
                     patch.setenv("JUPYTER_RJOBS_SSH_CONFIG", str(lab.ssh_config))
+                    patch.setenv("RJOBS_DEMO_HOST", "server01")
+                    patch.setenv("RJOBS_DEMO_HOSTS", "server01,nshost1")
                 notebook = nbformat.read(path, as_version=4)
                 NotebookClient(notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(work)}}).execute()
             done[path] = notebook
@@ -95,3 +97,25 @@ def test_the_panel_notebook_shows_a_panel_and_progress(executed: Callable[[Path]
     tables = [o["data"]["text/plain"] for o in outputs_of(notebook) if o.output_type == "execute_result" and "Progress" in o["data"]["text/plain"]]
     rows = {line.split()[1]: line for line in tables[-1].splitlines()[2:]}
     assert "100%" in rows["counting"] and "100%" in rows["with-tqdm"] and "Running" in rows["long-runner"]
+
+
+@pytest.mark.kernel
+@pytest.mark.ssh
+def test_the_remote_notebook_shows_each_cache_and_the_fan_out(executed: Callable[[Path], Any]) -> None:
+    outputs = outputs_of(executed(NOTEBOOK_DIR / "02-remote-jobs.ipynb"))
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "4 16\n" in text and "computed on the host" in text
+    values = [o["data"].get("text/plain", "") for o in outputs if o.output_type == "execute_result"]
+    assert any("'a big result, fetched only when asked'" in v for v in values)
+    assert any("'server01'" in v and "'nshost1'" in v for v in values)  # {host: value}
+
+
+@pytest.mark.kernel
+@pytest.mark.ssh
+def test_the_sessions_notebook_keeps_variables_and_re_attaches(executed: Callable[[Path], Any]) -> None:
+    outputs = outputs_of(executed(NOTEBOOK_DIR / "03-sessions-and-detached-jobs.ipynb"))
+    values = [o["data"].get("text/plain", "") for o in outputs if o.output_type == "execute_result"]
+    assert "45" in values and "90" in values and "False" in values and "91" in values
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert all(f"tick {i}" in text for i in range(10))
+    assert "[s1@server01]" in text
