@@ -89,3 +89,21 @@ def test_the_installed_kernel_has_rjob_without_load_ext(tmp_path: Path) -> None:
         assert session.value("'jupyter_rjobs' in get_ipython().extension_manager.loaded") is True
     finally:
         session.close()
+
+
+@pytest.mark.kernel
+@pytest.mark.ssh
+def test_a_kernel_for_a_host_runs_its_cells_there(tmp_path: Path, ssh_lab_empty: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JUPYTER_RJOBS_SSH_CONFIG", ssh_lab_empty.ssh_config)
+    assert main(["install-kernel", "--prefix", str(tmp_path), "--host", "server01"]) == 0
+    session = KernelSession(kernel=(str(tmp_path / "share" / "jupyter" / "kernels"), "rjobs-server01"))
+    try:
+        remote_pid = int(stream_text(session.run("import os\nprint(os.getpid())")).split()[-1])
+        assert remote_pid != session.kernel_pid  # the cell ran on the host
+        assert stream_text(session.run("here = 'session'\nprint(here)")).strip() == "session"
+        session.run("%rjob exit")
+        assert session.value("__import__('os').getpid()") == session.kernel_pid
+        assert session.value("'here' in globals()") is False
+        assert "server01" in stream_text(session.run("print(get_ipython().run_line_magic('rjob', 'session list'))"))
+    finally:
+        session.close()

@@ -329,3 +329,10 @@ def test_magics_remote_bad_input(ip_remote):
     with pytest.raises(UsageError, match="named twice"):
         ip.run_line_magic("rjob", "start --host server01,server01 -- 1")
     assert get_manager(ip).list() == []
+
+
+def test_progress_from_a_remote_job_reaches_the_kernel(remote):
+    job = remote.start("from jupyter_rjobs import progress\nfor i in range(5):\n    progress(i + 1, 5, 'step')", host="server01")
+    job.result(timeout=30)
+    assert job.progress is not None and job.progress["current"] == 5 and job.progress["total"] == 5
+    assert [r.kind for r in remote.receive(job)].count(RecordKind.PROGRESS) == 5
