@@ -194,6 +194,10 @@ class HostConnection:
     def attach(self, instance: str, runner: FrameTarget) -> None:
         self._runners[instance] = runner
 
+    def runners(self) -> list[FrameTarget]:
+        """What follows jobs over this connection."""
+        return list(self._runners.values())
+
     def detach(self, instance: str) -> None:
         self._runners.pop(instance, None)
 

@@ -50,11 +50,16 @@ def registry_dir() -> Path:
     return Path(base) / "jobs"
 
 
+_made: set[Path] = set()
+
+
 def _private_dir() -> Path:
     path = registry_dir()
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path.parent, 0o700)
-    os.chmod(path, 0o700)
+    if path not in _made:  # once per process: this is on every remote job's way
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(path.parent, 0o700)
+        os.chmod(path, 0o700)
+        _made.add(path)
     return path
 
 
@@ -63,7 +68,7 @@ def remember(instance: str, **entry: Any) -> None:
     try:
         path = _private_dir() / f"{instance}.json"
         old: dict[str, Any] = {}
-        if path.exists():
+        if "host" not in entry and path.exists():  # an update: keep what the first write said
             old = json.loads(path.read_text() or "{}")
         old.update(entry, instance=instance, kernel_pid=entry.get("kernel_pid", old.get("kernel_pid", os.getpid())))
         old.setdefault("started", time.time())

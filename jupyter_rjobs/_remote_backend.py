@@ -181,9 +181,10 @@ class RemoteRunner(JobRunner):
             self._clean()
 
     def _ended(self) -> None:
-        _registry.remember(self.instance, state=str(self.job.state))
-        if not self.keeps_spool:
-            self._clean()  # every record is safely here: the host's spool can go
+        if self.keeps_spool:
+            _registry.remember(self.instance, state=str(self.job.state))
+        else:
+            self._clean()  # every record is safely here: the host's spool (and the registry entry) can go
 
     def fetch(self, after: int) -> list[Record]:
         with self._fetch_lock:
@@ -302,7 +303,7 @@ class RemoteBackend(Backend):
         delay = 0.5
         try:
             while not self._closed.is_set():
-                waiting = [r for r in old._runners.values() if isinstance(r, RemoteRunner) and not r.user_disconnected]
+                waiting = [r for r in old.runners() if isinstance(r, RemoteRunner) and not r.user_disconnected]
                 if not waiting:
                     return
                 if deadline is not None and time.monotonic() > deadline:
@@ -334,7 +335,7 @@ class RemoteBackend(Backend):
         runners: list[RemoteRunner] = []
         for key in keys:
             connection = self._connections.pop(key)
-            for runner in list(connection._runners.values()):
+            for runner in connection.runners():
                 if isinstance(runner, RemoteRunner):
                     runner.release()
                     runners.append(runner)

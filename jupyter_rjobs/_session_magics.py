@@ -13,7 +13,7 @@ from ._ipython import Renderer
 from ._job import Job
 from ._namespace import parse_names
 from ._sessions import SessionState
-from ._table import JobTable, LeftJobTable, SessionTable
+from ._table import JobTable, SessionTable
 
 __all__ = ["SessionMagics", "SESSION_SUBCOMMANDS"]
 
@@ -183,6 +183,3 @@ class SessionMagics:
         args = _parse(_disconnect_args, rest)
         jobs = self.manager.disconnect(args.target)
         return JobTable(jobs, note=f"Let go of {len(jobs)} job(s): they go on on their hosts; `%rjob connect {args.target}` re-attaches.")
-
-    def _left_table(self) -> LeftJobTable:
-        return LeftJobTable(self.manager.left_jobs())
