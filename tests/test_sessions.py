@@ -149,3 +149,23 @@ def test_magics_session_bad_input_creates_nothing(ip_remote):
     with pytest.raises(UsageError, match="add --host"):
         ip.run_cell_magic("rjob", "start --detached", "1")
     assert manager.sessions() == [] and manager.list() == []
+
+
+def test_a_session_disconnected_in_one_manager_is_connected_from_another(make_manager, ssh_lab_empty):
+    first = make_manager(ssh_config=ssh_lab_empty.ssh_config)
+    first.new_session("server01", name="s1")
+    first.invoke("kept = 'from the first kernel'", session="s1")
+    job = first.start("import time\nfor i in range(10):\n    print(i, flush=True)\n    time.sleep(0.05)\nkept", session="s1", name="in-s1")
+    assert wait_until(lambda: job.state is JobState.Running, timeout=30)
+    first.disconnect("s1")
+    first.shutdown()  # the kernel exits: a disconnected session and its job go on
+
+    second = make_manager(ssh_config=ssh_lab_empty.ssh_config)
+    adopted = second.connect("server01")
+    assert [j.name for j in adopted] == ["in-s1"]
+    session = second.get_session("s1")
+    assert session.state is SessionState.Opened and adopted[0].session is session
+    assert adopted[0].result(timeout=30) == "from the first kernel"
+    assert "".join(r.data for r in second.receive(adopted[0]) if r.kind is RecordKind.STDOUT).split() == [str(i) for i in range(10)]
+    assert second.invoke("kept", session="s1") == "from the first kernel"  # its variables lived on
+    second.close_session("s1")
