@@ -524,16 +524,18 @@ def _watch_parent(parent_pid: int) -> None:
         os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
-class _PatchDisplayOnImport:
-    """An import hook: when job code imports IPython's display, that display() gives records.
+class _PatchOnImport:
+    """An import hook: when job code imports one of ``targets``, ``patch(module)`` runs on it.
 
-    Done lazily because importing IPython costs a quarter of a second that most jobs never need.
+    Done lazily because importing IPython (or tqdm) costs time that most jobs never need.
     """
 
-    TARGETS = ("IPython.core.display_functions", "IPython.display")
+    def __init__(self, targets: Tuple[str, ...], patch: Callable[[types.ModuleType], None]) -> None:
+        self.targets = targets
+        self.patch = patch
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name not in self.TARGETS:
+        if name not in self.targets:
             return None
         import importlib.machinery
 
@@ -541,44 +543,31 @@ class _PatchDisplayOnImport:
         if spec is not None and spec.loader is not None:
             loader = spec.loader
             original_exec = loader.exec_module  # type: ignore[attr-defined]
+            patch = self.patch
 
             def exec_module(module: types.ModuleType) -> None:
                 original_exec(module)
-                module.display = display  # type: ignore[attr-defined]
+                patch(module)
 
             loader.exec_module = exec_module  # type: ignore[attr-defined]
         return spec
+
+
+_DISPLAY_MODULES = ("IPython.core.display_functions", "IPython.display")
+
+
+def _give_display(module: types.ModuleType) -> None:
+    module.display = display  # type: ignore[attr-defined]
 
 
 def _install_rich_display() -> None:
     """display() in job code, with or without `from IPython.display import display`, gives records."""
     builtins.display = display  # type: ignore[attr-defined]
-    for name in _PatchDisplayOnImport.TARGETS:
+    for name in _DISPLAY_MODULES:
         module = sys.modules.get(name)
         if module is not None:
-            module.display = display  # type: ignore[attr-defined]
-    sys.meta_path.insert(0, _PatchDisplayOnImport())
-
-
-class _PatchTqdmOnImport:
-    """An import hook: when job code imports tqdm, its bars report as the job's progress."""
-
-    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name != "tqdm.std":
-            return None
-        import importlib.machinery
-
-        spec = importlib.machinery.PathFinder.find_spec(name, path, target)
-        if spec is not None and spec.loader is not None:
-            loader = spec.loader
-            original_exec = loader.exec_module  # type: ignore[attr-defined]
-
-            def exec_module(module: types.ModuleType) -> None:
-                original_exec(module)
-                _patch_tqdm(module)
-
-            loader.exec_module = exec_module  # type: ignore[attr-defined]
-        return spec
+            _give_display(module)
+    sys.meta_path.insert(0, _PatchOnImport(_DISPLAY_MODULES, _give_display))
 
 
 def _patch_tqdm(module: types.ModuleType) -> None:
@@ -612,8 +601,8 @@ def install_tqdm_progress() -> None:
     module = sys.modules.get("tqdm.std")
     if module is not None:
         _patch_tqdm(module)
-    elif not any(isinstance(finder, _PatchTqdmOnImport) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _PatchTqdmOnImport())
+    elif not any(getattr(finder, "patch", None) is _patch_tqdm for finder in sys.meta_path):
+        sys.meta_path.insert(0, _PatchOnImport(("tqdm.std",), _patch_tqdm))
 
 
 def _load_variables(header: Dict[str, Any], buffers: List[bytearray]) -> Dict[str, Any]:

@@ -164,13 +164,7 @@ class RJobMagics(SessionMagics, Magics):
 
     # -- subcommands ------------------------------------------------------------------
     def _do_start(self, rest: str, cell: str | None) -> Job:
-        options, code = _split_code(rest)
-        args = _parse(_start_args, options)
-        if cell is not None and code:
-            raise UsageError("give the code either as the cell or after `--`, not both")
-        code = cell if cell is not None else code
-        if not code or not code.strip():
-            raise UsageError("no code to run: use %%rjob start with a cell, or %rjob start -- EXPRESSION")
+        args, code = _parse_with_code(_start_args, rest, cell, "start", "%rjob start -- EXPRESSION")
         if args.thread and args.process:
             raise UsageError("choose one of --thread and --process")
         if args.push is not None and args.no_push:
@@ -296,6 +290,18 @@ class RJobMagics(SessionMagics, Magics):
 def _is_kernel(shell: Any) -> bool:
     """A Jupyter kernel's shell (widgets have a front end); a terminal IPython has no kernel."""
     return getattr(shell, "kernel", None) is not None
+
+
+def _parse_with_code(func: Callable[[], None], rest: str, cell: str | None, subcommand: str, line_form: str) -> tuple[Any, str]:
+    """Options, and the code to run: the cell, or (line form) what follows `--`."""
+    options, code = _split_code(rest)
+    args = _parse(func, options)
+    if cell is not None and code:
+        raise UsageError("give the code either as the cell or after `--`, not both")
+    code = cell if cell is not None else code
+    if not code or not code.strip():
+        raise UsageError(f"no code to run: use %%rjob {subcommand} with a cell, or {line_form}")
+    return args, code
 
 
 def _split_code(rest: str) -> tuple[str, str]:

@@ -109,15 +109,9 @@ class SessionMagics:
         return None
 
     def _do_invoke(self, rest: str, cell: str | None) -> Any:
-        from ._magics import _parse, _split_code
+        from ._magics import _parse_with_code
 
-        options, code = _split_code(rest)
-        args = _parse(_invoke_args, options)
-        if cell is not None and code:
-            raise UsageError("give the code either as the cell or after `--`, not both")
-        code = cell if cell is not None else code
-        if not code or not code.strip():
-            raise UsageError("no code to run: use %%rjob invoke with a cell, or %rjob invoke --session S -- EXPRESSION")
+        args, code = _parse_with_code(_invoke_args, rest, cell, "invoke", "%rjob invoke --session S -- EXPRESSION")
         if bool(args.session) == bool(args.host):
             raise UsageError("give one of --session S or --host H[,H2]")
         if args.push is not None and args.no_push:
