@@ -37,14 +37,14 @@ ALL_STATES = "All"
 ACTIVE_STATES = frozenset({JobState.Running, JobState.Stopping})
 # (column title, cell width); the progress column and the buttons follow
 COLUMNS = (
-    ("Id", "48px"),
-    ("Name", "120px"),
-    ("Type", "106px"),
-    ("State", "116px"),
-    ("Location", "96px"),
-    ("Command", "190px"),
-    ("Elapsed", "60px"),
-    ("HasMoreData", "102px"),
+    ("Id", "40px"),
+    ("Name", "104px"),
+    ("Type", "100px"),
+    ("State", "108px"),
+    ("Location", "84px"),
+    ("Command", "144px"),
+    ("Elapsed", "64px"),
+    ("HasMoreData", "106px"),
 )
 ROW_LAYOUT = {"align_items": "center", "overflow": "visible", "width": "max-content", "flex": "0 0 auto"}
 _STYLE = """<style>
