@@ -169,3 +169,22 @@ def test_a_session_disconnected_in_one_manager_is_connected_from_another(make_ma
     assert "".join(r.data for r in second.receive(adopted[0]) if r.kind is RecordKind.STDOUT).split() == [str(i) for i in range(10)]
     assert second.invoke("kept", session="s1") == "from the first kernel"  # its variables lived on
     second.close_session("s1")
+
+
+def test_the_panel_lists_a_real_session_and_disconnects_and_connects_it(remote):
+    import jupyter_rjobs
+
+    session = remote.new_session("server01", name="s1")
+    job = remote.start("import time\ntime.sleep(1)\n'slept'", session="s1", name="nap")
+    panel = jupyter_rjobs.panel(remote, interval=0.05)
+    try:
+        assert wait_until(lambda: len(panel._session_rows) == 1 and "s1" in panel._session_rows[0].label.value, timeout=10)
+        row = panel._session_rows[0]
+        row.disconnect.click()
+        assert wait_until(lambda: session.state is SessionState.Disconnected and "Disconnected" in row.label.value, timeout=10), row.label.value
+        assert job.state is JobState.Disconnected
+        row.connect.click()
+        assert wait_until(lambda: session.state is SessionState.Opened and "Opened" in row.label.value, timeout=10), row.label.value
+        assert job.result(timeout=30) == "slept"
+    finally:
+        panel.close()
