@@ -65,8 +65,8 @@ def _rows(jobs: Iterable[Job], include_children: bool) -> tuple[tuple[str, ...],
     return columns, rows
 
 
-def text_table(jobs: Sequence[Job], include_children: bool = False) -> str:
-    columns, rows = _rows(jobs, include_children)
+def text_grid(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Rows under column names, PowerShell's Format-Table style."""
     widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip(),
@@ -76,8 +76,8 @@ def text_table(jobs: Sequence[Job], include_children: bool = False) -> str:
     return "\n".join(lines)
 
 
-def html_table(jobs: Sequence[Job], include_children: bool = False) -> str:
-    columns, rows = _rows(jobs, include_children)
+def html_grid(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Rows under column names as an HTML table; a State column is coloured."""
     head = "".join(f"<th style='text-align:left'>{c}</th>" for c in columns)
     body = []
     for row in rows:
@@ -91,6 +91,14 @@ def html_table(jobs: Sequence[Job], include_children: bool = False) -> str:
             cells.append(f"<td style='{style}'>{html.escape(cell)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table class='rjob-table'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def text_table(jobs: Sequence[Job], include_children: bool = False) -> str:
+    return text_grid(*_rows(jobs, include_children))
+
+
+def html_table(jobs: Sequence[Job], include_children: bool = False) -> str:
+    return html_grid(*_rows(jobs, include_children))
 
 
 class JobTable(list):  # type: ignore[type-arg]
@@ -200,27 +208,14 @@ class RowTable:
         return self.items[index]
 
     def __str__(self) -> str:
-        rows = [self.row(item) for item in self.items]
-        if not rows:
-            return f"{self.empty}\n{self.note}" if self.note else self.empty
-        widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(self.columns)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(self.columns, widths)).rstrip(), "  ".join("-" * w for w in widths)]
-        lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-        return "\n".join(lines + ([self.note] if self.note else []))
+        table = text_grid(self.columns, [self.row(item) for item in self.items]) if self.items else self.empty
+        return f"{table}\n{self.note}" if self.note else table
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(str(self))
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th style='text-align:left'>{c}</th>" for c in self.columns)
-        body = "".join(
-            "<tr>" + "".join(
-                f"<td style='text-align:left{';color:' + _STATE_COLOURS[cell] + ';font-weight:bold' if column == 'State' and cell in _STATE_COLOURS else ''}'>{html.escape(cell)}</td>"
-                for column, cell in zip(self.columns, self.row(item))
-            ) + "</tr>"
-            for item in self.items
-        )
-        table = f"<table class='rjob-table'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>" if self.items else f"<em>{html.escape(self.empty)}</em>"
+        table = html_grid(self.columns, [self.row(item) for item in self.items]) if self.items else f"<em>{html.escape(self.empty)}</em>"
         return table + (f"<p>{html.escape(self.note)}</p>" if self.note else "")
 
 
