@@ -5,6 +5,7 @@ A mixin of :class:`JobManager` (kept apart so each module reads whole); plain Py
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
@@ -184,14 +185,13 @@ class RemoteOps:
         if session is not None:
             connection = self._remote.connection(session.host, session.python)
             self.refresh_session(session)
-            jobs = []
-            for job in session.jobs:
-                if job.runner is not None and getattr(job.runner, "user_disconnected", False):
-                    job.runner.reattach(connection)  # type: ignore[attr-defined]
-                    jobs.append(job)
+            jobs = [j for j in self._disconnected() if j.session is session]
+            for job in jobs:
+                job.runner.reattach(connection)  # type: ignore[union-attr]
             return jobs
         if target is None:
-            hosts = sorted({j.host for j in _registry.left_jobs() if not j.kernel_alive or j.kernel_pid == _own_pid()})
+            # left by a kernel that is gone (or by another manager of this process: left_jobs has not ours)
+            hosts = sorted({j.host for j in self.left_jobs() if not j.kernel_alive or j.kernel_pid == os.getpid()})
             hosts += sorted({j.location for j in self._disconnected() if j.location not in hosts})
             if not hosts:
                 raise UsageProblem("no jobs were left on any host; name one: %rjob connect HOST")
@@ -235,24 +235,18 @@ class RemoteOps:
         by_instance = {str(s.instance): s for s in self.sessions()}
         for info in listed:
             instance = info.get("session")
-            if info.get("host") not in (None, host):
-                continue
-            if not instance or instance in by_instance:
-                if instance in by_instance:
-                    state, reason = session_state_of(info)
-                    by_instance[instance].state = state
-                    by_instance[instance].reason = reason
-                continue
-            with self._lock:
-                session_id = max(self._sessions, default=0) + 1
-                name = info.get("name") or f"Session{session_id}"
-                if any(s.name == name for s in self._sessions.values()):
-                    name = f"{name}-{session_id}"
-                session = Session(session_id, name, host, python, uuid.UUID(instance))
-                state, reason = session_state_of(info)
-                session.state, session.reason = state, reason
-                self._sessions[session_id] = session
-            by_instance[instance] = session
+            if not instance or info.get("host") not in (None, host):
+                continue  # started on another host that shares this home directory
+            session = by_instance.get(instance)
+            if session is None:  # left by another kernel: adopted here
+                with self._lock:
+                    session_id = max(self._sessions, default=0) + 1
+                    name = info.get("name") or f"Session{session_id}"
+                    if any(s.name == name for s in self._sessions.values()):
+                        name = f"{name}-{session_id}"
+                    session = self._sessions[session_id] = Session(session_id, name, host, python, uuid.UUID(instance))
+                by_instance[instance] = session
+            session.state, session.reason = session_state_of(info)
         return by_instance
 
     def left_jobs(self) -> list[_registry.LeftJob]:
@@ -293,8 +287,3 @@ class RemoteOps:
             and (j.state is JobState.Disconnected or getattr(j.runner, "user_disconnected", False))
         ]
 
-
-def _own_pid() -> int:
-    import os
-
-    return os.getpid()

@@ -40,6 +40,19 @@ def make_manager() -> Iterator[Callable[..., JobManager]]:
 
 
 @pytest.fixture
+def kernel() -> Iterator[Any]:
+    """A fresh kernel (the Python of this test run, driven through jupyter_client) with the extension loaded."""
+    from kernel_helpers import KernelSession
+
+    session = KernelSession()
+    try:
+        session.run("%load_ext jupyter_rjobs")
+        yield session
+    finally:
+        session.close()
+
+
+@pytest.fixture
 def manager(make_manager: Callable[..., JobManager]) -> JobManager:
     return make_manager()
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable
 
 from jupyter_rjobs._agent import descendants
+
+
+def in_ci() -> bool:
+    """Under CI (CI=true, 1, yes): tests whose set-up is missing must fail, not skip."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def pid_alive(pid: int) -> bool:

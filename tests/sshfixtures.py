@@ -11,16 +11,12 @@ elsewhere they are skipped with the reason printed.
 
 from __future__ import annotations
 
-import os
 from typing import Iterator
 
 import pytest
 
+from helpers import in_ci
 from sshlab import LabUnavailable, SshLab
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +25,7 @@ def ssh_lab() -> Iterator[SshLab]:
     try:
         lab.start()
     except Exception as exc:  # noqa: BLE001 - any setup failure: error in CI, skip elsewhere
-        if _in_ci():
+        if in_ci():
             raise
         reason = exc.reason if isinstance(exc, LabUnavailable) else f"{type(exc).__name__}: {exc}"
         pytest.skip(f"real-sshd tests need root, OpenSSH server and network namespaces: {reason}")

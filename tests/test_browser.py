@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from helpers import in_ci
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
@@ -52,7 +53,7 @@ def _missing() -> str | None:
 def browser_ready() -> None:
     reason = _missing()
     if reason is not None:
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail(f"the browser test cannot run: {reason}")
         print(f"skipping the browser test: {reason}")
         pytest.skip(reason)

@@ -37,17 +37,6 @@ pytestmark = [
 
 
 @pytest.fixture
-def kernel() -> Iterator[KernelSession]:
-    """A fresh kernel (the Python of this test run) with the extension loaded."""
-    session = KernelSession()
-    try:
-        session.run("%load_ext jupyter_rjobs")
-        yield session
-    finally:
-        session.close()
-
-
-@pytest.fixture
 def subreaper() -> Iterator[ChildSubreaper]:
     """Orphaned processes come to this process to be reaped (see ChildSubreaper)."""
     with ChildSubreaper() as reaper:

@@ -21,7 +21,6 @@ from helpers import wait_until  # noqa: E402
 import jupyter_rjobs  # noqa: E402
 from jupyter_rjobs import EventKind, Job, JobEvent, JobKind, JobManager, JobState  # noqa: E402
 
-pytest.importorskip("ipywidgets")
 from jupyter_rjobs._panel import JobPanel  # noqa: E402
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -17,16 +17,6 @@ from kernel_helpers import KernelSession, describe, execute_results  # noqa: E40
 
 pytestmark = pytest.mark.kernel
 CLICK = {"method": "custom", "content": {"event": "click"}}
-
-
-@pytest.fixture
-def kernel() -> Iterator[KernelSession]:
-    session = KernelSession()
-    try:
-        session.run("%load_ext jupyter_rjobs")
-        yield session
-    finally:
-        session.close()
 
 
 def updates_of(comm_id: str, key: str, needle: str) -> Any:

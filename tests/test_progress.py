@@ -23,7 +23,6 @@ def test_the_latest_progress_record_is_the_jobs_progress(manager: JobManager) ->
 
 @pytest.mark.parametrize("kind", ["thread", "process"])
 def test_a_tqdm_bar_in_a_job_is_its_progress(manager: JobManager, kind: str) -> None:
-    pytest.importorskip("tqdm")
     job = manager.start(TQDM_JOB, kind)
     assert job.result(timeout=30) == "done"
     assert job.progress == {"current": 5, "total": 5, "message": "work"}
@@ -33,7 +32,8 @@ def test_a_tqdm_bar_in_a_job_is_its_progress(manager: JobManager, kind: str) -> 
 
 
 def test_tqdm_outside_jobs_is_left_alone(manager: JobManager) -> None:
-    tqdm = pytest.importorskip("tqdm")
+    import tqdm  # in the test extra
+
     manager.start(TQDM_JOB, "thread").result(timeout=10)  # tqdm is patched in this process now
     out = io.StringIO()
     for _ in tqdm.tqdm(range(3), file=out, desc="here", mininterval=0):
