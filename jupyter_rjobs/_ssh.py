@@ -12,19 +12,19 @@
 
 from __future__ import annotations
 
-import configparser
-import getpass
-import os
 import socket
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import paramiko
 
-from ._errors import AuthenticationError, HostError, HostKeyError
+from ._errors import HostError
+from ._known_hosts import check_host_key
+from ._ssh_auth import authenticate
+from ._ssh_config import HostSettings, parse_host_spec, resolve_host
 
-__all__ = ["HostSettings", "resolve_host", "SshConnection"]
+__all__ = ["HostSettings", "resolve_host", "parse_host_spec", "SshConnection"]
 
 # Only the server starts re-keys (paramiko #822); sshd's RekeyLimit still applies.
 paramiko.packet.Packetizer.REKEY_BYTES = 2**62
@@ -33,115 +33,6 @@ paramiko.packet.Packetizer.REKEY_PACKETS = 2**62
 WINDOW_SIZE = 16 * 2**20
 MAX_PACKET_SIZE = 256 * 2**10
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
-DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
-SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
-HOSTS_CONFIG_ENV = "JUPYTER_RJOBS_HOSTS"
-
-
-@dataclass(frozen=True)
-class HostSettings:
-    """Everything needed to reach one host, after ~/.ssh/config and our hosts file are applied."""
-
-    alias: str
-    hostname: str
-    port: int = 22
-    user: str = ""
-    identity_files: tuple[str, ...] = ()
-    identities_only: bool = False
-    proxy_jump: tuple[str, ...] = ()
-    proxy_command: str | None = None
-    known_hosts_files: tuple[str, ...] = ()
-    accept_new: bool = False
-    python: str = "python3"
-    connect_timeout: float = 10.0
-    ssh_config: str | None = None
-
-    @property
-    def known_hosts_name(self) -> str:
-        """How known_hosts names this host: ``name``, or ``[name]:port`` off port 22."""
-        return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
-
-
-def hosts_config_path() -> str:
-    return os.environ.get(HOSTS_CONFIG_ENV) or os.path.expanduser("~/.config/jupyter_rjobs/hosts.ini")
-
-
-def _our_settings(alias: str) -> dict[str, str]:
-    """Per-host settings the user keeps in hosts.ini: one section per host (python, user, port...)."""
-    parser = configparser.ConfigParser()
-    path = hosts_config_path()
-    if os.path.exists(path):
-        parser.read(path)
-    merged: dict[str, str] = dict(parser["*"]) if parser.has_section("*") else {}
-    if parser.has_section(alias):
-        merged.update(parser[alias])
-    return merged
-
-
-def parse_host_spec(spec: str) -> tuple[str | None, str, int | None]:
-    """``[user@]host[:port]`` → (user, host, port)."""
-    text = spec.strip()
-    if not text or any(ch.isspace() for ch in text):
-        raise HostError(spec, "not a host: give [user@]host[:port] or a Host alias from ~/.ssh/config")
-    user, _, rest = text.rpartition("@")
-    port: int | None = None
-    if rest.startswith("["):  # [ipv6]:port
-        host, _, tail = rest[1:].partition("]")
-        if tail.startswith(":"):
-            port = _port(spec, tail[1:])
-    elif rest.count(":") == 1:
-        host, _, port_text = rest.partition(":")
-        port = _port(spec, port_text)
-    else:
-        host = rest
-    return (user or None), host, port
-
-
-def _port(spec: str, text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise HostError(spec, f"{text!r} is not a port number")
-    return int(text)
-
-
-def resolve_host(
-    spec: str,
-    *,
-    ssh_config: str | None = None,
-    python: str | None = None,
-    accept_new: bool | None = None,
-) -> HostSettings:
-    """Settings for ``spec``: its ~/.ssh/config entry, then hosts.ini, then the explicit arguments."""
-    user, name, port = parse_host_spec(spec)
-    config_path = ssh_config or os.path.expanduser("~/.ssh/config")
-    found: dict[str, Any] = {"hostname": name}
-    if os.path.exists(config_path):
-        try:
-            found = paramiko.SSHConfig.from_path(config_path).lookup(name)
-        except Exception as exc:  # noqa: BLE001 - paramiko raises several kinds for a bad file
-            raise HostError(spec, f"cannot read {config_path} ({exc}); fix that file") from None
-    ours = _our_settings(spec) or _our_settings(name)
-    known = found.get("userknownhostsfile")
-    known_files = tuple(os.path.expanduser(p) for p in (known.split() if known else ["~/.ssh/known_hosts"]))
-    strict = str(found.get("stricthostkeychecking", "yes")).lower()
-    jumps = found.get("proxyjump")
-    settings = HostSettings(
-        alias=spec,
-        hostname=found.get("hostname", name),
-        port=port or int(ours.get("port") or found.get("port") or 22),
-        user=user or ours.get("user") or found.get("user") or getpass.getuser(),
-        identity_files=tuple(os.path.expanduser(p) for p in found.get("identityfile", [])),
-        identities_only=str(found.get("identitiesonly", "no")).lower() == "yes",
-        proxy_jump=tuple(j.strip() for j in jumps.split(",")) if jumps and jumps.lower() != "none" else (),
-        proxy_command=found.get("proxycommand") if str(found.get("proxycommand", "none")).lower() != "none" else None,
-        known_hosts_files=known_files + (SYSTEM_KNOWN_HOSTS,),
-        accept_new=strict in ("accept-new", "no", "off") or ours.get("accept_new_host", "").lower() in ("yes", "true"),
-        python=python or ours.get("python") or "python3",
-        connect_timeout=float(found.get("connecttimeout") or ours.get("connect_timeout") or 10),
-        ssh_config=ssh_config,
-    )
-    if accept_new is not None and accept_new:
-        settings = replace(settings, accept_new=True)
-    return settings
 
 
 def _tcp_socket(settings: HostSettings) -> socket.socket:
@@ -209,8 +100,8 @@ class SshConnection:
             transport.close()
             raise HostError(settings.alias, f"SSH handshake with {settings.hostname}:{settings.port} failed ({exc}); is it an SSH server?") from None
         try:
-            self._check_host_key(transport)
-            self._authenticate(transport)
+            check_host_key(settings, transport.get_remote_server_key())
+            authenticate(settings, transport)
         except BaseException:
             transport.close()
             if self._jump is not None:
@@ -219,89 +110,6 @@ class SshConnection:
         transport.set_keepalive(2)
         self.transport = transport
         return self
-
-    def _check_host_key(self, transport: paramiko.Transport) -> None:
-        settings = self.settings
-        key = transport.get_remote_server_key()
-        name = settings.known_hosts_name
-        known = paramiko.HostKeys()
-        for path in settings.known_hosts_files:
-            if os.path.exists(path):
-                try:
-                    known.load(path)
-                except OSError:
-                    continue
-        entry = known.lookup(name)
-        fingerprint = key.fingerprint
-        if entry is not None:
-            if entry.get(key.get_name()) == key:
-                return
-            raise HostKeyError(
-                settings.alias,
-                f"THE HOST KEY OF {name} HAS CHANGED (now {key.get_name()} {fingerprint}); refused. If the host was"
-                f" really rebuilt, remove its old line with `ssh-keygen -R '{name}'` and connect again",
-                changed=True,
-            )
-        if not settings.accept_new:
-            raise HostKeyError(
-                settings.alias,
-                f"unknown host key for {name} ({key.get_name()} {fingerprint}); refused. Check the fingerprint, then"
-                " accept it with --accept-new-host (or StrictHostKeyChecking accept-new in ~/.ssh/config)",
-                changed=False,
-            )
-        self._remember(name, key)
-
-    def _remember(self, name: str, key: paramiko.PKey) -> None:
-        path = self.settings.known_hosts_files[0]
-        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(descriptor, "a") as known_hosts:
-            known_hosts.write(f"{name} {key.get_name()} {key.get_base64()}\n")
-
-    def _candidate_keys(self) -> list[tuple[str, paramiko.PKey | None, str]]:
-        """(label, key or None, why not loaded) in the order OpenSSH tries them."""
-        candidates: list[tuple[str, paramiko.PKey | None, str]] = []
-        if not self.settings.identities_only:
-            try:
-                for agent_key in paramiko.Agent().get_keys():
-                    candidates.append((f"agent key {agent_key.get_name()}", agent_key, ""))
-            except paramiko.SSHException:
-                pass
-        paths = list(self.settings.identity_files)
-        if not paths or not self.settings.identities_only:
-            paths += [os.path.expanduser(f"~/.ssh/{name}") for name in DEFAULT_KEYS if os.path.expanduser(f"~/.ssh/{name}") not in paths]
-        for path in paths:
-            if not os.path.exists(path):
-                continue
-            try:
-                candidates.append((path, paramiko.PKey.from_path(path), ""))
-            except paramiko.PasswordRequiredException:
-                candidates.append((path, None, "encrypted: load it into ssh-agent"))
-            except (paramiko.SSHException, OSError, ValueError) as exc:
-                candidates.append((path, None, f"unreadable: {exc}"))
-        return candidates
-
-    def _authenticate(self, transport: paramiko.Transport) -> None:
-        settings = self.settings
-        tried: list[str] = []
-        for label, key, why_not in self._candidate_keys():
-            if key is None:
-                tried.append(f"{label} ({why_not})")
-                continue
-            try:
-                transport.auth_publickey(settings.user, key)
-            except paramiko.AuthenticationException:
-                tried.append(label)
-                continue
-            except paramiko.SSHException as exc:
-                raise HostError(settings.alias, f"authentication failed ({exc})") from None
-            if transport.is_authenticated():
-                return
-        raise AuthenticationError(
-            settings.alias,
-            f"{settings.user}@{settings.hostname} refused every key tried ({', '.join(tried) or 'no key found'}); put your"
-            " public key in ~/.ssh/authorized_keys there, or name the right one with IdentityFile in ~/.ssh/config",
-        )
 
     # -- using it ---------------------------------------------------------------------
     @property
