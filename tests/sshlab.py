@@ -201,7 +201,7 @@ class SshLab:
         behind_jump: bool = True,
         user: str = "rjtest",
         sshd_options: Sequence[str] = (),
-        lock_timeout: float = 30.0,
+        lock_timeout: Optional[float] = None,
     ) -> None:
         if not 0 <= namespace_hosts <= MAX_NAMESPACE_HOSTS:
             raise ValueError(f"namespace_hosts must be 0..{MAX_NAMESPACE_HOSTS}")
@@ -211,7 +211,8 @@ class SshLab:
         self.behind_jump = behind_jump
         self.user = user
         self.sshd_options = list(sshd_options)  # extra sshd_config lines, e.g. "RekeyLimit 64M"
-        self.lock_timeout = lock_timeout
+        # RJOBS_LAB_LOCK_TIMEOUT: how long to wait for another lab (several test runs on one machine)
+        self.lock_timeout = lock_timeout if lock_timeout is not None else float(os.environ.get("RJOBS_LAB_LOCK_TIMEOUT") or 30)
         self.python = "/usr/bin/python3"
         self.uid: int = -1
         self.home = ""
