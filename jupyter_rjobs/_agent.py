@@ -402,15 +402,27 @@ def format_error(exc: BaseException, filename: str) -> Dict[str, Any]:
     lines: List[str] = []
     if "IPython" in sys.modules or _ipython_available():
         try:
-            from IPython.core.ultratb import FormattedTB
-
-            formatter = FormattedTB(mode="Context", color_scheme="Linux")
-            lines = formatter.structured_traceback(type(exc), exc, tb)
-        except Exception:
-            lines = []
+            lines = _ipython_traceback(exc, tb)
+        except Exception as why:  # noqa: BLE001 - say so, then the plain traceback below
+            lines = [f"(IPython could not format this traceback: {type(why).__name__}: {why})"]
+            lines += "".join(traceback.format_exception(type(exc), exc, tb)).rstrip("\n").split("\n")
     if not lines:
         lines = "".join(traceback.format_exception(type(exc), exc, tb)).rstrip("\n").split("\n")
     return {"ename": type(exc).__name__, "evalue": str(exc), "traceback": lines}
+
+
+def _ipython_traceback(exc: BaseException, tb: Any) -> List[str]:
+    """IPython's coloured, contextual traceback lines, on IPython 8 (``color_scheme``) and 9
+    (``theme_name``)."""
+    import inspect
+
+    from IPython.core.ultratb import FormattedTB
+
+    if "theme_name" in inspect.signature(FormattedTB).parameters:
+        formatter = FormattedTB(mode="Context", theme_name="linux")
+    else:
+        formatter = FormattedTB(mode="Context", color_scheme="Linux")
+    return list(formatter.structured_traceback(type(exc), exc, tb))
 
 
 def _ipython_available() -> bool:

@@ -42,9 +42,8 @@ def load(shell: Any) -> None:
     manager = get_manager(shell)
     shell.register_magics(RJobMagics(shell, manager))
     _route_display(shell)
-    if install_routing not in shell.events.callbacks["pre_run_cell"]:
-        # a cell may have swapped sys.stdout (%%capture does); route thread jobs again before the next
-        shell.events.register("pre_run_cell", install_routing)
+    _unregister_callbacks(shell)  # %reload_ext: never twice
+    shell.events.register("pre_run_cell", _route_before_cell)
     manager.prewarm()
     host = os.environ.get("JUPYTER_RJOBS_ENTER")
     if host:  # a kernel spec made with `jupyter rjobs install-kernel --host HOST`
@@ -70,8 +69,26 @@ def unload(shell: Any) -> None:
         manager = _managers.pop(shell, None)
     if manager is not None:
         manager.shutdown()
-    if install_routing in shell.events.callbacks["pre_run_cell"]:
-        shell.events.unregister("pre_run_cell", install_routing)
+    _unregister_callbacks(shell)
+
+
+def _route_before_cell(info: Any = None) -> None:
+    """pre_run_cell callback: a cell may have swapped sys.stdout (``%%capture`` does), so thread
+    jobs are routed again before each cell. Takes IPython's ``info`` (IPython 9 passes it and no
+    longer adapts callbacks without parameters; IPython 8 passes it to callbacks that accept it)."""
+    install_routing()
+
+
+_route_before_cell._rjobs_callback = True  # type: ignore[attr-defined]
+
+
+def _unregister_callbacks(shell: Any) -> None:
+    """Remove every callback this extension registered, also one an older copy of this module
+    registered (``%reload_ext``) or one IPython wrapped: they carry ``_rjobs_callback``."""
+    callbacks = shell.events.callbacks["pre_run_cell"]
+    for callback in list(callbacks):
+        if getattr(callback, "_rjobs_callback", False) or getattr(getattr(callback, "__wrapped__", None), "_rjobs_callback", False):
+            callbacks.remove(callback)
 
 
 def _route_display(shell: Any) -> None:

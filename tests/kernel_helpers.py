@@ -30,6 +30,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
 from jupyter_rjobs._agent import descendants  # the package's own /proc walk
+from user_sees import ERROR_LINE, assert_user_sees_no_noise, from_kernel
 
 __all__ = [
     "CellResult",
@@ -150,15 +151,21 @@ class KernelSession:
         self.last: CellResult | None = None
 
     # -- running cells ---------------------------------------------------------------
-    def run(self, code: str, timeout: float = 30.0, allow_errors: bool = False) -> list[Output]:
+    def run(self, code: str, timeout: float = 30.0, allow_errors: bool = False, allow_stderr: bool = False) -> list[Output]:
         """Execute ``code`` as a notebook cell; returns its outputs (stream, display_data,
-        execute_result, error), in order. Unless ``allow_errors``, an error output fails."""
+        execute_result, error), in order. What the user sees is checked (tests/user_sees.py):
+        unless ``allow_errors`` an error output or a traceback fails, unless ``allow_stderr``
+        any stderr fails, and an ``Error in callback`` always fails."""
         cell = self.submit(code)
         self.wait(cell, timeout)
         if not allow_errors and (errors(cell.outputs) or cell.reply.get("status") != "ok"):
             raise AssertionError(
                 f"cell failed (reply status {cell.reply.get('status')!r}):\n{code}\noutputs:\n{describe(cell.outputs)}"
             )
+        seen = from_kernel(cell.outputs, code.strip().splitlines()[0][:60] if code.strip() else "cell", allow_stderr=allow_stderr)
+        if allow_errors:
+            seen.allowed_errors = tuple(seen.errors) + tuple(ERROR_LINE.findall(strip_ansi(seen.stdout)))
+        assert_user_sees_no_noise([seen])
         return cell.outputs
 
     def submit(self, code: str) -> CellResult:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from user_sees import assert_user_sees_no_noise, from_transcript
+
 
 def test_the_demo_runs_every_magic_and_exits_cleanly():
     done = subprocess.run(
@@ -18,3 +20,5 @@ def test_the_demo_runs_every_magic_and_exits_cleanly():
     assert "ZeroDivisionError: division by zero" in out
     assert "Removed job 1 (crunch), job 2 (squares)" in out
     assert "UsageError" not in out + done.stderr
+    # what the user sees: only the failing job's traceback, shown by `receive oops`; no callback errors, no stderr
+    assert_user_sees_no_noise(from_transcript(out, done.stderr, {"receive oops": ["ZeroDivisionError"]}))

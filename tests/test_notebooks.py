@@ -3,7 +3,8 @@ checks particular to some of them.
 
 A new notebook is picked up by itself. Conventions it can use:
 - a cell tagged ``shows-job-error`` may show an error output (a failed job's traceback, shown by
-  ``receive``); anywhere else an error output fails the test; a cell that itself raises fails
+  ``receive``), and one tagged ``shows-stderr`` may show stderr; anywhere else an error output, a
+  traceback, stderr or an ``Error in callback`` fails the test (tests/user_sees.py); a cell that itself raises fails
   nbclient unless tagged ``raises-exception``;
 - notebook metadata ``"rjobs": {"needs": ["ssh"]}`` runs it only with the real-sshd lab
   (the ``ssh`` marker); its hosts then come from the lab's ssh_config (``JUPYTER_RJOBS_SSH_CONFIG``).
@@ -18,6 +19,8 @@ from typing import Any, Callable
 import nbformat
 import pytest
 from nbclient import NotebookClient
+
+from user_sees import assert_user_sees_no_noise, from_notebook
 
 NOTEBOOK_DIR = Path(__file__).parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
@@ -69,6 +72,7 @@ def test_every_notebook_runs_top_to_bottom(path: Path, executed: Callable[[Path]
         if output.output_type == "error"
     ]
     assert stray_errors == []
+    assert_user_sees_no_noise(from_notebook(notebook, path.name))
     assert notebook.metadata.get("kernelspec", {}).get("name") == "python3"  # JupyterLab opens it without asking
 
 
