@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The README's test command (and CI's, through .ci/run): set up what every test tier needs, then run
+# the whole suite in two fresh virtual environments, never the machine's own site-packages:
+#
+#   newest  the built wheel (not the checkout: what the package forgot to ship fails here),
+#           installed with --upgrade and no pins, so a new upstream release that breaks us fails;
+#   oldest  an editable checkout with the lowest versions pyproject.toml declares (ipython,
+#           ipykernel, ipywidgets, paramiko, dill, jupyter_client), pinned with a constraints file.
+#
+# Each leg runs `pip check`, prints the versions it tests, and fails when any test fails.
+# As root it installs the system packages the tiers need (OpenSSH server and client, nftables,
+# iproute2, PAM's TOTP module and oathtool, Chromium). Without root it says, in one line, which tiers
+# it skips and why, and runs the rest.
+#
+#   RJOBS_LEGS="newest"      run one leg only (default: "newest oldest")
+#   RJOBS_VENVS=DIR          where the venvs go (default: .venvs, recreated each run)
+#   PYTHON=python3.12        the interpreter the venvs are made from
+#   extra arguments          are passed to pytest, e.g. `bash tests/run.sh -x -k kernel`
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$repo"
+legs="${RJOBS_LEGS:-newest oldest}"
+venvs="${RJOBS_VENVS:-$repo/.venvs}"
+python="${PYTHON:-python3}"
+# the versions the oldest leg pins: the lower bounds in pyproject.toml of these distributions
+oldest_of="ipython ipykernel ipywidgets paramiko dill jupyter_client"
+
+system_packages="openssh-server openssh-client nftables iproute2 procps libpam-google-authenticator oathtool"
+browser_packages="chromium"
+select=()
+if [ "$(id -u)" = 0 ]; then
+    missing=""
+    for package in $system_packages $browser_packages; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing="$missing $package"
+    done
+    if [ -n "$missing" ]; then
+        echo "== apt-get install:$missing"
+        apt-get update -q >/dev/null || { echo "apt-get update failed" >&2; exit 1; }
+        # shellcheck disable=SC2086
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $system_packages >/dev/null \
+            || { echo "apt-get install of $system_packages failed" >&2; exit 1; }
+        # chromium with its recommended packages (fonts), as ../shared/browser-testing-notes.md measured
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q $browser_packages >/dev/null \
+            || { echo "apt-get install of $browser_packages failed" >&2; exit 1; }
+    fi
+    mkdir -p /run/sshd && chmod 755 /run/sshd
+else
+    echo "== not root: skipping the ssh, namespace and browser tiers (they need root to install OpenSSH and Chromium and to create network namespaces; run as root to include them)"
+    select=(-m "not ssh and not browser")
+fi
+
+lowest_constraints() {
+    "$python" - "$oldest_of" <<'EOF'
+import re, sys, tomllib
+wanted = {name.lower().replace("_", "-") for name in sys.argv[1].split()}
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+requirements = list(project["dependencies"]) + [r for extra in project["optional-dependencies"].values() for r in extra]
+for requirement in requirements:
+    match = re.match(r"\s*([A-Za-z0-9_.-]+)\s*>=\s*([^,;\s]+)", requirement)
+    if match and match.group(1).lower().replace("_", "-") in wanted:
+        print(f"{match.group(1)}=={match.group(2)}")
+EOF
+}
+
+run_leg() {
+    local leg="$1"; shift
+    local venv="$venvs/$leg"
+    echo "== leg $leg: a fresh venv in $venv"
+    rm -rf "$venv"
+    "$python" -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --upgrade pip
+    case "$leg" in
+        newest)
+            "$venv/bin/python" -m pip wheel -q --no-deps -w "$venv/dist" "$repo"
+            local wheel
+            wheel=$(ls "$venv"/dist/jupyter_rjobs-*.whl)
+            "$venv/bin/python" -m pip install -q --upgrade --upgrade-strategy eager "$wheel[test]"
+            export RJOBS_EXPECT_INSTALL=wheel ;;
+        oldest)
+            lowest_constraints > "$venv/constraints.txt"
+            echo "== pins: $(tr '\n' ' ' < "$venv/constraints.txt")"
+            "$venv/bin/python" -m pip install -q -e "$repo[test]" -c "$venv/constraints.txt"
+            export RJOBS_EXPECT_INSTALL=editable ;;
+        *) echo "unknown leg $leg (newest or oldest)" >&2; exit 2 ;;
+    esac
+    "$venv/bin/python" -m pip check
+    echo "== leg $leg tests: $("$venv/bin/python" -m pip list --format=freeze 2>/dev/null \
+        | grep -iE '^(ipython|ipykernel|ipywidgets|jupyter.client|jupyterlab|paramiko|dill|pytest)==' | tr '\n' ' ')"
+    # pytest from outside the checkout, so `import jupyter_rjobs` (and `python -m jupyter_rjobs` in
+    # the demo test) gets the installed package, not the source tree beside it
+    (cd "$venv" && "$venv/bin/python" -m pytest -c "$repo/pyproject.toml" --rootdir "$repo" -p no:cacheprovider \
+        ${select[@]+"${select[@]}"} "$@" "$repo/tests")
+}
+
+for leg in $legs; do
+    run_leg "$leg" "$@"
+done
+echo "== every leg passed: $legs"

@@ -1,0 +1,37 @@
+"""The suite tests what it says it tests: the built wheel in the newest leg, the checkout in the
+oldest (tests/run.sh sets RJOBS_EXPECT_INSTALL), and the wheel carries what runs on hosts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import jupyter_rjobs
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+EXPECT = os.environ.get("RJOBS_EXPECT_INSTALL", "")
+
+
+def test_the_package_under_test_is_the_one_the_leg_installed():
+    if not EXPECT:
+        pytest.skip("RJOBS_EXPECT_INSTALL is not set (tests/run.sh sets it to wheel or editable)")
+    where = Path(jupyter_rjobs.__file__).resolve()
+    if EXPECT == "wheel":
+        assert CHECKOUT not in where.parents, f"the wheel leg imported the checkout: {where}"
+        assert "site-packages" in where.parts
+    else:
+        assert CHECKOUT in where.parents, where
+    # a fresh interpreter started elsewhere (as the demo and kernels are) imports the same copy
+    done = subprocess.run([sys.executable, "-c", "import jupyter_rjobs; print(jupyter_rjobs.__file__)"],
+                          capture_output=True, text=True, cwd="/", check=True)
+    assert Path(done.stdout.strip()).resolve() == where
+
+
+def test_what_runs_on_hosts_ships_with_the_package():
+    package = Path(jupyter_rjobs.__file__).parent
+    assert (package / "_agent.py").is_file()
+    from jupyter_rjobs import _remote_backend  # noqa: F401 - builds the upload from the installed files
