@@ -21,10 +21,10 @@ def test_the_package_under_test_is_the_one_the_leg_installed():
         pytest.skip("RJOBS_EXPECT_INSTALL is not set (tests/run.sh sets it to wheel or editable)")
     where = Path(jupyter_rjobs.__file__).resolve()
     if EXPECT == "wheel":
-        assert CHECKOUT not in where.parents, f"the wheel leg imported the checkout: {where}"
-        assert "site-packages" in where.parts
+        assert where.parent != CHECKOUT / "jupyter_rjobs", f"the wheel leg imported the checkout: {where}"
+        assert "site-packages" in where.parts, where
     else:
-        assert CHECKOUT in where.parents, where
+        assert where.parent == CHECKOUT / "jupyter_rjobs", where
     # a fresh interpreter started elsewhere (as the demo and kernels are) imports the same copy
     done = subprocess.run([sys.executable, "-c", "import jupyter_rjobs; print(jupyter_rjobs.__file__)"],
                           capture_output=True, text=True, cwd="/", check=True)
