@@ -5,7 +5,8 @@
 #   newest  the built wheel (not the checkout: what the package forgot to ship fails here),
 #           installed with --upgrade and no pins, so a new upstream release that breaks us fails;
 #   oldest  an editable checkout with the lowest versions pyproject.toml declares (ipython,
-#           ipykernel, ipywidgets, paramiko, dill, jupyter_client), pinned with a constraints file.
+#           ipykernel, ipywidgets, paramiko, dill, jupyter_client), pinned with a constraints file,
+#           on the oldest Python it declares (3.9) where this machine has one (pyenv's, say).
 #
 # Each leg runs `pip check`, prints the versions it tests, and fails when any test fails.
 # As root it installs the system packages the tiers need (OpenSSH server and client, nftables,
@@ -14,7 +15,8 @@
 #
 #   RJOBS_LEGS="newest"      run one leg only (default: "newest oldest")
 #   RJOBS_VENVS=DIR          where the venvs go (default: .venvs, recreated each run)
-#   PYTHON=python3.12        the interpreter the venvs are made from
+#   PYTHON=python3.12        the interpreter the newest leg's venv is made from
+#   PYTHON_OLDEST=PATH       the oldest leg's (default: a Python 3.9 found here, else $PYTHON)
 #   extra arguments          are passed to pytest, e.g. `bash tests/run.sh -x -k kernel`
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -50,24 +52,32 @@ else
 fi
 
 lowest_constraints() {
-    "$python" - "$oldest_of" <<'EOF'
-import re, sys, tomllib
-wanted = {name.lower().replace("_", "-") for name in sys.argv[1].split()}
-project = tomllib.load(open("pyproject.toml", "rb"))["project"]
-requirements = list(project["dependencies"]) + [r for extra in project["optional-dependencies"].values() for r in extra]
-for requirement in requirements:
-    match = re.match(r"\s*([A-Za-z0-9_.-]+)\s*>=\s*([^,;\s]+)", requirement)
-    if match and match.group(1).lower().replace("_", "-") in wanted:
-        print(f"{match.group(1)}=={match.group(2)}")
-EOF
+    # "name>=version" in pyproject.toml, for the distributions in $oldest_of, as name==version
+    local name
+    for name in $oldest_of; do
+        grep -oiE "\"${name//_/[-_]}>=[^\",;]+" pyproject.toml | head -1 | sed -E 's/^"//; s/>=/==/'
+    done
+}
+
+oldest_python() {
+    if [ -n "${PYTHON_OLDEST:-}" ]; then echo "$PYTHON_OLDEST"; return; fi
+    local candidate
+    for candidate in python3.9 "$(pyenv root 2>/dev/null || echo /nonexistent)"/versions/3.9*/bin/python3; do
+        if "$candidate" -c 'import sys, venv; assert sys.version_info[:2] == (3, 9)' >/dev/null 2>&1; then
+            echo "$candidate"; return
+        fi
+    done
+    echo "$python"
 }
 
 run_leg() {
     local leg="$1"; shift
     local venv="$venvs/$leg"
-    echo "== leg $leg: a fresh venv in $venv"
+    local interpreter="$python"
+    [ "$leg" = oldest ] && interpreter="$(oldest_python)"
+    echo "== leg $leg: a fresh venv in $venv, from $("$interpreter" --version 2>&1) ($interpreter)"
     rm -rf "$venv"
-    "$python" -m venv "$venv"
+    "$interpreter" -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip
     case "$leg" in
         newest)

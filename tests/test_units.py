@@ -187,5 +187,17 @@ def test_the_agent_is_stdlib_only_and_python39_syntax():
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             top_level.add(node.module.split(".")[0])
     allowed_third_party = {"dill", "IPython"}  # both imported lazily, only where present
-    third_party = {m for m in top_level if m not in sys.stdlib_module_names} - allowed_third_party
+    stdlib = getattr(sys, "stdlib_module_names", None) or _stdlib_names()  # the attribute is Python 3.10+
+    third_party = {m for m in top_level if m not in stdlib} - allowed_third_party
     assert third_party == set()
+
+
+def _stdlib_names() -> set[str]:
+    """The standard library's top-level names on Python 3.9 (no sys.stdlib_module_names): what
+    lives in the stdlib directory, plus the built-in modules."""
+    import sysconfig
+    from pathlib import Path
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    names = {p.stem if p.suffix == ".py" else p.name for p in stdlib.iterdir() if p.name != "site-packages"}
+    return names | set(sys.builtin_module_names)
