@@ -194,10 +194,11 @@ def test_the_agent_is_stdlib_only_and_python39_syntax():
 
 def _stdlib_names() -> set[str]:
     """The standard library's top-level names on Python 3.9 (no sys.stdlib_module_names): what
-    lives in the stdlib directory, plus the built-in modules."""
+    lives in the stdlib directory and its lib-dynload (extension modules), plus the built-in modules."""
     import sysconfig
     from pathlib import Path
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    names = {p.stem if p.suffix == ".py" else p.name for p in stdlib.iterdir() if p.name != "site-packages"}
+    files = [*stdlib.iterdir(), *(stdlib / "lib-dynload").iterdir()]
+    names = {p.name.split(".")[0] for p in files if p.name != "site-packages"}
     return names | set(sys.builtin_module_names)
