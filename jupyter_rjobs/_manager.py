@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import builtins
 import collections
 import concurrent.futures
 import enum
@@ -337,7 +338,7 @@ class JobManager(RemoteOps):
         has_more_data: bool | None = None,
         kind: JobKind | str | None = None,
         include_children: bool = False,
-    ) -> list[Job]:
+    ) -> builtins.list[Job]:
         """The jobs, filtered: by id or name (wildcards: ``crunch*``), state, HasMoreData, kind."""
         candidates = self.resolve(jobs, missing_ok=True) if jobs is not None else self._all_jobs()
         if not include_children:
@@ -363,7 +364,7 @@ class JobManager(RemoteOps):
             raise AmbiguousJobError(str(spec), [j.id for j in found])
         return found[0]
 
-    def resolve(self, specs: JobSpec | Sequence[JobSpec] | None, *, missing_ok: bool = False) -> list[Job]:
+    def resolve(self, specs: JobSpec | Sequence[JobSpec] | None, *, missing_ok: bool = False) -> builtins.list[Job]:
         """Jobs named by ids, names or wildcard patterns (all that match), in id order, no repeats."""
         if specs is None:
             return [j for j in self._all_jobs() if j.parent is None]
@@ -378,7 +379,7 @@ class JobManager(RemoteOps):
                 found.setdefault(job.id, job)
         return [found[i] for i in sorted(found)]
 
-    def _match(self, spec: int | str) -> list[Job]:
+    def _match(self, spec: int | str) -> builtins.list[Job]:
         everything = self._all_jobs()
         if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
             return [j for j in everything if j.id == int(spec)]
@@ -407,7 +408,7 @@ class JobManager(RemoteOps):
         wait: bool = False,
         auto_remove: bool = False,
         timeout: float | None = None,
-    ) -> list[Record]:
+    ) -> builtins.list[Record]:
         """The records the jobs produced since the last receive (``keep``: and leave them unreceived).
 
         ``wait`` collects until the jobs end (see :meth:`follow` to get them as they come);
@@ -456,7 +457,7 @@ class JobManager(RemoteOps):
                 self._activity.wait(0.25 if remaining is None else min(remaining, 0.25))
 
     # -- stopping and removing ------------------------------------------------------------
-    def stop(self, jobs: JobSpec | Sequence[JobSpec] | None, *, grace: float | None = None) -> list[Job]:
+    def stop(self, jobs: JobSpec | Sequence[JobSpec] | None, *, grace: float | None = None) -> builtins.list[Job]:
         """Stop jobs (and their children): Stopping, then Stopped. Waits up to ``grace`` seconds,
         then kills. Returns the jobs; one still Stopping is a thread stuck in C code."""
         grace = self.stop_grace if grace is None else grace
@@ -484,7 +485,7 @@ class JobManager(RemoteOps):
 
     def remove(
         self, jobs: JobSpec | Sequence[JobSpec] | None, *, force: bool = False, state: JobState | str | None = None
-    ) -> list[Job]:
+    ) -> builtins.list[Job]:
         """Forget finished jobs and their records. A running job is refused unless ``force``, which stops it first.
 
         ``state`` removes only the jobs in that state (with ``jobs=None``: all of them).
