@@ -6,6 +6,7 @@ Only the plain API is used here; test_magics.py drives the same through IPython.
 from __future__ import annotations
 
 import concurrent.futures
+import sys
 import time
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from helpers import wait_until
 from jupyter_rjobs import (
     EventKind,
+    HostError,
     JobCodeError,
     JobError,
     JobManager,
@@ -355,8 +357,25 @@ def test_notebook_functions_lambdas_and_classes_travel(start_sending):
         exec_ns,
     )
     namespace = {k: exec_ns[k] for k in ("Point", "double", "square")}
+    host_python = _host_python(start_sending)
+    if host_python and host_python.split(".")[:2] != sys.version.split()[0].split(".")[:2]:
+        # code objects load only on the same Python version (the oldest leg's 3.9 kernel, 3.11 hosts):
+        # refused at start, saying so, and no job is created
+        before = len(start_sending.manager.list())
+        with pytest.raises(HostError, match=r"\(defined in the notebook\) can only be sent to the same Python version") as refused:
+            start_sending("square(double(Point(3)).x)", namespace=namespace)
+        assert all(repr(name) in str(refused.value) for name in namespace) and host_python in str(refused.value)
+        assert len(start_sending.manager.list()) == before
+        return
     job = start_sending("square(double(Point(3)).x)", namespace=namespace)
     assert job.result(timeout=30) == 36
+
+
+def _host_python(starter) -> str:
+    """The Python version the starter's host runs, as the host itself reported it ('' for local kinds)."""
+    if starter.host is None:
+        return ""
+    return starter.manager.backend("remote").connection(starter.host).python_version
 
 
 def test_push_names_the_variables_and_no_push_sends_none(start_sending):
