@@ -11,6 +11,7 @@ ProxyJump as one setting, IgnoreUnknown, the defaults, and token expansion where
 from __future__ import annotations
 
 import glob
+import grp
 import os
 import pwd
 import re
@@ -82,10 +83,8 @@ class _Reader:
             raise ConfigError("Too many recursive configuration includes")
         try:
             with open(path, "rb") as handle:
-                if flags & CHECKPERM:
-                    st = os.fstat(handle.fileno())
-                    if (st.st_uid not in (0, os.getuid())) or st.st_mode & 0o022:
-                        raise ConfigError(f"Bad owner or permissions on {path}")
+                if flags & CHECKPERM and not _secure(os.fstat(handle.fileno())):
+                    raise ConfigError(f"Bad owner or permissions on {path}")
                 data = handle.read()
         except IsADirectoryError:
             return True
@@ -121,8 +120,8 @@ class _Reader:
             active[0] = False if flags & NEVERMATCH else result
         elif keyword == "include":
             self._include(args, active, flags, depth, where)
-        elif keyword == "proxycommand":
-            if active[0] and self.opts.proxy_command is None and self.opts.jump_host is None:
+        elif keyword == "proxycommand":  # a ProxyJump taken earlier set it to "none"
+            if active[0] and self.opts.proxy_command is None:
                 self.opts.proxy_command = rest.lstrip(WS + "=")
         elif keyword == "proxyjump":
             self._jump(rest.lstrip(WS + "="), active[0], where)
@@ -275,26 +274,26 @@ class _Reader:
                 active[0] = outer  # a Host/Match inside the included file ends with it
 
     def _jump(self, text: str, active: bool, where: str) -> None:
+        """ProxyJump as Debian's 9.2p1 (with the 10.3 backport) and 10.3 read it: ``none`` blocks a
+        later ProxyJump only; a hop list is taken only if no ProxyCommand/ProxyJump came first."""
         opts = self.opts
-        active = active and opts.proxy_command is None and opts.jump_host is None
-        hops = text.split("#", 1)[0].rstrip().split(",")
-        last = None
-        if text.lower() != "none":
-            for hop in reversed(hops):
-                parsed = parse_hop(hop)
-                if parsed is None:
-                    raise ConfigError(f'{where}: Invalid ProxyJump "{text}"')
-                last = last or parsed
-        if not active:
+        if text.lower() == "none":
+            if active and opts.jump_host is None:
+                opts.jump_host, opts.jump_port = "none", 0
             return
-        if last is None:
-            opts.jump_host, opts.jump_port = "none", 0
+        hops = text.split("#", 1)[0].rstrip()
+        last = None
+        for hop in reversed(hops.split(",")):
+            parsed = parse_hop(hop)
+            if parsed is None:
+                raise ConfigError(f'{where}: Invalid ProxyJump "{text}"')
+            last = last or parsed
+        if not (active and opts.proxy_command is None and opts.jump_host is None) or last is None:
             return
         opts.jump_user, opts.jump_host, opts.jump_port = last
         opts.proxy_command = "none"
-        cut = text.rfind(",")
-        if cut > 0:
-            opts.jump_extra = text[:cut]
+        if "," in hops:
+            opts.jump_extra = hops[: hops.rfind(",")]
 
 
 def python_options(
@@ -386,6 +385,27 @@ def _check_agent(arg: str, where: str) -> None:
         raise ConfigError(f"{where}: Invalid environment expansion {arg}.") from None
     if arg.startswith("$") and not arg.startswith("${") and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", arg[1:]):
         raise ConfigError(f"{where}: Invalid environment name {arg}.")
+
+
+def _secure(st: os.stat_result) -> bool:
+    """Owned by root or us, not world-writable; group-writable only if that group is ours alone
+    (Debian's rule for user private groups; upstream OpenSSH refuses any group write)."""
+    uid = os.getuid()
+    if st.st_uid not in (0, uid) or st.st_mode & 0o002:
+        return False
+    if not st.st_mode & 0o020:
+        return True
+    try:
+        group = grp.getgrgid(st.st_gid)
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        return False
+    primary = [entry.pw_uid for entry in pwd.getpwall() if entry.pw_gid == st.st_gid]
+    if any(member != uid for member in primary):
+        return False
+    if group.gr_mem and (group.gr_mem[0] != owner or len(group.gr_mem) > 1):
+        return False
+    return bool(primary or group.gr_mem)
 
 
 def _run_exec(command: str, where: str) -> int:
