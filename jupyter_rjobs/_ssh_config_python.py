@@ -11,7 +11,6 @@ ProxyJump as one setting, IgnoreUnknown, the defaults, and token expansion where
 from __future__ import annotations
 
 import glob
-import grp
 import os
 import pwd
 import re
@@ -22,6 +21,8 @@ from typing import Optional
 from ._ssh_config_rules import (
     CHOICES,
     a2port,
+    convtime,
+    secure_file,
     KEYWORDS,
     ConfigError,
     argv_split,
@@ -30,6 +31,8 @@ from ._ssh_config_rules import (
     match_pattern_list,
     parse_hop,
     strdelim,
+    valid_hostname,
+    valid_ruser,
 )
 from ._ssh_tokens import ExpandError, LocalUser, client_tokens, dollar_expand, percent_expand, tilde_expand
 
@@ -83,7 +86,7 @@ class _Reader:
             raise ConfigError("Too many recursive configuration includes")
         try:
             with open(path, "rb") as handle:
-                if flags & CHECKPERM and not _secure(os.fstat(handle.fileno())):
+                if flags & CHECKPERM and not secure_file(os.fstat(handle.fileno())):
                     raise ConfigError(f"Bad owner or permissions on {path}")
                 data = handle.read()
         except IsADirectoryError:
@@ -162,7 +165,7 @@ class _Reader:
                 raise ConfigError(f"{where}: integer value invalid.")
             value = str(int(arg))
         elif keyword == "connecttimeout":
-            seconds = -1 if arg == "none" else _convtime(arg)
+            seconds = -1 if arg == "none" else convtime(arg)
             if seconds is None:
                 raise ConfigError(f"{where}: invalid time value.")
             value = "none" if seconds == -1 else str(seconds)
@@ -301,6 +304,10 @@ def python_options(
 ) -> dict[str, list[str]]:
     """What ``ssh -G [-F config] [-l user] [-p port] host_arg`` prints for the settings we use.
     Raises :class:`ConfigError` (one line) where ssh would refuse the configuration."""
+    if not valid_hostname(host_arg):
+        raise ConfigError("hostname contains invalid characters")
+    if user and not valid_ruser(user):
+        raise ConfigError("remote username contains invalid characters")
     opts = _Options()
     if user:
         opts.values["user"] = user
@@ -387,27 +394,6 @@ def _check_agent(arg: str, where: str) -> None:
         raise ConfigError(f"{where}: Invalid environment name {arg}.")
 
 
-def _secure(st: os.stat_result) -> bool:
-    """Owned by root or us, not world-writable; group-writable only if that group is ours alone
-    (Debian's rule for user private groups; upstream OpenSSH refuses any group write)."""
-    uid = os.getuid()
-    if st.st_uid not in (0, uid) or st.st_mode & 0o002:
-        return False
-    if not st.st_mode & 0o020:
-        return True
-    try:
-        group = grp.getgrgid(st.st_gid)
-        owner = pwd.getpwuid(st.st_uid).pw_name
-    except KeyError:
-        return False
-    primary = [entry.pw_uid for entry in pwd.getpwall() if entry.pw_gid == st.st_gid]
-    if any(member != uid for member in primary):
-        return False
-    if group.gr_mem and (group.gr_mem[0] != owner or len(group.gr_mem) > 1):
-        return False
-    return bool(primary or group.gr_mem)
-
-
 def _run_exec(command: str, where: str) -> int:
     """``Match exec``: ``$SHELL -c CMD`` with stdin and stdout on /dev/null; its exit status."""
     shell = os.environ.get("SHELL") or "/bin/sh"
@@ -432,16 +418,6 @@ def _glob_tilde(pattern: str, local: LocalUser) -> str:
         except KeyError:
             return pattern
     return home.rstrip("/") + "/" + rest if slash else home
-
-
-def _convtime(text: str) -> Optional[int]:
-    """OpenSSH's convtime: ``90``, ``1m30s``, ``2h``; None when malformed."""
-    units = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    parts = re.findall(r"(\d+)([sSmMhHdDwW]?)", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        return None
-    total = sum(int(n) * units[u.lower()] for n, u in parts)
-    return total if total < 2**31 else None
 
 
 def _is_addr(name: str) -> bool:

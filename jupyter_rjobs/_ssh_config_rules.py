@@ -1,8 +1,12 @@
 """The small rules of OpenSSH's config syntax (misc.c, match.c, readconf.c): how a line splits
-into words, how patterns match, which keywords exist, which values a choice accepts."""
+into words, how patterns match, which keywords exist, which values a choice, a port, a time or a
+ProxyJump hop accepts, which names ssh allows on its command line, which file modes it trusts."""
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
 import re
 import socket
 from typing import Optional
@@ -18,6 +22,10 @@ __all__ = [
     "match_hostname",
     "parse_hop",
     "a2port",
+    "valid_hostname",
+    "valid_ruser",
+    "convtime",
+    "secure_file",
 ]
 
 WS = " \t\r\n"
@@ -222,3 +230,52 @@ def parse_hop(text: str) -> Optional[tuple[Optional[str], str, int]]:
     if tail and port <= 0:
         return None
     return user, host, port
+
+
+def valid_hostname(name: str) -> bool:
+    """ssh's check of the host given on its command line: no shell metacharacters."""
+    return not name.startswith("-") and not any(c in "'`\"$\\;&<>|(){}," or c.isspace() or ord(c) < 32 or ord(c) == 127
+                                                for c in name)
+
+
+def valid_ruser(name: str) -> bool:
+    """ssh's check of a user given on its command line (-l, user@)."""
+    if name.startswith("-") or name.endswith("\\"):
+        return False
+    for i, c in enumerate(name):
+        if ord(c) < 32 or ord(c) == 127 or c in "'`\";&<>|(){}":
+            return False
+        if c.isspace() and name[i + 1:i + 2] == "-":
+            return False
+    return True
+
+
+def secure_file(st: os.stat_result) -> bool:
+    """Owned by root or us, not world-writable; group-writable only if that group is ours alone
+    (Debian's rule for user private groups; upstream OpenSSH refuses any group write)."""
+    uid = os.getuid()
+    if st.st_uid not in (0, uid) or st.st_mode & 0o002:
+        return False
+    if not st.st_mode & 0o020:
+        return True
+    try:
+        group = grp.getgrgid(st.st_gid)
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        return False
+    primary = [entry.pw_uid for entry in pwd.getpwall() if entry.pw_gid == st.st_gid]
+    if any(member != uid for member in primary):
+        return False
+    if group.gr_mem and (group.gr_mem[0] != owner or len(group.gr_mem) > 1):
+        return False
+    return bool(primary or group.gr_mem)
+
+
+def convtime(text: str) -> Optional[int]:
+    """OpenSSH's convtime: ``90``, ``1m30s``, ``2h``; None when malformed."""
+    units = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    parts = re.findall(r"(\d+)([sSmMhHdDwW]?)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    total = sum(int(n) * units[u.lower()] for n, u in parts)
+    return total if total < 2**31 else None

@@ -153,6 +153,8 @@ CASES: list[Case] = [
     _c("error-extra-arguments", "errors", "Host target\n  Port 22 23\n"),
     _c("error-bad-match-attribute", "errors", "Match colour blue\n  Port 2\n"),
     _c("error-match-all-combined", "errors", "Match host a user b all\n  Port 2\n"),
+    _c("error-host-shell-characters", "errors", "Host *\n  Port 2293\n", spec="tar$get"),
+    _c("error-user-shell-characters", "errors", "Host *\n  Port 2294\n", spec="bad;user@target"),
     _c("error-missing-config-file", "errors", "", missing_config=True),
     _c("default-config-group-writable", "default-config", "Host target\n  Port 2293\n", default_config=True,
        config_mode=0o664),
