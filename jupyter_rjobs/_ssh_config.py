@@ -24,6 +24,7 @@ __all__ = ["HostSettings", "resolve_host", "parse_host_spec", "hosts_config_path
 HOSTS_CONFIG_ENV = "JUPYTER_RJOBS_HOSTS"
 RESOLVER_ENV = "JUPYTER_RJOBS_SSH_RESOLVER"
 RESOLVERS = ("openssh", "python")
+_READERS = {"openssh": "ssh -G", "python": "jupyter_rjobs' own reader"}
 DEFAULT_CONNECT_TIMEOUT = 10.0  # ssh waits for the system's TCP timeout; a job should not
 
 
@@ -155,9 +156,8 @@ def resolve_host(
             options = python_options(name, config=ssh_config, user=user, port=port, local=local)
         return _settings(spec, name, options, ours, local, ssh_config=ssh_config, python=python,
                          accept_new=bool(accept_new), resolved_by=chosen)
-    except (ConfigError, ExpandError) as exc:
-        where = ssh_config or "~/.ssh/config"
-        raise HostError(spec, f"{exc}; fix {where} (resolved by {chosen})") from None
+    except (ConfigError, ExpandError) as exc:  # the message names the file and line, or the name
+        raise HostError(spec, f"{exc} (ssh_config read by {_READERS[chosen]})") from None
 
 
 def _settings(

@@ -3,7 +3,7 @@ both of our resolvers and with OpenSSH (``ssh -G``, ``ssh -vvv``). No expected v
 here: OpenSSH says what each configuration means.
 
 In a case, ``{D}`` is the case's own directory and ``{H}`` the home directory ssh sees (a
-temporary one). ``config`` is written to ``{D}/cfg`` (used as ``-F``), or to ``~/.ssh/config``
+temporary one; ``{D}`` may also appear in ``env``). ``config`` is written to ``{D}/cfg`` (used as ``-F``), or to ``~/.ssh/config``
 when ``default_config`` (then ssh reads it and /etc/ssh/ssh_config, with no ``-F``). ``files``
 are more files: a name starting with ``~/`` goes to the home directory.
 """
@@ -77,6 +77,9 @@ CASES: list[Case] = [
        files={"in.conf": "Host other\n  User other-user\n"}),
     _c("include-inside-match", "include", "Match host target\n  Include {D}/in.conf\n",
        files={"in.conf": "HostName matched.example\n"}),
+    _c("include-tilde-is-HOME-not-passwd-home", "include", "Include ~/inc.conf rel.conf\nHost target\n  IdentityFile ~/k\n",
+       env={"HOME": "{D}/otherhome"},
+       files={"otherhome/inc.conf": "Host target\n  Port 2231\n", "otherhome/.ssh/rel.conf": "Host target\n  User rel\n"}),
     _c("include-multiple-args", "include", "Include {D}/x.conf {D}/y.conf\n",
        files={"x.conf": "Host target\n  User x\n", "y.conf": "Host target\n  User y\n  Port 2230\n"}),
     # -- Match -----------------------------------------------------------------------------------

@@ -247,7 +247,8 @@ def run_case(oracle: Oracle, case: Case, resolvers: dict[str, Resolver], raw: bo
     """Write the case, ask OpenSSH, ask each resolver (and with ``raw`` the pure-Python reader's
     ``-G`` lines); remove what was written to the home. {resolver: disagreements}."""
     old_env = {key: os.environ.get(key) for key in case.env}
-    os.environ.update(case.env)
+    folder = oracle.base / "cases" / case.name
+    os.environ.update({key: value.replace("{D}", str(folder)) for key, value in case.env.items()})
     setup = write_case(oracle, case)
     try:
         answer = ask_openssh(oracle, case, setup.config)
