@@ -30,6 +30,7 @@ from ._manager import EventKind, JobEvent, JobManager, WaitResult
 from ._records import Record, RecordKind
 from ._registry import LeftJob
 from ._sessions import Availability, Session, SessionState
+from ._ssh_config import HostSettings, resolve_host
 from ._table import JobTable
 
 __version__ = "0.1.0"
@@ -41,6 +42,7 @@ __all__ = [
     "EventKind",
     "HostError",
     "HostKeyError",
+    "HostSettings",
     "Job",
     "JobCodeError",
     "JobError",
@@ -67,6 +69,7 @@ __all__ = [
     "load_ipython_extension",
     "panel",
     "progress",
+    "resolve_host",
     "unload_ipython_extension",
 ]
 

@@ -11,6 +11,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from ._errors import RJobError
+from ._host_magics import HOST_SUBCOMMANDS, HostMagics
 from ._ipython import Renderer
 from ._job import Job, JobKind, JobState
 from ._manager import JobManager
@@ -113,6 +114,7 @@ _SUBCOMMANDS: dict[str, Callable[[], None]] = {
     "remove": _remove_args,
     **SESSION_SUBCOMMANDS,
     "panel": _panel_args,
+    **HOST_SUBCOMMANDS,
 }
 
 
@@ -137,7 +139,7 @@ def _parse(func: Callable[[], None], line: str) -> Any:
 
 
 @magics_class
-class RJobMagics(SessionMagics, Magics):
+class RJobMagics(SessionMagics, HostMagics, Magics):
     def __init__(self, shell: Any, manager: JobManager) -> None:
         super().__init__(shell)
         self.manager = manager
