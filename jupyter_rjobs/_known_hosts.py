@@ -224,14 +224,17 @@ class KnownHosts:
 
     def __init__(self, settings: HostSettings) -> None:
         self.settings = settings
-        self.user_files = tuple(settings.known_hosts_files)
-        self.global_files = tuple(settings.global_known_hosts_files) or DEFAULT_GLOBAL_FILES
+        # "UserKnownHostsFile none" (or GlobalKnownHostsFile none): no such files at all
+        given = tuple(settings.global_known_hosts_files)
+        self.global_files = tuple(f for f in given if f.lower() != "none") if given else DEFAULT_GLOBAL_FILES
+        # a global file is never the user's (nothing is ever written to a system file)
+        self.user_files = tuple(f for f in settings.known_hosts_files if f.lower() != "none" and f not in self.global_files)
         alias = (settings.host_key_alias or "").lower()
         hostname = settings.hostname.lower()
         self.name = alias or (hostname if settings.port == 22 else f"[{hostname}]:{settings.port}")
         # OpenSSH also accepts a bare-name line on another port, unless HostKeyAlias is set
         self.bare_name = hostname if not alias and settings.port != 22 else None
-        self.lines = read_known_hosts(self.user_files + tuple(f for f in self.global_files if f not in self.user_files))
+        self.lines = read_known_hosts(self.user_files + self.global_files)
 
     def known_key_types(self) -> list[str]:
         """Host key algorithms known for this host, to be preferred in the handshake (as
@@ -276,6 +279,9 @@ class KnownHosts:
                 f" host certificates; refused. Check its key ({what}) and add it for {self.name} to {self._user_file()}",
                 changed=False,
             )
+        if settings.accept_new and not self.user_files:  # OpenSSH: nowhere to record it, so refused
+            raise HostKeyError(settings.alias, f"unknown host key for {self.name} ({what}) and UserKnownHostsFile is none, so it"
+                               " cannot be remembered; refused. Name a UserKnownHostsFile for this host in ~/.ssh/config", changed=False)
         if not settings.accept_new:
             raise HostKeyError(
                 settings.alias,

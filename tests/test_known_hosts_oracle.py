@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import pytest
 
 from jupyter_rjobs._errors import HostError, HostKeyError
-from jupyter_rjobs._known_hosts import AcceptNew, AcceptNewHost
+from jupyter_rjobs._known_hosts import DEFAULT_GLOBAL_FILES, AcceptNew, AcceptNewHost
 from jupyter_rjobs._ssh import SshConnection, resolve_host
 from sshlab import SshLab
 
@@ -72,6 +72,7 @@ VARIANTS = [
     # names
     Variant("exact", "server01", {"user": ("{server01} {server01.key}",)}),
     Variant("exact-port22", "nshost2", {"user": ("{nshost2} {nshost2.key}",)}),
+    Variant("bracketed-port22", "nshost2", {"user": ("[{nshost2}]:22 {nshost2.key}",)}),
     Variant("hashed", "server01", {"user": ("{server01.hashed} {server01.key}",)}),
     Variant("hashed-port22", "nshost2", {"user": ("{nshost2.hashed} {nshost2.key}",)}),
     Variant("hashed-other-host", "nshost2", {"user": ("{nshost3.hashed} {nshost2.key}",)}),
@@ -123,6 +124,9 @@ VARIANTS = [
     Variant("wrong-in-user-right-in-global", "server01", {"user": ("{server01} {wrong}",), "global": ("{server01} {server01.key}",)},
             needs=("global",)),
     Variant("no-files", "server01", {}),
+    Variant("user-file-none-accept-new", "server01", {}, config={"server01": ("UserKnownHostsFile none",)}, accept=True),
+    Variant("user-file-none-known-in-global", "server01", {"global": ("{server01} {server01.key}",)},
+            config={"server01": ("UserKnownHostsFile none",)}, needs=("global",)),
     # HostKeyAlias
     Variant("host-key-alias", "server01", {"user": ("lab-alias.example {server01.key}",)}, config={"server01": ALIAS}, needs=("alias",)),
     Variant("host-key-alias-real-name-only", "server01", {"user": ("{server01} {server01.key}",)}, config={"server01": ALIAS},
@@ -260,6 +264,14 @@ def our_verdict(config: str, target: str, accept: AcceptNewHost) -> tuple[bool, 
     return True, None
 
 
+def _system_files() -> dict[str, tuple[int, int] | None]:
+    """(size, mtime) of the machine's global known_hosts files: nothing may ever write there."""
+    found: dict[str, tuple[int, int] | None] = {}
+    for path in DEFAULT_GLOBAL_FILES:
+        found[path] = (os.stat(path).st_size, os.stat(path).st_mtime_ns) if os.path.exists(path) else None
+    return found
+
+
 def _file_texts(root: Path) -> dict[str, str | None]:
     return {key: (root / name).read_text() if (root / name).exists() else None for key, name in FILES.items()}
 
@@ -271,7 +283,7 @@ def _params() -> Iterator[Any]:
         yield pytest.param(variant, id=variant.id, marks=marks)
 
 
-FIXES = ("--accept-new-host=", "ssh-keygen -R", "@revoked", "does not check host certificates")
+FIXES = ("--accept-new-host=", "ssh-keygen -R", "@revoked", "does not check host certificates", "Name a UserKnownHostsFile")
 
 
 @pytest.mark.parametrize("variant", list(_params()))
@@ -279,8 +291,10 @@ def test_known_hosts_verdict_agrees_with_openssh(variant: Variant, ssh_lab: SshL
     ssh_config = write_side(ssh_lab, names, variant, tmp_path / "openssh", _accepted_aliases(variant))
     our_config = write_side(ssh_lab, names, variant, tmp_path / "ours", set())
     assert _file_texts(tmp_path / "openssh") == _file_texts(tmp_path / "ours")
+    system_files = _system_files()
     theirs, their_stderr = openssh_verdict(ssh_config, variant.target)
     ours, error = our_verdict(our_config, variant.target, variant.accept)
+    assert _system_files() == system_files
     assert ours == theirs, f"OpenSSH {'connected' if theirs else 'refused'} ({their_stderr.strip()[-300:]}); we said {error}"
     # what accept-new wrote (or not) is the same, byte for byte
     assert _file_texts(tmp_path / "ours") == _file_texts(tmp_path / "openssh")
