@@ -20,7 +20,7 @@ from typing import Any, Callable, Protocol, Sequence
 from . import _agent
 from ._agent import read_frame, write_frame
 from ._errors import HostError
-from ._ssh import HostSettings, SshConnection
+from ._ssh import AcceptNewHost, HostSettings, SshConnection
 
 __all__ = ["HostConnection", "FrameTarget"]
 
@@ -94,8 +94,11 @@ class _ChannelWriter:
 class HostConnection:
     """A host's connection and agent server, shared by all jobs and sessions on it."""
 
-    def __init__(self, settings: HostSettings, on_lost: Callable[[HostConnection], None] | None = None) -> None:
+    def __init__(
+        self, settings: HostSettings, on_lost: Callable[[HostConnection], None] | None = None, accept_new_host: AcceptNewHost = False
+    ) -> None:
         self.settings = settings
+        self._accept_new_host = accept_new_host  # which hops may accept an unknown key (first contact only)
         self.host = settings.alias
         self.server_pid = 0
         self._on_lost = on_lost
@@ -114,7 +117,7 @@ class HostConnection:
 
     # -- first contact ------------------------------------------------------------------
     def open(self) -> HostConnection:
-        self.connection = SshConnection(self.settings).open()
+        self.connection = SshConnection(self.settings, self._accept_new_host).open()
         try:
             agent_dir, python_path = self._install()
             command = (

@@ -16,12 +16,13 @@ from ._ipython import Renderer
 from ._job import Job, JobKind, JobState
 from ._manager import JobManager
 from ._namespace import parse_names
-from ._session_magics import SESSION_SUBCOMMANDS, SessionMagics
+from ._session_magics import ACCEPT_NEW_HELP, SESSION_SUBCOMMANDS, SessionMagics, accept_new_option
 from ._table import JobDetails, JobTable, LeftJobTable
 
 __all__ = ["RJobMagics"]
 
 _STATES = ", ".join(s.value for s in JobState)
+_BARE_ACCEPT_NEW = re.compile(r"(?<!\S)--accept-new-host(?=\s|$)")
 
 
 @magic_arguments(name="rjob start")
@@ -34,7 +35,7 @@ _STATES = ", ".join(s.value for s in JobState)
 @argument("--host", metavar="HOSTS", help="run on SSH hosts: [user@]host[:port] or ~/.ssh/config aliases, a,b,c for several (Invoke-Command -AsJob)")
 @argument("--cache", choices=["kernel", "remote"], default="kernel", help="where a remote job's output is kept until received (default kernel)")
 @argument("--python", metavar="PATH", help="the Python to run on the hosts (default python3)")
-@argument("--accept-new-host", action="store_true", help="accept and remember the key of a host not in known_hosts")
+@argument("--accept-new-host", nargs="?", const="", metavar="HOSTS", help=ACCEPT_NEW_HELP)
 @argument("--detached", action="store_true", help="a remote job that outlives this kernel; `%%rjob connect HOST` adopts it in another")
 @argument("--session", metavar="S", help="run in this session's interpreter, on its host (its variables live on)")
 def _start_args() -> None:
@@ -130,6 +131,7 @@ def _usage() -> str:
 
 
 def _parse(func: Callable[[], None], line: str) -> Any:
+    line = _BARE_ACCEPT_NEW.sub("--accept-new-host=", line)  # names only with `=`: never eat the next word
     try:
         return parse_argstring(func, line)
     except UsageError:
@@ -176,11 +178,12 @@ class RJobMagics(SessionMagics, HostMagics, Magics):
         if args.host and args.session:
             raise UsageError("a session job runs on the session's host: give --session S or --host H, not both")
         remote: dict[str, Any] = {}
+        accept_new = accept_new_option(args.accept_new_host)
         if args.host or args.session:
             kind = JobKind.REMOTE
-            remote = {"host": args.host, "cache": args.cache, "python": args.python, "accept_new_host": args.accept_new_host,
+            remote = {"host": args.host, "cache": args.cache, "python": args.python, "accept_new_host": accept_new,
                       "detached": args.detached, "session": args.session}
-        elif args.cache != "kernel" or args.python or args.accept_new_host or args.detached:
+        elif args.cache != "kernel" or args.python or accept_new or args.detached:
             raise UsageError("--cache, --python, --detached and --accept-new-host are for remote jobs; add --host HOST")
         else:
             kind = JobKind.THREAD if args.thread else JobKind.PROCESS

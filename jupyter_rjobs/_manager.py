@@ -230,7 +230,7 @@ class JobManager(RemoteOps):
         host: str | Sequence[str] | None = None,
         cache: str = "kernel",
         python: str | None = None,
-        accept_new_host: bool = False,
+        accept_new_host: bool | str | Sequence[str] = False,
         detached: bool = False,
         session: Session | int | str | None = None,
     ) -> Job:
@@ -240,7 +240,9 @@ class JobManager(RemoteOps):
         a thread job runs in a shallow copy of it; process and remote jobs get the variables it
         reads, or those named by ``push`` (``[]``: none). ``host`` (one, a list, or "a,b,c")
         makes a remote job; several hosts make a parent job with one child per host.
-        ``cache="remote"`` keeps a remote job's records on its host until received. ``detached``
+        ``cache="remote"`` keeps a remote job's records on its host until received.
+        ``accept_new_host`` lets hosts with an unknown key be accepted (and remembered): ``True``
+        the target hosts, ``"jump1,server01"`` (or a list) exactly the hosts named, jump hosts too. ``detached``
         remote jobs outlive the kernel (``connect`` in a new one adopts them). ``session`` runs the
         job in a session's lasting interpreter, on its host. Bad code, an unsendable variable or
         an unusable host raises before any job exists.

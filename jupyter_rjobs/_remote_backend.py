@@ -28,7 +28,7 @@ from ._job import Job, JobKind, JobState
 from ._namespace import capture_variables, serialize_variables
 from ._records import Record, RecordKind, RecordStream
 from ._sessions import Session, SessionState
-from ._ssh import resolve_host
+from ._ssh import AcceptNewHost, resolve_host
 
 __all__ = ["RemoteBackend", "RemoteRunner"]
 
@@ -269,8 +269,9 @@ class RemoteBackend(Backend):
     def _key(self, host: str, python: str | None) -> ConnectionKey:
         return (host, python or "", self.ssh_config or "")
 
-    def connection(self, host: str, python: str | None = None, accept_new: bool = False) -> HostConnection:
-        """The open connection to ``host`` (connecting on first use; ssh_config is read only then)."""
+    def connection(self, host: str, python: str | None = None, accept_new: AcceptNewHost = False) -> HostConnection:
+        """The open connection to ``host`` (connecting on first use; ssh_config is read only then).
+        ``accept_new`` says which of its hops may accept an unknown host key (see AcceptNew)."""
         key = self._key(host, python)
         existing = self._connections.get(key)
         if existing is not None and existing.alive:
@@ -281,9 +282,9 @@ class RemoteBackend(Backend):
             existing = self._connections.get(key)
             if existing is not None and existing.alive:
                 return existing
-            settings = resolve_host(host, ssh_config=self.ssh_config, python=python, accept_new=accept_new)
+            settings = resolve_host(host, ssh_config=self.ssh_config, python=python)
             with self._connecting:
-                connection = HostConnection(settings, on_lost=lambda c, key=key: self._lost(key, c)).open()
+                connection = HostConnection(settings, on_lost=lambda c, key=key: self._lost(key, c), accept_new_host=accept_new).open()
             connection.python = python  # type: ignore[attr-defined]
             self._connections[key] = connection
             return connection
@@ -352,7 +353,7 @@ class RemoteBackend(Backend):
         hosts: Sequence[str] = (),
         cache: str = "kernel",
         python: str | None = None,
-        accept_new_host: bool = False,
+        accept_new_host: AcceptNewHost = False,
         session: Session | None = None,
     ) -> _RemotePrepared:
         if cache not in ("kernel", "remote"):
@@ -408,12 +409,12 @@ class RemoteBackend(Backend):
         runner.reattach(connection, force=force)
         return runner
 
-    def listing(self, host: str, python: str | None = None, accept_new: bool = False) -> dict[str, Any]:
+    def listing(self, host: str, python: str | None = None, accept_new: AcceptNewHost = False) -> dict[str, Any]:
         """What this user left on ``host``: its job spools and its sessions."""
         return self.connection(host, python, accept_new).request({"op": "list"}, "listing")
 
     # -- sessions -------------------------------------------------------------------------
-    def open_session(self, session: Session, accept_new: bool = False) -> None:
+    def open_session(self, session: Session, accept_new: AcceptNewHost = False) -> None:
         connection = self.connection(session.host, session.python, accept_new)
         reply = connection.request(
             {"op": "session_new", "session": str(session.instance), "name": session.name, "kernel": os.getpid(), "host": session.host}, "session_state"

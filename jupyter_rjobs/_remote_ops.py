@@ -54,7 +54,9 @@ class RemoteOps:
             raise SessionNotFoundError(spec, [s.name for s in self.sessions()])
         return found[0]
 
-    def new_session(self, host: str, *, name: str | None = None, python: str | None = None, accept_new_host: bool = False) -> Session:
+    def new_session(
+        self, host: str, *, name: str | None = None, python: str | None = None, accept_new_host: bool | str | Sequence[str] = False
+    ) -> Session:
         """Open a lasting interpreter on ``host`` (PowerShell's New-PSSession)."""
         if name is not None and any(s.name == name for s in self.sessions()):
             raise UsageProblem(f"a session named {name!r} exists already; pick another --name or close it first")
@@ -123,7 +125,7 @@ class RemoteOps:
         namespace: Mapping[str, Any] | None = None,
         push: Sequence[str] | None = None,
         on_record: Callable[[Job, Record], None] | None = None,
-        accept_new_host: bool = False,
+        accept_new_host: bool | str | Sequence[str] = False,
     ) -> Any:
         """Run ``code`` now (PowerShell's Invoke-Command): in a session, or on hosts; returns its value
         (``{host: value}`` for several hosts). Records go to ``on_record`` as they come. Ctrl-C stops it."""

@@ -15,7 +15,17 @@ from ._namespace import parse_names
 from ._sessions import SessionState
 from ._table import JobTable, SessionTable
 
-__all__ = ["SessionMagics", "SESSION_SUBCOMMANDS"]
+__all__ = ["SessionMagics", "SESSION_SUBCOMMANDS", "ACCEPT_NEW_HELP", "accept_new_option"]
+
+ACCEPT_NEW_HELP = (
+    "accept and remember an unknown host key: bare, for the target host(s) only; --accept-new-host=jump1,server01"
+    " for exactly the hosts named (jump hosts too). A changed or revoked key is always refused"
+)
+
+
+def accept_new_option(value: str | None) -> bool | str:
+    """--accept-new-host's value: False (not given), True (bare: the targets), or the hosts named."""
+    return False if value is None else value or True
 
 
 @magic_arguments(name="rjob session")
@@ -23,7 +33,7 @@ __all__ = ["SessionMagics", "SESSION_SUBCOMMANDS"]
 @argument("target", nargs="?", help="the host (new) or the session's id or name (close)")
 @argument("--name", help="the session's name (default Session<Id>)")
 @argument("--python", metavar="PATH", help="the Python to run on the host (default python3)")
-@argument("--accept-new-host", action="store_true", help="accept and remember the key of a host not in known_hosts")
+@argument("--accept-new-host", nargs="?", const="", metavar="HOSTS", help=ACCEPT_NEW_HELP)
 def _session_args() -> None:
     """Sessions: a lasting Python interpreter on a host that keeps its variables (New-PSSession,
     Get-PSSession, Remove-PSSession). `%rjob session new HOST --name s1`, `%rjob session list`,
@@ -35,7 +45,7 @@ def _session_args() -> None:
 @argument("--host", metavar="HOSTS", help="run on these hosts now: a,b,c; returns {host: value} for several")
 @argument("--push", metavar="NAMES", help="send exactly these notebook variables: a,b")
 @argument("--no-push", action="store_true", help="send no notebook variables")
-@argument("--accept-new-host", action="store_true", help="accept and remember the key of a host not in known_hosts")
+@argument("--accept-new-host", nargs="?", const="", metavar="HOSTS", help=ACCEPT_NEW_HELP)
 def _invoke_args() -> None:
     """Run the cell now in a session or on hosts, output live, value returned (Invoke-Command).
     Ctrl-C (interrupt the kernel) stops it."""
@@ -91,9 +101,10 @@ class SessionMagics:
         if args.action == "new":
             if not args.target:
                 raise UsageError("name the host: %rjob session new HOST [--name NAME]")
-            session = self.manager.new_session(args.target, name=args.name, python=args.python, accept_new_host=args.accept_new_host)
+            accept_new = accept_new_option(args.accept_new_host)
+            session = self.manager.new_session(args.target, name=args.name, python=args.python, accept_new_host=accept_new)
             return SessionTable([session])
-        if args.name or args.python or args.accept_new_host:
+        if args.name or args.python or args.accept_new_host is not None:
             raise UsageError(f"--name, --python and --accept-new-host are for `session new`, not `session {args.action}`")
         if args.action == "list":
             sessions = [self.manager.refresh_session(s) if s.state is SessionState.Opened else s for s in self.manager.sessions()]
@@ -128,7 +139,7 @@ class SessionMagics:
         try:
             return self.manager.invoke(
                 code, session=args.session, host=args.host, namespace=self.shell.user_ns, push=push, on_record=show,
-                accept_new_host=args.accept_new_host,
+                accept_new_host=accept_new_option(args.accept_new_host),
             )
         except (JobError, JobStoppedError):
             return None  # its traceback (or stop) was shown with its output
