@@ -297,7 +297,7 @@ class KnownHosts:
     def _remember(self, key: paramiko.PKey) -> None:
         """Append the line OpenSSH would write (hashed under HashKnownHosts yes) to the first user file."""
         path = self._user_file()
-        name = _hash_name(self.name) if getattr(self.settings, "hash_known_hosts", False) else self.name
+        name = _hash_name(self.name) if self.settings.hash_known_hosts else self.name
         try:
             os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
             descriptor = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)

@@ -49,6 +49,7 @@ class HostSettings:
     strict_host_key_checking: str = "ask"  # as ssh -G prints it: true, false, accept-new, ask
     accept_new: bool = False  # an unknown key of THIS hop may be accepted and remembered
     batch_mode: bool = False
+    hash_known_hosts: bool = False  # HashKnownHosts: lines we add to known_hosts are hashed
     pubkey_authentication: bool = True
     password_authentication: bool = True
     kbd_interactive_authentication: bool = True
@@ -199,6 +200,7 @@ def _settings(
         accept_new=accept_new or strict in ("accept-new", "false")
         or ours.get("accept_new_host", "").strip().lower() in ("yes", "true", "1"),
         batch_mode=first.get("batchmode") == "yes",
+        hash_known_hosts=first.get("hashknownhosts") == "yes",
         pubkey_authentication=first.get("pubkeyauthentication", "true") != "false",
         password_authentication=first.get("passwordauthentication", "yes") == "yes",
         kbd_interactive_authentication=first.get("kbdinteractiveauthentication", "yes") == "yes",
@@ -232,7 +234,7 @@ def settings_lines(settings: HostSettings) -> list[str]:
 
     lines = [
         f"host {settings.alias}", f"user {settings.user}", f"hostname {settings.hostname}", f"port {settings.port}",
-        f"batchmode {yes(settings.batch_mode)}", f"identitiesonly {yes(settings.identities_only)}",
+        f"batchmode {yes(settings.batch_mode)}", f"hashknownhosts {yes(settings.hash_known_hosts)}", f"identitiesonly {yes(settings.identities_only)}",
         f"kbdinteractiveauthentication {yes(settings.kbd_interactive_authentication)}",
         f"passwordauthentication {yes(settings.password_authentication)}",
         f"pubkeyauthentication {'true' if settings.pubkey_authentication else 'false'}",

@@ -340,7 +340,7 @@ def _dump(opts: _Options, host: str, host_arg: str, local: LocalUser) -> dict[st
     alias = values["hostkeyalias"].lower() if "hostkeyalias" in values else None
     tokens = client_tokens(local, host=host, host_arg=host_arg, port=port, user=user, key_alias=alias or host_arg)
     out: dict[str, list[str]] = {"host": [host_arg], "user": [user], "hostname": [host], "port": [str(port)]}
-    for key, default in (("batchmode", "no"), ("identitiesonly", "no"), ("kbdinteractiveauthentication", "yes"),
+    for key, default in (("batchmode", "no"), ("hashknownhosts", "no"), ("identitiesonly", "no"), ("kbdinteractiveauthentication", "yes"),
                          ("passwordauthentication", "yes"), ("pubkeyauthentication", "true"),
                          ("stricthostkeychecking", "ask"), ("numberofpasswordprompts", "3"),
                          ("canonicalizehostname", "false"), ("connecttimeout", "none")):

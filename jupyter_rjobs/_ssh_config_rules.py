@@ -75,6 +75,7 @@ _FLAG = {"true": "yes", "yes": "yes", "false": "no", "no": "no"}
 # the value a choice accepts -> how ``ssh -G`` prints it
 CHOICES: dict[str, dict[str, str]] = {
     "batchmode": _FLAG,
+    "hashknownhosts": _FLAG,
     "identitiesonly": _FLAG,
     "passwordauthentication": _FLAG,
     "kbdinteractiveauthentication": _FLAG,

@@ -137,6 +137,8 @@ CASES: list[Case] = [
     _c("auth-settings", "auth", "Host target\n  BatchMode yes\n  PubkeyAuthentication no\n  PasswordAuthentication no\n"
        "  KbdInteractiveAuthentication no\n  PreferredAuthentications publickey,password\n  NumberOfPasswordPrompts 1\n"),
     _c("auth-aliases-and-unbound", "auth", "Host target\n  ChallengeResponseAuthentication no\n  PubkeyAuthentication unbound\n"),
+    _c("hash-known-hosts", "known_hosts", "Host target\n  HashKnownHosts yes\nHost other\n  HashKnownHosts true\n"),
+    _c("hash-known-hosts-true", "known_hosts", "Host target\n  HashKnownHosts true\n"),
     _c("connecttimeout-seconds", "timeout", "Host target\n  ConnectTimeout 5\n"),
     _c("connecttimeout-units", "timeout", "Host target\n  ConnectTimeout 1m30s\n"),
     _c("connecttimeout-none", "timeout", "Host target\n  ConnectTimeout none\n"),

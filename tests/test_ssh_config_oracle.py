@@ -36,7 +36,7 @@ from jupyter_rjobs._ssh_tokens import LocalUser
 FIELDS = (
     "hostname", "port", "user", "identity_files", "identities_only", "identity_agent", "proxy_jump", "proxy_command",
     "known_hosts_files", "global_known_hosts_files", "host_key_alias", "strict_host_key_checking", "accept_new",
-    "batch_mode", "pubkey_authentication", "password_authentication", "kbd_interactive_authentication",
+    "batch_mode", "hash_known_hosts", "pubkey_authentication", "password_authentication", "kbd_interactive_authentication",
     "preferred_authentications", "number_of_password_prompts", "connect_timeout",
 )
 OPTIONAL_KEYS = ("proxycommand", "proxyjump", "hostkeyalias", "identityagent", "preferredauthentications")
