@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import atexit
 import builtins
-import collections
 import concurrent.futures
-import enum
 import fnmatch
 import logging
 import os
 import threading
 import time
 import weakref
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
 
 from ._backend import Backend
+from ._events import EventKind, JobEvent, WaitResult
 from ._errors import AmbiguousJobError, JobCodeError, JobNotFoundError, JobStateError, RJobError, UsageProblem
 from ._job import Job, JobKind, JobState
 from ._process_backend import ProcessBackend
 from ._records import Record, RecordKind
+from ._registry import LeftJob
 from ._remote_ops import RemoteOps
 from ._sessions import Session, SessionState
+from ._throttle import Throttle
 from ._thread_backend import ThreadBackend
 
 __all__ = ["JobManager", "JobEvent", "EventKind", "WaitResult", "JobSpec"]
@@ -33,71 +33,7 @@ JobSpec = Union[Job, int, str]
 """A job, its id, or its name (wildcards allowed where several jobs may match)."""
 
 
-class EventKind(enum.Enum):
-    ADDED = "added"
-    STATE = "state"
-    RECORD = "record"
-    REMOVED = "removed"
-
-
-@dataclass(frozen=True)
-class JobEvent:
-    kind: EventKind
-    job: Job
-    old_state: JobState | None = None
-    new_state: JobState | None = None
-    record: Record | None = None
-
-
-class WaitResult(list):  # type: ignore[type-arg]
-    """The jobs that finished (a list), and ``still_running``: those that had not when ``wait`` returned."""
-
-    def __init__(self, finished: Iterable[Job], still_running: Iterable[Job], timed_out: bool) -> None:
-        super().__init__(finished)
-        self.still_running: list[Job] = list(still_running)
-        self.timed_out = timed_out
-
-
-class _Throttle:
-    """At most ``limit`` jobs of one kind run at once; the rest wait NotStarted, in order."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._active: set[Job] = set()
-        self._queue: collections.deque[tuple[Job, Callable[[], None]]] = collections.deque()
-        self._lock = threading.Lock()
-
-    def submit(self, job: Job, launch: Callable[[], None]) -> None:
-        with self._lock:
-            if len(self._active) >= self.limit:
-                self._queue.append((job, launch))
-                return
-            self._active.add(job)
-        launch()
-
-    def finished(self, job: Job) -> None:
-        with self._lock:
-            self._active.discard(job)
-            next_launch = None
-            while self._queue and len(self._active) < self.limit:
-                queued, launch = self._queue.popleft()
-                if queued.state is JobState.NotStarted:
-                    self._active.add(queued)
-                    next_launch = launch
-                    break
-        if next_launch is not None:
-            next_launch()
-
-    def cancel(self, job: Job) -> bool:
-        with self._lock:
-            for entry in self._queue:
-                if entry[0] is job:
-                    self._queue.remove(entry)
-                    return True
-        return False
-
-
-class JobManager(RemoteOps):
+class JobManager:
     """Starts jobs and keeps them: list, get, wait, receive, stop, remove; observable by events.
 
     ``max_thread_jobs``, ``max_process_jobs`` and ``max_remote_jobs`` throttle how many run at
@@ -122,7 +58,7 @@ class JobManager(RemoteOps):
     ) -> None:
         self.stop_grace = stop_grace
         self.reconnect_for = reconnect_for
-        self._sessions: dict[int, Session] = {}
+        self.remote = RemoteOps(self)  # sessions, invoke, disconnect and connect
         self._ssh_config = ssh_config or os.environ.get("JUPYTER_RJOBS_SSH_CONFIG")
         self.max_remote_jobs = max_remote_jobs
         self.max_connecting_hosts = max_connecting_hosts
@@ -130,7 +66,7 @@ class JobManager(RemoteOps):
             JobKind.THREAD: ThreadBackend(max_thread_jobs),
             JobKind.PROCESS: ProcessBackend(max_process_jobs, warm=warm_workers, python=python),
         }
-        self._throttles = {kind: _Throttle(b.max_concurrent) for kind, b in self._backends.items()}
+        self._throttles = {kind: Throttle(b.max_concurrent) for kind, b in self._backends.items()}
         self._jobs: dict[int, Job] = {}
         self._next_id = 1
         self._lock = threading.RLock()
@@ -143,7 +79,7 @@ class JobManager(RemoteOps):
     def add_backend(self, backend: Backend) -> None:
         """Plug in another kind of job (the remote backend, say)."""
         self._backends[backend.kind] = backend
-        self._throttles[backend.kind] = _Throttle(backend.max_concurrent)
+        self._throttles[backend.kind] = Throttle(backend.max_concurrent)
 
     def backend(self, kind: JobKind | str) -> Backend:
         kind = JobKind.parse(kind)
@@ -207,7 +143,7 @@ class JobManager(RemoteOps):
         if new.finished:
             self._throttles[job.kind].finished(job)  # frees a slot (a parent holds none: harmless)
             if job.session is not None:
-                self._job_in_session_ended(job)
+                self.remote.job_in_session_ended(job)
         # readers wait for records and for the end: only a finished job is worth waking them for
         self._emit(JobEvent(EventKind.STATE, job, old_state=old, new_state=new), wake=new.finished)
         if job.parent is not None:
@@ -253,7 +189,7 @@ class JobManager(RemoteOps):
         if session is not None:
             if host is not None or python:
                 raise UsageProblem("a session job runs on the session's host: give --session or --host, not both")
-            in_session = self._session_for_start(session)
+            in_session = self.remote.session_for_start(session)
             host, kind = in_session.host, JobKind.REMOTE
         hosts = _host_list(host)
         if kind is None:
@@ -299,8 +235,8 @@ class JobManager(RemoteOps):
             self._throttles[backend.kind].submit(leaf, lambda leaf=leaf: self._launch(backend, leaf, prepared))
         return job
 
-    def _add_job(self, code: str, kind: JobKind, **job_options: Any) -> Job:
-        """A job that runs already (adopted from a host): registered with the next id."""
+    def add_running_job(self, code: str, kind: JobKind, **job_options: Any) -> Job:
+        """A job that runs already (adopted from a host): registered with the next id, and observed."""
         with self._lock:
             job_id = self._next_id
             self._next_id += 1
@@ -510,6 +446,52 @@ class JobManager(RemoteOps):
             self._emit(JobEvent(EventKind.REMOVED, job))
         return targets
 
+    # -- sessions, invoke, disconnect and connect: the remote side (see _remote_ops.py) -----
+    def sessions(self) -> builtins.list[Session]:
+        """The sessions (PowerShell's Get-PSSession)."""
+        return self.remote.sessions()
+
+    def get_session(self, spec: Session | int | str) -> Session:
+        return self.remote.get_session(spec)
+
+    def new_session(self, host: str, *, name: str | None = None, python: str | None = None,
+                    accept_new_host: bool | str | Sequence[str] = False) -> Session:
+        """Open a lasting interpreter on ``host`` (New-PSSession)."""
+        return self.remote.new_session(host, name=name, python=python, accept_new_host=accept_new_host)
+
+    def close_session(self, spec: Session | int | str) -> Session:
+        return self.remote.close_session(spec)
+
+    def refresh_session(self, session: Session) -> Session:
+        return self.remote.refresh_session(session)
+
+    def invoke(
+        self,
+        code: str,
+        *,
+        session: Session | int | str | None = None,
+        host: str | Sequence[str] | None = None,
+        namespace: Mapping[str, Any] | None = None,
+        push: Sequence[str] | None = None,
+        on_record: Callable[[Job, Record], None] | None = None,
+        accept_new_host: bool | str | Sequence[str] = False,
+    ) -> Any:
+        """Run ``code`` now in a session or on hosts and return its value (Invoke-Command)."""
+        return self.remote.invoke(code, session=session, host=host, namespace=namespace, push=push,
+                                  on_record=on_record, accept_new_host=accept_new_host)
+
+    def disconnect(self, target: Any) -> builtins.list[Job]:
+        """Let go of a session, host or job, which run on there (Disconnect-PSSession)."""
+        return self.remote.disconnect(target)
+
+    def connect(self, target: Any = None, *, force: bool = False, python: str | None = None) -> builtins.list[Job]:
+        """Re-attach sessions, hosts and the jobs left on them (Connect-PSSession)."""
+        return self.remote.connect(target, force=force, python=python)
+
+    def left_jobs(self) -> builtins.list[LeftJob]:
+        """Remote jobs started from other kernels that this one does not follow."""
+        return self.remote.left_jobs()
+
     # -- shutting down --------------------------------------------------------------------
     def shutdown(self, grace: float | None = 1.0) -> None:
         """Stop every running job and end every worker; no process is left behind. Idempotent."""
@@ -520,10 +502,10 @@ class JobManager(RemoteOps):
         running = [j for j in self._all_jobs() if j.parent is None and not j.state.finished and j not in staying]
         if running:
             self.stop(running, grace=grace)
-        for session in self.sessions():
+        for session in self.remote.sessions():
             if session.state is SessionState.Opened:
                 try:
-                    self.close_session(session)
+                    self.remote.close_session(session)
                 except RJobError:
                     pass
         for job in self._all_jobs():

@@ -1,11 +1,14 @@
 """The JobManager's remote side: sessions, invoke, disconnect and connect, jobs left on hosts.
 
-A mixin of :class:`JobManager` (kept apart so each module reads whole); plain Python, no IPython.
+An object the :class:`JobManager` holds (``manager.remote``), which uses only the manager's public
+methods; the manager's own ``sessions``, ``invoke``, ``connect``... hand over to it. Plain Python,
+no IPython.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
@@ -17,28 +20,30 @@ from ._records import Record
 from ._sessions import Session, SessionState
 
 if TYPE_CHECKING:
-    from ._remote_backend import RemoteBackend
+    from ._manager import JobManager
+    from ._remote_backend import RemoteBackend, RemoteRunner
 
 __all__ = ["RemoteOps"]
+
 
 class RemoteOps:
     """Sessions (New-PSSession, Invoke-Command, Disconnect/Connect-PSSession) and re-attaching."""
 
-    _sessions: dict[int, Session]
-
-    # provided by JobManager
-    backend: Callable[..., Any]
-    start: Callable[..., Job]
-    follow: Callable[..., Any]
-    stop: Callable[..., Any]
-    remove: Callable[..., Any]
-    _all_jobs: Callable[[], list[Job]]
-    _add_job: Callable[..., Job]
-    _lock: Any
+    def __init__(self, manager: JobManager) -> None:
+        self._manager = manager
+        self._sessions: dict[int, Session] = {}
+        self._lock = threading.RLock()
 
     @property
     def _remote(self) -> RemoteBackend:
-        return self.backend(JobKind.REMOTE)  # type: ignore[no-any-return]
+        from ._remote_backend import RemoteBackend  # paramiko is imported only when needed
+
+        backend = self._manager.backend(JobKind.REMOTE)
+        assert isinstance(backend, RemoteBackend)
+        return backend
+
+    def _all_jobs(self) -> list[Job]:
+        return self._manager.list(include_children=True)
 
     # -- sessions -------------------------------------------------------------------------
     def sessions(self) -> list[Session]:
@@ -78,7 +83,7 @@ class RemoteOps:
         if session.state is not SessionState.Closed:
             running = [j for j in session.jobs if not j.state.finished]
             if running:
-                self.stop(running)
+                self._manager.stop(running)
             try:
                 self._remote.close_session(session)
             finally:
@@ -99,7 +104,7 @@ class RemoteOps:
                 session.state = state
         return session
 
-    def _session_for_start(self, spec: Session | int | str) -> Session:
+    def session_for_start(self, spec: Session | int | str) -> Session:
         session = self.get_session(spec)
         if session.state is SessionState.Broken:
             raise JobStateError(f"{session.label} is broken: {session.reason}")
@@ -110,7 +115,7 @@ class RemoteOps:
             raise JobStateError(f"{session.label} is busy with {busy.label}; wait for it (%rjob wait {busy.id}) or open another session")
         return session
 
-    def _job_in_session_ended(self, job: Job) -> None:
+    def job_in_session_ended(self, job: Job) -> None:
         session = job.session
         if session is not None and job.state is JobState.Failed and job.error is not None and job.error.ename == "WorkerDied":
             session.set_broken(f"{job.error.evalue}; its variables are gone. Close it (%rjob session close {session.name}) and open a new one")
@@ -131,20 +136,20 @@ class RemoteOps:
         (``{host: value}`` for several hosts). Records go to ``on_record`` as they come. Ctrl-C stops it."""
         if (session is None) == (host is None):
             raise UsageProblem("invoke needs one of --session S or --host H[,H2]")
-        job = self.start(code, session=session, host=host, namespace=namespace, push=push, accept_new_host=accept_new_host)
+        job = self._manager.start(code, session=session, host=host, namespace=namespace, push=push, accept_new_host=accept_new_host)
         try:
-            for record in self.follow(job):
+            for record in self._manager.follow(job):
                 if on_record is not None:
                     on_record(self._leaf_of(job, record), record)
             job.exception()  # wait for the end (the last records came before it)
         except KeyboardInterrupt:
-            self.stop(job)
+            self._manager.stop(job)
             raise
         finally:
             if job.state.finished:
-                self.remove(job)
+                self._manager.remove(job)
         if job.children:
-            return {child.location: child._value for child in job.children if child.state is JobState.Completed}
+            return {child.location: child.result(timeout=0) for child in job.children if child.state is JobState.Completed}
         return job.result()
 
     @staticmethod
@@ -162,7 +167,7 @@ class RemoteOps:
             jobs = [j for j in session.jobs if j.runner is not None]
             for job in jobs:
                 job.detached = True
-                job.runner.release()  # type: ignore[union-attr]
+                _runner(job).release()
             session.state = SessionState.Disconnected
             return jobs
         if isinstance(target, str) and not target.isdigit() and not self._match_jobs(target):
@@ -176,7 +181,7 @@ class RemoteOps:
         jobs = [leaf for job in self._resolve_remote(target) for leaf in job.leaves()]
         for job in jobs:
             job.detached = True
-            job.runner.release()  # type: ignore[union-attr]
+            _runner(job).release()
         return jobs
 
     def connect(self, target: Any = None, *, force: bool = False, python: str | None = None) -> list[Job]:
@@ -189,7 +194,7 @@ class RemoteOps:
             self.refresh_session(session)
             jobs = [j for j in self._disconnected() if j.session is session]
             for job in jobs:
-                job.runner.reattach(connection)  # type: ignore[union-attr]
+                _runner(job).reattach(connection)
             return jobs
         if target is None:
             # left by a kernel that is gone (or by another manager of this process: left_jobs has not ours)
@@ -211,7 +216,7 @@ class RemoteOps:
         followed = []
         for job in self._disconnected():
             if job.location == host:
-                job.runner.reattach(connection, force=force)  # type: ignore[union-attr]
+                _runner(job).reattach(connection, force=force)
                 followed.append(job)
         known = {str(j.instance_id) for j in self._all_jobs() if j.kind is JobKind.REMOTE}
         sessions = self._adopt_sessions(host, python, listing.get("sessions", []))
@@ -220,7 +225,7 @@ class RemoteOps:
                 continue  # followed already, or started on another host that shares this home directory
             if meta.get("attached_elsewhere") and not force:
                 continue
-            job = self._add_job(meta.get("code") or "", JobKind.REMOTE, name=meta.get("name"), location=host,
+            job = self._manager.add_running_job(meta.get("code") or "", JobKind.REMOTE, name=meta.get("name"), location=host,
                                 instance_id=uuid.UUID(meta["instance"]))
             job.detached = bool(meta.get("detached"))
             job.begin_time = datetime.fromtimestamp(meta.get("started") or 0)
@@ -271,16 +276,16 @@ class RemoteOps:
 
     def _match_jobs(self, spec: str) -> list[Job]:
         try:
-            return self.resolve(spec)  # type: ignore[attr-defined,no-any-return]
+            return self._manager.resolve(spec)
         except JobNotFoundError:
             return []
 
     def _resolve_remote(self, target: Any) -> list[Job]:
-        jobs = self.resolve(target)  # type: ignore[attr-defined]
+        jobs = self._manager.resolve(target)
         local = [j.label for j in jobs if j.kind is not JobKind.REMOTE]
         if local:
             raise UsageProblem(f"{', '.join(local)} runs here, not on a host: only remote jobs can be disconnected")
-        return jobs  # type: ignore[no-any-return]
+        return jobs
 
     def _disconnected(self) -> list[Job]:
         return [
@@ -289,3 +294,12 @@ class RemoteOps:
             and (j.state is JobState.Disconnected or getattr(j.runner, "user_disconnected", False))
         ]
 
+
+def _runner(job: Job) -> RemoteRunner:
+    """The remote runner of a remote job (every remote job that started has one)."""
+    from ._remote_backend import RemoteRunner
+
+    runner = job.runner
+    if not isinstance(runner, RemoteRunner):
+        raise JobStateError(f"{job.label} has not started on its host; nothing to disconnect or connect")
+    return runner
