@@ -297,15 +297,19 @@ class CellTarget:
 
     def __init__(self, shell: Any) -> None:
         self.shell = shell
+        self._last_stream: str | None = None
 
     def stream(self, name: str, text: str) -> None:
+        if name != self._last_stream:
+            self.flush()  # a kernel sends stdout and stderr apart: the order is kept by flushing at each switch
+            self._last_stream = name
         (sys.stderr if name == "stderr" else sys.stdout).write(text)
 
     def display(self, data: dict[str, Any], metadata: dict[str, Any]) -> None:
         from IPython.display import publish_display_data
 
         publish: Callable[..., None] = publish_display_data  # IPython has no type hints here
-        sys.stdout.flush()
+        self.flush()
         publish(data=data, metadata=metadata)
 
     def error(self, ename: str, evalue: str, traceback: list[str]) -> None:
@@ -319,6 +323,7 @@ class CellTarget:
         show(type(ename, (Exception,), {}), evalue, list(traceback))
 
     def flush(self) -> None:
+        self._last_stream = None
         sys.stdout.flush()
         sys.stderr.flush()
 
