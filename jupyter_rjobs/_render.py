@@ -47,6 +47,8 @@ MAX_DISPLAY = 4_000_000  # characters of one display's data (all its formats) th
 CUT_NAME = "_rjob_cut"  # the variable that holds, whole, what the last rendering cut
 
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)?")
+_STREAMS = {RecordKind.STDOUT: "stdout", RecordKind.STDERR: "stderr"}  # (module constants: the hot path)
+_VALUE, _DISPLAY, _PROGRESS, _ERROR = RecordKind.VALUE, RecordKind.DISPLAY, RecordKind.PROGRESS, RecordKind.ERROR
 
 
 class Target(Protocol):
@@ -115,33 +117,38 @@ class Renderer:
     def render(self, record: Record) -> None:
         """Show one record (a value is collected; shown too with ``show_values``)."""
         kind = record.kind
-        if kind is RecordKind.VALUE:
+        if kind is _VALUE:
             self.values[record.job_id] = record.data
             if not self.show_values:
                 return
         if self.labelled and record.job_id != self._last_job:
-            self._close_cuts()
-            job = self.jobs.get(record.job_id)
-            where = f" on {job.location}" if job is not None and job.parent is not None else ""
-            self.target.stream("stdout", f"--- {job.label if job else record.job_id}{where} ---\n")
-            self._last_job = record.job_id
-        if kind is RecordKind.STDOUT or kind is RecordKind.STDERR:
-            self._stream(record.job_id, kind.value, str(record.data))
-        elif kind is RecordKind.DISPLAY:
+            self._label(record.job_id)
+        stream = _STREAMS.get(kind)
+        if stream is not None:
+            self._stream(record.job_id, stream, str(record.data))
+        elif kind is _DISPLAY:
             bundle = record.data or {}
             self._display(record.job_id, bundle.get("data") or {}, bundle.get("metadata") or {}, bundle)
-        elif kind is RecordKind.PROGRESS:
+        elif kind is _PROGRESS:
             self._unshown_progress[record.job_id] = record
             shown_at = self._progress_shown_at.get(record.job_id, 0.0)
             if self.streaming and record.time - shown_at >= self.PROGRESS_INTERVAL:
                 self._show_progress(self._unshown_progress.pop(record.job_id))
-        elif kind is RecordKind.VALUE:
+        elif kind is _VALUE:
             from ._agent import mime_bundle
 
             data, metadata = mime_bundle(record.data)
             self._display(record.job_id, data, metadata, record.data)
-        elif kind is RecordKind.ERROR:
+        elif kind is _ERROR:
             self._error(record.job_id, record.data or {})
+
+    def _label(self, job_id: int) -> None:
+        """The line that says whose output follows."""
+        self._close_cuts()
+        job = self.jobs.get(job_id)
+        where = f" on {job.location}" if job is not None and job.parent is not None else ""
+        self.target.stream("stdout", f"--- {job.label if job else job_id}{where} ---\n")
+        self._last_job = job_id
 
     def finish(self) -> None:
         """Show the latest progress not shown yet, close lines that were cut, and flush."""
@@ -160,6 +167,12 @@ class Renderer:
         if line is None:
             line = self._lines[key] = _Line()
         if not line.cut and line.shown + len(text) <= self.max_line:  # the usual case: nothing can be over
+            if text[-1:] == "\n":  # the usual of the usual: whole lines
+                if line.shown:
+                    line.shown = 0
+                    line.parts = []
+                self.target.stream(name, text)
+                return
             end = max(text.rfind("\n"), text.rfind("\r"))
             if end < 0:
                 line.shown += len(text)
