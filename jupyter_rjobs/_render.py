@@ -70,7 +70,7 @@ class Target(Protocol):
 class _Line:
     """The open line of one stream of one job: characters shown, characters cut, its parts."""
 
-    __slots__ = ("shown", "cut", "parts")
+    __slots__ = ("cut", "parts", "shown")
 
     def __init__(self) -> None:
         self.shown = 0
