@@ -1,5 +1,5 @@
-"""IPython integration: one JobManager per shell, display routing for thread jobs, and
-rendering of received records in the cell that receives them."""
+"""IPython integration: one JobManager per shell and display routing for thread jobs (received
+records are shown in the cell by ``_render.py``'s ``CellRenderer``, re-exported here as ``Renderer``)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,11 @@ import os
 import sys
 import threading
 import weakref
-from typing import Any, Iterable
+from typing import Any
 
 from ._agent import current_sink, install_routing
-from ._errors import _ANSI_ESCAPE
-from ._job import Job
 from ._manager import JobManager
-from ._records import Record, RecordKind
+from ._render import CellRenderer as Renderer  # the one renderer of records (_render.py); this name for its callers
 
 __all__ = ["load", "unload", "get_manager", "Renderer"]
 
@@ -108,73 +106,3 @@ def _route_display(shell: Any) -> None:
 
     publisher.publish = publish
     publisher._rjob_routed = True
-
-
-class Renderer:
-    """Shows records in the current cell: text to stdout/stderr, display data as rich output,
-    errors as tracebacks, progress as a line; values are collected, not shown."""
-
-    PROGRESS_INTERVAL = 0.5  # while streaming, at most one progress line a job per this many seconds
-
-    def __init__(self, shell: Any, jobs: Iterable[Job], streaming: bool = False) -> None:
-        self.shell = shell
-        self.jobs = {job.id: job for job in jobs}
-        self.labelled = len(self.jobs) > 1
-        self.streaming = streaming
-        self.values: dict[int, Any] = {}
-        self._last_job: int | None = None
-        self._unshown_progress: dict[int, Record] = {}
-        self._progress_shown_at: dict[int, float] = {}
-
-    def render(self, record: Record) -> None:
-        if self.labelled and record.job_id != self._last_job and record.kind is not RecordKind.VALUE:
-            job = self.jobs.get(record.job_id)
-            where = f" on {job.location}" if job is not None and job.parent is not None else ""
-            sys.stdout.write(f"--- {job.label if job else record.job_id}{where} ---\n")
-            self._last_job = record.job_id
-        kind = record.kind
-        if kind is RecordKind.STDOUT:
-            sys.stdout.write(record.data)
-        elif kind is RecordKind.STDERR:
-            sys.stderr.write(record.data)
-        elif kind is RecordKind.DISPLAY:
-            from IPython.display import publish_display_data
-
-            sys.stdout.flush()
-            publish_display_data(data=record.data.get("data", {}), metadata=record.data.get("metadata") or {})
-        elif kind is RecordKind.PROGRESS:
-            self._unshown_progress[record.job_id] = record
-            shown_at = self._progress_shown_at.get(record.job_id, 0.0)
-            if self.streaming and record.time - shown_at >= self.PROGRESS_INTERVAL:
-                self._show_progress(self._unshown_progress.pop(record.job_id))
-        elif kind is RecordKind.VALUE:
-            self.values[record.job_id] = record.data
-        elif kind is RecordKind.ERROR:
-            self._show_error(record.data)
-
-    def _show_progress(self, record: Record) -> None:
-        self._progress_shown_at[record.job_id] = record.time
-        data = record.data
-        total = data.get("total")
-        amount = f"{100 * data['current'] / total:.0f}% ({data['current']}/{total})" if total else f"{data['current']}"
-        sys.stdout.write(f"progress: {amount} {data.get('message', '')}".rstrip() + "\n")
-
-    def _show_error(self, data: dict[str, Any]) -> None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        ename, evalue, stb = data.get("ename", "Error"), data.get("evalue", ""), data.get("traceback") or []
-        if str(getattr(self.shell, "colors", "")).lower() == "nocolor":
-            stb = [_ANSI_ESCAPE.sub("", line) for line in stb]
-        show = getattr(self.shell, "_showtraceback", None)
-        if show is None:
-            sys.stderr.write("\n".join(stb) + "\n")
-            return
-        show(type(ename, (Exception,), {}), evalue, list(stb))
-
-    def finish(self) -> None:
-        """Show the latest progress not shown yet, and flush."""
-        for record in self._unshown_progress.values():
-            self._show_progress(record)
-        self._unshown_progress.clear()
-        sys.stdout.flush()
-        sys.stderr.flush()

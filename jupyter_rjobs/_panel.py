@@ -8,8 +8,9 @@ Imported only when a panel is asked for (ipywidgets is heavy). How it stays chea
   of events (1000 jobs started at once) is coalesced into a few redraws.
 - Rows are a pool of widgets, one page (``page_size`` rows) at most, rebound to whichever job
   a row shows; a redraw only sets the values that changed, and traitlets sends only those.
-- Nothing is printed from a thread: received output and messages go into the panel's own
-  Output and status widgets, whose comm messages are safe from any thread in ipykernel 6+.
+- Nothing is printed from a thread: received output (drawn by ``_render.py``, the one renderer
+  of records) and messages go into the panel's own Output and status widgets, whose comm
+  messages are safe from any thread in ipykernel 6+.
 - ``close()`` unsubscribes, ends the thread (and any stop still in progress), closes every
   widget the panel made.
 """
@@ -24,11 +25,11 @@ from typing import Any, Callable
 
 import ipywidgets as widgets
 
-from ._agent import mime_bundle
 from ._errors import JobNotFoundError, RJobError
 from ._job import Job, JobState
 from ._manager import EventKind, JobEvent, JobManager
 from ._records import Record, RecordKind
+from ._render import OutputTarget, Renderer, render_records
 from ._table import _STATE_COLOURS, progress_text
 
 __all__ = ["JobPanel", "panel"]
@@ -494,30 +495,11 @@ class JobPanel(widgets.VBox):
         self.status.value = message
 
     def show_records(self, job: Job, records: list[Record]) -> None:
-        """Received records, in order, into the panel's Output (never into a cell)."""
-        outputs: list[dict[str, Any]] = [{"output_type": "stream", "name": "stdout", "text": f"--- {job.label} ---\n"}]
-        for record in records:
-            kind = record.kind
-            if kind in (RecordKind.STDOUT, RecordKind.STDERR):
-                last = outputs[-1]
-                if last["output_type"] == "stream" and last["name"] == kind.value:
-                    last["text"] += record.data
-                else:
-                    outputs.append({"output_type": "stream", "name": kind.value, "text": record.data})
-            elif kind is RecordKind.DISPLAY:
-                bundle = record.data or {}
-                outputs.append({"output_type": "display_data", "data": bundle.get("data", {}), "metadata": bundle.get("metadata") or {}})
-            elif kind is RecordKind.ERROR:
-                data = record.data
-                outputs.append({
-                    "output_type": "error", "ename": str(data.get("ename", "Error")), "evalue": str(data.get("evalue", "")),
-                    "traceback": [str(line) for line in data.get("traceback") or []],
-                })
-            elif kind is RecordKind.VALUE:
-                data, metadata = mime_bundle(record.data)
-                outputs.append({"output_type": "display_data", "data": data, "metadata": metadata})
-        with self._output_lock:
-            self.output.outputs = self.output.outputs + tuple(outputs)
+        """Received records, in order, into the panel's Output (never into a cell), by the one
+        renderer (``_render.py``): labelled, values shown, long lines and large displays capped."""
+        namespace = getattr(self._shell, "user_ns", None)
+        renderer = Renderer(OutputTarget(self.output, self._output_lock), [job], show_values=True, labelled=True, namespace=namespace)
+        render_records(records, renderer)
 
     def clear_output(self) -> None:
         with self._output_lock:
