@@ -6,7 +6,7 @@ import enum
 import uuid
 from concurrent.futures import Future
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
 from ._errors import JobError, JobStoppedError
 from ._records import Record, RecordKind, RecordStream
@@ -48,27 +48,72 @@ class JobState(enum.Enum):
 FINISHED_STATES = frozenset({JobState.Completed, JobState.Failed, JobState.Stopped})
 
 
-class JobKind(enum.Enum):
-    """The PowerShell type name of each kind of job (PSJobTypeName)."""
+class _KindRegistry(type):
+    """Iterating ``JobKind`` gives the registered kinds, in registration order."""
 
-    THREAD = "ThreadJob"
-    PROCESS = "BackgroundJob"
-    REMOTE = "RemoteJob"
+    def __iter__(cls) -> Iterator[JobKind]:
+        return iter(list(JobKind._known.values()))
+
+
+class JobKind(metaclass=_KindRegistry):
+    """A kind of job: its short name (``thread``) and PowerShell type name (PSJobTypeName,
+    ``ThreadJob``), which is how it prints. Kinds are open: each backend registers its own
+    (``register_backend``); one instance per name, so kinds compare with ``is``."""
+
+    _known: ClassVar[dict[str, JobKind]] = {}
+    THREAD: ClassVar[JobKind]
+    PROCESS: ClassVar[JobKind]
+    REMOTE: ClassVar[JobKind]
+
+    def __init__(self, name: str, type_name: str) -> None:
+        self.name = name
+        self.type_name = type_name
+
+    @classmethod
+    def register(cls, name: str, type_name: str) -> JobKind:
+        """The kind called ``name``, made on first use; registering it again with another type name is an error."""
+        if not name.isidentifier() or name != name.lower():
+            raise ValueError(f"a job kind's name is a lower-case identifier, not {name!r}")
+        known = cls._known.get(name)
+        if known is None:
+            known = cls._known[name] = cls(name, type_name)
+        elif known.type_name != type_name:
+            raise ValueError(f"job kind {name!r} is registered already, as {known.type_name}")
+        return known
+
+    @classmethod
+    def forget(cls, name: str) -> None:
+        """Unregister a kind (for a backend that is removed again, as tests do)."""
+        if name in ("thread", "process", "remote"):
+            raise ValueError(f"the built-in job kind {name!r} cannot be removed")
+        cls._known.pop(name, None)
+
+    @property
+    def value(self) -> str:
+        return self.type_name
 
     def __str__(self) -> str:
-        return self.value
+        return self.type_name
+
+    def __repr__(self) -> str:
+        return f"<JobKind {self.name} ({self.type_name})>"
 
     @classmethod
     def parse(cls, text: str | JobKind) -> JobKind:
+        """A kind from its name or type name, any case."""
         if isinstance(text, JobKind):
             return text
-        aliases = {"thread": cls.THREAD, "process": cls.PROCESS, "remote": cls.REMOTE}
-        for kind in cls:
-            aliases[kind.value.lower()] = kind
-        try:
-            return aliases[str(text).lower()]
-        except KeyError:
-            raise ValueError(f"unknown job kind {text!r}; use thread, process or remote") from None
+        wanted = str(text).lower()
+        for kind in cls._known.values():
+            if wanted in (kind.name, kind.type_name.lower()):
+                return kind
+        names = ", ".join(cls._known)
+        raise ValueError(f"unknown job kind {text!r}; use one of {names}")
+
+
+JobKind.THREAD = JobKind.register("thread", "ThreadJob")
+JobKind.PROCESS = JobKind.register("process", "BackgroundJob")
+JobKind.REMOTE = JobKind.register("remote", "RemoteJob")
 
 
 def aggregate_state(states: list[JobState]) -> JobState:
