@@ -150,7 +150,7 @@ StateListener = Callable[["Job", JobState, JobState], None]
 RecordListener = Callable[["Job", Record], None]
 
 
-class Job(Future):  # type: ignore[type-arg]
+class Job(Future[Any]):
     """One job. A ``concurrent.futures.Future`` whose result is the value of the code's last expression.
 
     ``result()`` raises :class:`JobError` (with the job-side traceback) for a failed job and
@@ -186,7 +186,7 @@ class Job(Future):  # type: ignore[type-arg]
         self.session: Any = None  # the Session it runs in, if any
         self.runner: JobRunner | None = None
         self._job_state = JobState.NotStarted
-        self._state_lock = self._condition  # type: ignore[attr-defined]  # the Future's own (re-entrant) lock
+        self._state_lock = self._condition  # the Future's own (re-entrant) lock
         self._value: Any = None
         self._progress: dict[str, Any] | None = None
         self._on_state = on_state
