@@ -13,6 +13,7 @@ from ._records import Record, RecordKind, RecordStream
 
 if TYPE_CHECKING:
     from ._backend import JobRunner
+    from ._sessions import Session
 
 __all__ = ["JobState", "JobKind", "Job"]
 
@@ -183,7 +184,7 @@ class Job(Future[Any]):
         self.error: JobError | None = None
         self.reason = ""  # why it is in its state, when that needs saying (PowerShell's JobStateInfo.Reason)
         self.detached = False  # a remote job that outlives the kernel (also: one of a disconnected session)
-        self.session: Any = None  # the Session it runs in, if any
+        self.session: Session | None = None  # the Session it runs in, if any
         self.runner: JobRunner | None = None
         self._job_state = JobState.NotStarted
         self._state_lock = self._condition  # the Future's own (re-entrant) lock

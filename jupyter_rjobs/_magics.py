@@ -3,6 +3,7 @@ calls the manager, and shows the result; bad input is a one-line UsageError."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, Callable
 
@@ -10,19 +11,19 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
+from ._backend import registered_backends
 from ._errors import RJobError
 from ._host_magics import HOST_SUBCOMMANDS, HostMagics
 from ._ipython import Renderer
 from ._job import Job, JobKind, JobState
 from ._manager import JobManager
 from ._namespace import parse_names
-from ._session_magics import ACCEPT_NEW_HELP, SESSION_SUBCOMMANDS, SessionMagics, accept_new_option
+from ._session_magics import SESSION_SUBCOMMANDS, SessionMagics
 from ._table import JobDetails, JobTable, LeftJobTable
 
 __all__ = ["RJobMagics"]
 
 _STATES = ", ".join(s.value for s in JobState)
-_BARE_ACCEPT_NEW = re.compile(r"(?<!\S)--accept-new-host(?=\s|$)")
 
 
 @magic_arguments(name="rjob start")
@@ -32,19 +33,60 @@ _BARE_ACCEPT_NEW = re.compile(r"(?<!\S)--accept-new-host(?=\s|$)")
 @argument("--push", metavar="NAMES", help="send exactly these notebook variables to a process job: a,b")
 @argument("--no-push", action="store_true", help="send no notebook variables")
 @argument("--out", metavar="VAR", help="also store the Job object in this variable")
-@argument("--host", metavar="HOSTS", help="run on SSH hosts: [user@]host[:port] or ~/.ssh/config aliases, a,b,c for several (Invoke-Command -AsJob)")
-@argument("--cache", choices=["kernel", "remote"], default="kernel", help="where a remote job's output is kept until received (default kernel)")
-@argument("--python", metavar="PATH", help="the Python to run on the hosts (default python3)")
-@argument("--accept-new-host", nargs="?", const="", metavar="HOSTS", help=ACCEPT_NEW_HELP)
-@argument("--detached", action="store_true", help="a remote job that outlives this kernel; `%%rjob connect HOST` adopts it in another")
-@argument("--session", metavar="S", help="run in this session's interpreter, on its host (its variables live on)")
 def _start_args() -> None:
     """Start the cell (or, in line form, the code after `--`) as a job; returns at once.
 
     `%%rjob start [options]` + cell, or `%rjob start [options] -- EXPRESSION`.
     Process and remote jobs get the notebook variables their code reads (PowerShell's $using:).
-    Several hosts make one parent job with a child per host.
+    Several hosts make one parent job with a child per host. The options after --out are those
+    of the registered kinds of job (each backend declares its own); they choose the kind.
     """
+
+
+_start_option_fields: dict[str, dataclasses.Field[Any]] = {}  # argparse dest -> the backend option it sets
+
+
+def _add_backend_options() -> None:
+    """Offer every registered backend's options as `start` arguments (once each; a flag two
+    backends share is one argument). Refreshes the help text when something was added."""
+    parser = _start_args.parser  # type: ignore[attr-defined]  # made by @magic_arguments
+    added = False
+    for entry in registered_backends():
+        for each in dataclasses.fields(entry.options_type):
+            flag = each.metadata.get("flag")
+            if not flag or each.name in _start_option_fields:
+                continue
+            _start_option_fields[each.name] = each
+            kwargs: dict[str, Any] = {"dest": each.name, "default": None, "help": each.metadata.get("help")}
+            if each.default is False and each.metadata.get("bare") is None:
+                kwargs.update(action="store_true", default=None)
+            else:
+                kwargs.update(metavar=each.metadata.get("metavar"), choices=each.metadata.get("choices"))
+                if each.metadata.get("bare") is not None:
+                    kwargs.update(nargs="?", const="")
+            parser.add_argument(flag, **kwargs)
+            added = True
+    if added:
+        _start_args.__doc__ = parser.format_help()
+
+
+def _bare_flags() -> re.Pattern[str]:
+    """The flags whose value is optional: alone they never take the next word as their value."""
+    flags = [f.metadata["flag"] for f in _start_option_fields.values() if f.metadata.get("bare") is not None]
+    flags.append("--accept-new-host")  # `session new` and `invoke` have it too
+    return re.compile(r"(?<!\S)(" + "|".join(re.escape(f) for f in flags) + r")(?=\s|$)")
+
+
+def _given_options(args: Any) -> dict[str, Any]:
+    """The backend options the user gave (those left out are not passed: each has its default)."""
+    given: dict[str, Any] = {}
+    for name, each in _start_option_fields.items():
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        bare = each.metadata.get("bare")
+        given[name] = (bare if value == "" else value) if bare is not None else value
+    return given
 
 
 @magic_arguments(name="rjob list")
@@ -105,6 +147,8 @@ def _panel_args() -> None:
     a state filter and progress bars. In a terminal: the job table, redrawn as jobs change, until Ctrl-C."""
 
 
+_add_backend_options()
+
 _SUBCOMMANDS: dict[str, Callable[[], None]] = {
     "start": _start_args,
     "list": _list_args,
@@ -131,7 +175,7 @@ def _usage() -> str:
 
 
 def _parse(func: Callable[[], None], line: str) -> Any:
-    line = _BARE_ACCEPT_NEW.sub("--accept-new-host=", line)  # names only with `=`: never eat the next word
+    line = _bare_flags().sub(r"\1=", line)  # values only with `=`: never eat the next word
     try:
         return parse_argstring(func, line)
     except UsageError:
@@ -168,27 +212,15 @@ class RJobMagics(SessionMagics, HostMagics, Magics):
 
     # -- subcommands ------------------------------------------------------------------
     def _do_start(self, rest: str, cell: str | None) -> Job:
+        _add_backend_options()  # backends registered since (entry points, a test's toy backend)
         args, code = _parse_with_code(_start_args, rest, cell, "start", "%rjob start -- EXPRESSION")
         if args.thread and args.process:
             raise UsageError("choose one of --thread and --process")
         if args.push is not None and args.no_push:
             raise UsageError("choose one of --push NAMES and --no-push")
-        if (args.host or args.session) and (args.thread or args.process):
-            raise UsageError("--host and --session run the job on a host; leave out --thread and --process")
-        if args.host and args.session:
-            raise UsageError("a session job runs on the session's host: give --session S or --host H, not both")
-        remote: dict[str, Any] = {}
-        accept_new = accept_new_option(args.accept_new_host)
-        if args.host or args.session:
-            kind = JobKind.REMOTE
-            remote = {"host": args.host, "cache": args.cache, "python": args.python, "accept_new_host": accept_new,
-                      "detached": args.detached, "session": args.session}
-        elif args.cache != "kernel" or args.python or accept_new or args.detached:
-            raise UsageError("--cache, --python, --detached and --accept-new-host are for remote jobs; add --host HOST")
-        else:
-            kind = JobKind.THREAD if args.thread else JobKind.PROCESS
+        kind = JobKind.THREAD if args.thread else JobKind.PROCESS if args.process else None
         push = [] if args.no_push else parse_names(args.push)
-        job = self.manager.start(code, kind, name=args.name, push=push, namespace=self.shell.user_ns, **remote)
+        job = self.manager.start(code, kind, name=args.name, push=push, namespace=self.shell.user_ns, **_given_options(args))
         if args.out:
             self.shell.user_ns[args.out] = job
         return job

@@ -6,24 +6,25 @@ import atexit
 import builtins
 import concurrent.futures
 import fnmatch
+import functools
 import logging
 import os
 import threading
 import time
 import weakref
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
 
-from ._backend import Backend
-from ._events import EventKind, JobEvent, WaitResult
+from . import _process_backend, _remote_options, _thread_backend  # noqa: F401 - they register their backends
+from ._backend import Backend, BackendOptions, registered_backends
 from ._errors import AmbiguousJobError, JobCodeError, JobNotFoundError, JobStateError, RJobError, UsageProblem
+from ._events import EventKind, JobEvent, WaitResult
 from ._job import Job, JobKind, JobState
-from ._process_backend import ProcessBackend
 from ._records import Record, RecordKind
 from ._registry import LeftJob
 from ._remote_ops import RemoteOps
 from ._sessions import Session, SessionState
 from ._throttle import Throttle
-from ._thread_backend import ThreadBackend
 
 __all__ = ["JobManager", "JobEvent", "EventKind", "WaitResult", "JobSpec"]
 
@@ -33,14 +34,31 @@ JobSpec = Union[Job, int, str]
 """A job, its id, or its name (wildcards allowed where several jobs may match)."""
 
 
+@dataclass(frozen=True)
+class ManagerSettings:
+    """A manager's settings, which the backends it makes read (see JobManager)."""
+
+    max_thread_jobs: int = 8
+    max_process_jobs: int | None = None
+    warm_workers: int = 2
+    stop_grace: float = 3.0
+    python: str | None = None
+    max_remote_jobs: int = 1000
+    max_connecting_hosts: int = 32
+    reconnect_for: float | None = 300.0
+    default_kind: str = "process"
+
+
 class JobManager:
     """Starts jobs and keeps them: list, get, wait, receive, stop, remove; observable by events.
 
     ``max_thread_jobs``, ``max_process_jobs`` and ``max_remote_jobs`` throttle how many run at
     once (the rest wait NotStarted, in order); at most ``max_connecting_hosts`` hosts are being
-    connected to at once. ``ssh_config`` replaces ``~/.ssh/config`` for remote jobs. ``stop_grace`` is how long a stopped job has before it is
-    killed. A lost connection is re-tried with back-off for ``reconnect_for`` seconds (then its
-    jobs stay Disconnected until ``connect``). Timeouts are seconds, ``None`` meaning forever.
+    connected to at once. ``ssh_config`` replaces ``~/.ssh/config`` for remote jobs. ``stop_grace``
+    is how long a stopped job has before it is killed. A lost connection is re-tried with back-off
+    for ``reconnect_for`` seconds (then its jobs stay Disconnected until ``connect``). Timeouts
+    are seconds, ``None`` meaning forever. Each kind of job runs in a backend made the first time
+    it is needed, from the registry (``register_backend``).
     """
 
     def __init__(
@@ -56,62 +74,66 @@ class JobManager:
         max_connecting_hosts: int = 32,
         reconnect_for: float | None = 300.0,
     ) -> None:
+        self.settings = ManagerSettings(max_thread_jobs, max_process_jobs, warm_workers, stop_grace, python,
+                                        max_remote_jobs, max_connecting_hosts, reconnect_for)
         self.stop_grace = stop_grace
-        self.reconnect_for = reconnect_for
-        self.remote = RemoteOps(self)  # sessions, invoke, disconnect and connect
-        self._ssh_config = ssh_config or os.environ.get("JUPYTER_RJOBS_SSH_CONFIG")
-        self.max_remote_jobs = max_remote_jobs
-        self.max_connecting_hosts = max_connecting_hosts
-        self._backends: dict[JobKind, Backend] = {
-            JobKind.THREAD: ThreadBackend(max_thread_jobs),
-            JobKind.PROCESS: ProcessBackend(max_process_jobs, warm=warm_workers, python=python),
-        }
-        self._throttles = {kind: Throttle(b.max_concurrent) for kind, b in self._backends.items()}
+        # sessions, invoke, disconnect and connect
+        self.remote = RemoteOps(self, ssh_config or os.environ.get("JUPYTER_RJOBS_SSH_CONFIG"))
+        self._backends: dict[JobKind, Backend[Any, Any]] = {}
+        self._throttles: dict[JobKind, Throttle] = {}
         self._jobs: dict[int, Job] = {}
         self._next_id = 1
         self._lock = threading.RLock()
         self._activity = threading.Condition()
-        self._listeners: list[Callable[[JobEvent], None]] = []
+        self._listeners: builtins.list[Callable[[JobEvent], None]] = []
         self._closed = False
         atexit.register(_shutdown_at_exit, weakref.ref(self))
 
     # -- backends -------------------------------------------------------------------------
-    def add_backend(self, backend: Backend) -> None:
-        """Plug in another kind of job (the remote backend, say)."""
-        self._backends[backend.kind] = backend
-        self._throttles[backend.kind] = Throttle(backend.max_concurrent)
+    def add_backend(self, backend: Backend[Any, Any]) -> None:
+        """Use this backend for its kind of job (instead of one made from the registry)."""
+        with self._lock:
+            self._backends[backend.kind] = backend
+            self._throttles[backend.kind] = Throttle(backend.max_concurrent)
 
-    def backend(self, kind: JobKind | str) -> Backend:
+    def backend(self, kind: JobKind | str) -> Backend[Any, Any]:
+        """The backend of ``kind``, made from the registry on first use."""
         kind = JobKind.parse(kind)
         with self._lock:
-            if kind is JobKind.REMOTE and kind not in self._backends:
-                from ._remote_backend import RemoteBackend  # paramiko is imported only when needed
+            backend = self._backends.get(kind)
+            if backend is None:
+                entry = next((e for e in registered_backends() if e.kind is kind), None)
+                if entry is None:
+                    raise UsageProblem(f"{kind} jobs are not available in this manager")
+                backend = entry.factory(self)
+                self.add_backend(backend)
+            return backend
 
-                self.add_backend(
-                    RemoteBackend(self.max_remote_jobs, self.stop_grace, self.ssh_config, self.max_connecting_hosts, self.reconnect_for)
-                )
-            try:
-                return self._backends[kind]
-            except KeyError:
-                raise UsageProblem(f"{kind} jobs are not available in this manager") from None
+    def _backend_for(self, kind: JobKind | str | None, options: Mapping[str, Any]) -> Backend[Any, Any]:
+        """The backend of ``kind``; without one, the kind whose options take every option given
+        (the default kind when none is given)."""
+        if kind is not None:
+            return self.backend(kind)
+        if not options:
+            return self.backend(self.settings.default_kind)
+        owners = [e.kind for e in registered_backends() if set(options) <= set(e.options_type.names())]
+        if not owners:
+            unknown = sorted(n for n in options if not any(n in e.options_type.names() for e in registered_backends()))
+            raise UsageProblem(f"{', '.join(unknown) or ', '.join(options)}: no kind of job takes these options together")
+        return self.backend(owners[0])
 
     @property
     def ssh_config(self) -> str | None:
         """The ssh_config file remote jobs read (default ~/.ssh/config, or $JUPYTER_RJOBS_SSH_CONFIG)."""
-        return self._ssh_config
+        return self.remote.ssh_config
 
     @ssh_config.setter
     def ssh_config(self, path: str | None) -> None:
-        self._ssh_config = path
-        backend = self._backends.get(JobKind.REMOTE)
-        if backend is not None:
-            backend.ssh_config = path  # type: ignore[attr-defined]
+        self.remote.ssh_config = path
 
     def prewarm(self) -> None:
-        """Start process job workers now, so the first process job starts at once."""
-        backend = self._backends[JobKind.PROCESS]
-        if isinstance(backend, ProcessBackend):
-            backend.prewarm()
+        """Get the default kind's backend ready (warm worker processes), so the first job starts at once."""
+        self.backend(self.settings.default_kind).prewarm()
 
     # -- events ---------------------------------------------------------------------------
     def subscribe(self, listener: Callable[[JobEvent], None]) -> Callable[[], None]:
@@ -163,76 +185,72 @@ class JobManager:
         name: str | None = None,
         push: Sequence[str] | None = None,
         namespace: Mapping[str, Any] | None = None,
-        host: str | Sequence[str] | None = None,
-        cache: str = "kernel",
-        python: str | None = None,
-        accept_new_host: bool | str | Sequence[str] = False,
-        detached: bool = False,
-        session: Session | int | str | None = None,
+        options: BackendOptions | None = None,
+        **option_values: Any,
     ) -> Job:
         """Start ``code`` as a job and return it at once (NotStarted if throttled).
 
         ``namespace`` is where the code's variables come from (the notebook's user namespace):
         a thread job runs in a shallow copy of it; process and remote jobs get the variables it
-        reads, or those named by ``push`` (``[]``: none). ``host`` (one, a list, or "a,b,c")
-        makes a remote job; several hosts make a parent job with one child per host.
-        ``cache="remote"`` keeps a remote job's records on its host until received.
-        ``accept_new_host`` lets hosts with an unknown key be accepted (and remembered): ``True``
-        the target hosts, ``"jump1,server01"`` (or a list) exactly the hosts named, jump hosts too. ``detached``
-        remote jobs outlive the kernel (``connect`` in a new one adopts them). ``session`` runs the
-        job in a session's lasting interpreter, on its host. Bad code, an unsendable variable or
-        an unusable host raises before any job exists.
+        reads, or those named by ``push`` (``[]``: none). ``kind`` is ``"thread"``, ``"process"``
+        (the default), ``"remote"`` or any registered kind; the options of its backend come as
+        keywords (``host="a,b"``, ``cache="remote"``, ``detached=True``, ``session=...`` for remote
+        jobs; without ``kind`` they choose it) or as an ``options`` object. Several locations
+        (hosts) make a parent job with one child each. Bad code, an unsendable variable or an
+        unusable host raises before any job exists.
         """
         if self._closed:
             raise RJobError("this job manager is shut down; create a new one")
-        in_session = None
-        if session is not None:
-            if host is not None or python:
-                raise UsageProblem("a session job runs on the session's host: give --session or --host, not both")
-            in_session = self.remote.session_for_start(session)
-            host, kind = in_session.host, JobKind.REMOTE
-        hosts = _host_list(host)
-        if kind is None:
-            kind = JobKind.REMOTE if hosts else JobKind.PROCESS
-        kind = JobKind.parse(kind)
-        if kind is JobKind.REMOTE and not hosts:
-            raise UsageProblem("a remote job needs a host: give --host HOST (or several: --host a,b,c)")
-        if kind is not JobKind.REMOTE and (hosts or cache != "kernel" or python or accept_new_host or detached):
-            raise UsageProblem("--host, --cache, --python, --detached and --accept-new-host are for remote jobs; give --host HOST")
-        backend = self.backend(kind)
-        options: dict[str, Any] = {}
-        if kind is JobKind.REMOTE:
-            options = {"hosts": hosts, "cache": cache, "python": python, "accept_new_host": accept_new_host, "session": in_session}
-        ids_needed = 1 + (len(hosts) if len(hosts) > 1 else 0)  # a fan-out parent and its children
+        if options is not None:
+            if option_values:
+                raise UsageProblem("give the options either as an options object or as keywords, not both")
+            backend = self.backend(kind) if kind is not None else self._owner_of(options)
+            if not isinstance(options, backend.options_type):
+                raise UsageProblem(f"{type(options).__name__} are not options of {backend.kind.name} jobs")
+            made = options
+        else:
+            backend = self._backend_for(kind, option_values)
+            made = backend.make_options(**option_values)
+        locations = backend.locations(made)
+        ids_needed = 1 + (len(locations) if len(locations) > 1 else 0)  # a fan-out parent and its children
         with self._lock:
             job_id = self._next_id
             self._next_id += ids_needed
         try:
-            prepared = backend.prepare(code, f"<rjob {job_id}>", namespace, push, **options)
+            prepared = backend.prepare(code, f"<rjob {job_id}>", namespace, push, made)
         except SyntaxError as exc:
             self._give_back_ids(job_id, ids_needed)
             raise JobCodeError(exc) from None
         except BaseException:
             self._give_back_ids(job_id, ids_needed)
             raise
-        callbacks = {"on_state": self._job_state_changed, "on_record": self._job_record}
-        if len(hosts) > 1:
-            job = Job(job_id, kind, code, name, location=",".join(hosts), **callbacks)
-            for offset, child_host in enumerate(hosts, start=1):
-                child = Job(job_id + offset, kind, code, f"{job.name}:{child_host}", location=child_host, parent=job, **callbacks)
-                job.children.append(child)
-        else:
-            job = Job(job_id, kind, code, name, location=hosts[0] if hosts else "localhost", **callbacks)
-        for each in [job, *job.children]:
-            each.detached = detached
-        if in_session is not None:
-            job.session = in_session
-            in_session.jobs.append(job)
+        job = self._new_job(job_id, backend.kind, code, name, locations)
+        backend.configure(job, made)
         with self._lock:
             self._jobs[job_id] = job
         self._emit(JobEvent(EventKind.ADDED, job), wake=False)  # readers follow jobs they already have
+        throttle = self._throttles[backend.kind]
         for leaf in job.leaves():
-            self._throttles[backend.kind].submit(leaf, lambda leaf=leaf: self._launch(backend, leaf, prepared))
+            throttle.submit(leaf, functools.partial(self._launch, backend, leaf, prepared))
+        return job
+
+    def _owner_of(self, options: BackendOptions) -> Backend[Any, Any]:
+        for entry in registered_backends():
+            if type(options) is entry.options_type:
+                return self.backend(entry.kind)
+        raise UsageProblem(f"no registered kind of job takes {type(options).__name__}")
+
+    def _new_job(self, job_id: int, kind: JobKind, code: str, name: str | None, locations: builtins.list[str]) -> Job:
+        """A job, or a parent with a child per location."""
+        on_state, on_record = self._job_state_changed, self._job_record
+        if len(locations) <= 1:
+            where = locations[0] if locations else "localhost"
+            return Job(job_id, kind, code, name, location=where, on_state=on_state, on_record=on_record)
+        job = Job(job_id, kind, code, name, location=",".join(locations), on_state=on_state, on_record=on_record)
+        for offset, where in enumerate(locations, start=1):
+            child = Job(job_id + offset, kind, code, f"{job.name}:{where}", location=where, parent=job,
+                        on_state=on_state, on_record=on_record)
+            job.children.append(child)
         return job
 
     def add_running_job(self, code: str, kind: JobKind, **job_options: Any) -> Job:
@@ -252,7 +270,7 @@ class JobManager:
                 self._next_id = job_id
 
     @staticmethod
-    def _launch(backend: Backend, job: Job, prepared: Any) -> None:
+    def _launch(backend: Backend[Any, Any], job: Job, prepared: Any) -> None:
         try:
             backend.launch(job, prepared)
         except Exception as exc:  # noqa: BLE001 - reported on the job
@@ -413,7 +431,8 @@ class JobManager:
                 if leaf.runner is not None:
                     leaf.runner.terminate()
                 asked.append(leaf)
-        _, pending = concurrent.futures.wait(asked, timeout=grace)
+        _, not_done = concurrent.futures.wait(asked, timeout=grace)
+        pending = [leaf for leaf in asked if leaf in not_done]
         for leaf in pending:
             if leaf.runner is not None:
                 leaf.runner.kill()
@@ -528,17 +547,6 @@ class JobManager:
         jobs = self._all_jobs()
         running = sum(1 for j in jobs if not j.state.finished)
         return f"<JobManager {len(jobs)} jobs, {running} running>"
-
-
-def _host_list(host: str | Sequence[str] | None) -> list[str]:
-    if host is None:
-        return []
-    items = host.split(",") if isinstance(host, str) else list(host)
-    hosts = [h.strip() for h in items if h.strip()]
-    duplicates = {h for h in hosts if hosts.count(h) > 1}
-    if duplicates:
-        raise UsageProblem(f"host {sorted(duplicates)[0]!r} is named twice; name each host once")
-    return hosts
 
 
 def _leaves_of(jobs: Iterable[Job]) -> list[Job]:

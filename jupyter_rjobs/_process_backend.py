@@ -15,13 +15,17 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import Any, BinaryIO, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Mapping, Sequence
 
 from ._agent import compile_job, read_frame, signal_tree, write_frame
-from ._backend import Backend, FrameApplier, JobRunner
+from ._backend import Backend, BackendOptions, FrameApplier, JobRunner, register_backend
 from ._errors import RJobError
 from ._job import Job, JobKind, JobState
 from ._namespace import capture_variables, serialize_variables
+
+if TYPE_CHECKING:
+    from ._manager import JobManager
 
 __all__ = ["ProcessBackend", "WorkerPool"]
 
@@ -262,15 +266,24 @@ class ProcessRunner(JobRunner):
         signal_tree(self.worker.pid, signal.SIGKILL)
 
 
-class ProcessBackend(Backend):
+@dataclass(frozen=True)
+class ProcessOptions(BackendOptions):
+    """Process jobs take no options of their own (the workers' Python is the manager's ``python``)."""
+
+
+class ProcessBackend(Backend[ProcessOptions, "_ProcessPrepared"]):
+    """Jobs in warm worker processes on this machine (PowerShell's Start-Job)."""
+
     kind = JobKind.PROCESS
+    options_type = ProcessOptions
 
     def __init__(self, max_concurrent: int | None = None, warm: int = 2, python: str | None = None) -> None:
         super().__init__(max_concurrent or max(2, os.cpu_count() or 2))
         self.pool = WorkerPool(python, warm=min(warm, self.max_concurrent), max_workers=self.max_concurrent + warm)
 
     def prepare(
-        self, code: str, filename: str, namespace: Mapping[str, Any] | None, push: Sequence[str] | None
+        self, code: str, filename: str, namespace: Mapping[str, Any] | None, push: Sequence[str] | None,
+        options: ProcessOptions,
     ) -> _ProcessPrepared:
         compile_job(code, filename)  # a syntax error is found here, before any job exists
         specs, buffers = serialize_variables(capture_variables(code, namespace, push))
@@ -317,3 +330,11 @@ class ProcessBackend(Backend):
 
     def shutdown(self) -> None:
         self.pool.shutdown()
+
+
+def _make_process_backend(manager: JobManager) -> ProcessBackend:
+    settings = manager.settings
+    return ProcessBackend(settings.max_process_jobs, warm=settings.warm_workers, python=settings.python)
+
+
+register_backend("process", "BackgroundJob", _make_process_backend, ProcessOptions)

@@ -11,13 +11,14 @@ receives everything after the cursor.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from . import _registry
 from ._agent import compile_job
@@ -27,8 +28,12 @@ from ._host import HostConnection
 from ._job import Job, JobKind, JobState
 from ._namespace import capture_variables, serialize_variables
 from ._records import Record, RecordKind, RecordStream
+from ._remote_options import RemoteOptions
 from ._sessions import Session, SessionState
 from ._ssh import AcceptNewHost, resolve_host
+
+if TYPE_CHECKING:
+    from ._remote_ops import RemoteOps
 
 __all__ = ["RemoteBackend", "RemoteRunner"]
 
@@ -241,20 +246,23 @@ class _RemotePrepared:
 ConnectionKey = tuple[str, str, str]
 
 
-class RemoteBackend(Backend):
+class RemoteBackend(Backend[RemoteOptions, _RemotePrepared]):
+    """Jobs on SSH hosts, one connection per host (PowerShell's Invoke-Command -AsJob)."""
+
     kind = JobKind.REMOTE
+    options_type = RemoteOptions
 
     def __init__(
         self,
         max_concurrent: int = 1000,
         stop_grace: float = 3.0,
-        ssh_config: str | None = None,
+        remote: RemoteOps | None = None,
         max_connecting: int = MAX_CONNECTING,
         reconnect_for: float | None = RECONNECT_FOR,
     ) -> None:
         super().__init__(max_concurrent)
         self.stop_grace = stop_grace
-        self.ssh_config = ssh_config
+        self.remote = remote  # the manager's sessions and ssh_config
         self.max_connecting = max_connecting
         self.reconnect_for = reconnect_for  # None: forever
         self._connections: dict[ConnectionKey, HostConnection] = {}
@@ -264,6 +272,11 @@ class RemoteBackend(Backend):
         self._reconnecting: set[ConnectionKey] = set()
         self._closed = threading.Event()
         self.on_reconnected: Callable[[str], None] | None = None
+
+    @property
+    def ssh_config(self) -> str | None:
+        """The ssh_config file read for hosts (None: OpenSSH's defaults)."""
+        return self.remote.ssh_config if self.remote is not None else None
 
     # -- connections ----------------------------------------------------------------------
     def _key(self, host: str, python: str | None) -> ConnectionKey:
@@ -344,26 +357,37 @@ class RemoteBackend(Backend):
         return runners
 
     # -- jobs -----------------------------------------------------------------------------
+    def make_options(self, **given: Any) -> RemoteOptions:
+        """The options, a session given by id or name found (it must be Opened and idle)."""
+        options = super().make_options(**given)
+        if options.session is not None and not isinstance(options.session, Session) and self.remote is not None:
+            options = dataclasses.replace(options, session=self.remote.session_for_start(options.session))
+        return options
+
+    def locations(self, options: RemoteOptions) -> list[str]:
+        return options.hosts
+
+    def configure(self, job: Job, options: RemoteOptions) -> None:
+        for each in [job, *job.children]:
+            each.detached = options.detached
+        if isinstance(options.session, Session):
+            job.session = options.session
+            options.session.jobs.append(job)
+
     def prepare(
         self,
         code: str,
         filename: str,
         namespace: Mapping[str, Any] | None,
         push: Sequence[str] | None,
-        hosts: Sequence[str] = (),
-        cache: str = "kernel",
-        python: str | None = None,
-        accept_new_host: AcceptNewHost = False,
-        session: Session | None = None,
+        options: RemoteOptions,
     ) -> _RemotePrepared:
-        if cache not in ("kernel", "remote"):
-            raise HostError(",".join(hosts), f"--cache is kernel or remote, not {cache!r}")
+        hosts, python, accept_new_host = options.hosts, options.python_there, options.accept_new_host
         compile_job(code, filename)
         specs, buffers = serialize_variables(capture_variables(code, namespace, push), where="a remote job")
         header = {"op": "run", "code": code, "filename": filename, "variables": specs, "python": sys.version.split()[0], "kernel": os.getpid()}
-        if session is not None:
-            header["session"] = str(session.instance)
-            python = session.python
+        if isinstance(options.session, Session):
+            header["session"] = str(options.session.instance)
         connections: dict[str, HostConnection | HostError] = {}
 
         def connect(host: str) -> None:
@@ -383,7 +407,7 @@ class RemoteBackend(Backend):
             raise failures[0] if len(failures) == 1 else HostError(
                 ",".join(hosts), "no host could be used: " + "; ".join(str(f) for f in failures)
             )
-        return _RemotePrepared(header, buffers, connections, cache)
+        return _RemotePrepared(header, buffers, connections, options.cache)
 
     def launch(self, job: Job, prepared: _RemotePrepared) -> None:
         connection = prepared.connections[job.location]

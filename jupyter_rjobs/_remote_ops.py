@@ -29,8 +29,9 @@ __all__ = ["RemoteOps"]
 class RemoteOps:
     """Sessions (New-PSSession, Invoke-Command, Disconnect/Connect-PSSession) and re-attaching."""
 
-    def __init__(self, manager: JobManager) -> None:
+    def __init__(self, manager: JobManager, ssh_config: str | None = None) -> None:
         self._manager = manager
+        self.ssh_config = ssh_config  # the ssh_config file hosts are read from (None: OpenSSH's defaults)
         self._sessions: dict[int, Session] = {}
         self._lock = threading.RLock()
 

@@ -12,15 +12,12 @@ from ._errors import JobError, JobStoppedError
 from ._ipython import Renderer
 from ._job import Job
 from ._namespace import parse_names
+from ._remote_options import ACCEPT_NEW_HELP
 from ._sessions import SessionState
 from ._table import JobTable, SessionTable
 
 __all__ = ["SessionMagics", "SESSION_SUBCOMMANDS", "ACCEPT_NEW_HELP", "accept_new_option"]
 
-ACCEPT_NEW_HELP = (
-    "accept and remember an unknown host key: bare, for the target host(s) only; --accept-new-host=jump1,server01"
-    " for exactly the hosts named (jump hosts too). A changed or revoked key is always refused"
-)
 
 
 def accept_new_option(value: str | None) -> bool | str:

@@ -10,7 +10,10 @@ from __future__ import annotations
 import enum
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._job import Job
 
 __all__ = ["Session", "SessionState", "Availability"]
 
@@ -46,10 +49,10 @@ class Session:
         self.state = SessionState.Opened
         self.reason = ""
         self.created = time.time()
-        self.jobs: list[Any] = []  # the jobs run in it, newest last
+        self.jobs: list[Job] = []  # the jobs run in it, newest last
 
     @property
-    def busy_with(self) -> Any:
+    def busy_with(self) -> Job | None:
         """The job it is running now, or None."""
         for job in reversed(self.jobs):
             if not job.state.finished:

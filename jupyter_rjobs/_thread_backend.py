@@ -13,12 +13,16 @@ import ctypes
 import logging
 import queue
 import threading
-from typing import Any, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from ._agent import JobStopRequested, Sink, compile_job, display, execute, install_routing, install_tqdm_progress, set_thread_sink
-from ._backend import Backend, JobRunner
+from ._backend import Backend, BackendOptions, JobRunner, register_backend
 from ._job import Job, JobKind, JobState
 from ._records import RecordKind
+
+if TYPE_CHECKING:
+    from ._manager import JobManager
 
 __all__ = ["ThreadBackend"]
 
@@ -129,15 +133,24 @@ class _DaemonThreadPool:
             self._tasks.put(None)
 
 
-class ThreadBackend(Backend):
+@dataclass(frozen=True)
+class ThreadOptions(BackendOptions):
+    """Thread jobs take no options of their own."""
+
+
+class ThreadBackend(Backend[ThreadOptions, "_ThreadPrepared"]):
+    """Jobs in threads of this process (PowerShell's Start-ThreadJob)."""
+
     kind = JobKind.THREAD
+    options_type = ThreadOptions
 
     def __init__(self, max_concurrent: int = 8) -> None:
         super().__init__(max_concurrent)
         self._pool = _DaemonThreadPool("rjob-thread")
 
     def prepare(
-        self, code: str, filename: str, namespace: Mapping[str, Any] | None, push: Sequence[str] | None
+        self, code: str, filename: str, namespace: Mapping[str, Any] | None, push: Sequence[str] | None,
+        options: ThreadOptions,
     ) -> _ThreadPrepared:
         compiled = compile_job(code, filename)
         globals_ = dict(namespace) if namespace is not None else {}
@@ -153,3 +166,10 @@ class ThreadBackend(Backend):
 
     def shutdown(self) -> None:
         self._pool.shutdown()
+
+
+def _make_thread_backend(manager: JobManager) -> ThreadBackend:
+    return ThreadBackend(manager.settings.max_thread_jobs)
+
+
+register_backend("thread", "ThreadJob", _make_thread_backend, ThreadOptions)
