@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from dataclasses import replace
@@ -25,6 +26,10 @@ from ._ssh_auth import authenticate
 from ._ssh_config import HostSettings, parse_host_spec, resolve_host
 
 __all__ = ["HostSettings", "resolve_host", "parse_host_spec", "SshConnection"]
+
+# paramiko logs a failed handshake or a dropped connection, traceback included, from its transport
+# thread; with no handler configured Python would print those on stderr. Our errors say it in one line.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 # Only the server starts re-keys (paramiko #822); sshd's RekeyLimit still applies.
 paramiko.packet.Packetizer.REKEY_BYTES = 2**62
