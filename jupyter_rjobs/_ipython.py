@@ -9,6 +9,7 @@ import threading
 import weakref
 from typing import Any, Iterable
 
+from . import _ipython_prompt
 from ._agent import current_sink, install_routing
 from ._errors import _ANSI_ESCAPE
 from ._job import Job
@@ -41,6 +42,7 @@ def load(shell: Any) -> None:
 
     manager = get_manager(shell)
     shell.register_magics(RJobMagics(shell, manager))
+    _ipython_prompt.install(shell)  # login questions (password, one-time code) asked in the notebook
     _route_display(shell)
     _unregister_callbacks(shell)  # %reload_ext: never twice
     shell.events.register("pre_run_cell", _route_before_cell)
@@ -65,6 +67,7 @@ def _enter_host(shell: Any, manager: JobManager, host: str) -> None:
 
 
 def unload(shell: Any) -> None:
+    _ipython_prompt.uninstall(shell)
     with _lock:
         manager = _managers.pop(shell, None)
     if manager is not None:
