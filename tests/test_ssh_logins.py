@@ -381,3 +381,26 @@ def test_a_wrong_password_in_a_fresh_process_leaves_stderr_clean(pam_hosts):
     out, err = run_child(pam_hosts.ssh_config, "pam-password", "wrong-password")
     assert err == "", f"stderr is not clean:\n{err}"
     assert out.startswith("ERROR AuthenticationError pam-password: ") and "wrong-password" not in out, out
+
+
+def test_a_background_reconnect_asks_nothing_and_connect_in_the_foreground_asks_once(pam_hosts, prompter_slot, make_manager):
+    from helpers import wait_until
+
+    from jupyter_rjobs import JobState
+    from sshlab import _cmdline, _descendants, _kill
+
+    prompter = Prompter(pam_hosts, Answers(password=pam_hosts.password))
+    prompter_slot(prompter)
+    manager = make_manager(ssh_config=pam_hosts.ssh_config)
+    job = manager.start("import time\ntime.sleep(4)\n'done'", host="pam-password")
+    assert wait_until(lambda: job.state is JobState.Running, 30) and len(prompter.prompts) == 1
+    log_before = pam_hosts.sshd_log("pam-password").count("Connection from")
+    listener = pam_hosts._procs["pam-password"].pid  # drop the connection, leave the job running there
+    _kill([pid for pid in _descendants([listener]) if (_cmdline(pid) or [""])[0].startswith("rjpam-")])
+    assert wait_until(lambda: job.state is JobState.Disconnected, 30), job.state
+    # the backend reconnects on its own thread: it gets to the host, but asks nobody anything
+    assert wait_until(lambda: pam_hosts.sshd_log("pam-password").count("Connection from") > log_before, 30)
+    assert len(prompter.prompts) == 1 and job.state is JobState.Disconnected
+    assert [j.id for j in manager.connect("pam-password")] == [job.id]  # the user's command: asked once
+    assert len(prompter.prompts) == 2
+    assert job.result(timeout=60) == "done"
