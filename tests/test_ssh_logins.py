@@ -9,6 +9,7 @@ answered by a prompter installed for the test (``_prompt.install_prompter``), as
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import subprocess
 import sys
@@ -404,3 +405,49 @@ def test_a_background_reconnect_asks_nothing_and_connect_in_the_foreground_asks_
     assert [j.id for j in manager.connect("pam-password")] == [job.id]  # the user's command: asked once
     assert len(prompter.prompts) == 2
     assert job.result(timeout=60) == "done"
+
+
+# -- terminal IPython: the questions on the terminal ------------------------------------------------
+def _read_until(fd: int, needle: str, timeout: float = 60.0) -> str:
+    import select
+    import time
+
+    text, deadline = b"", time.monotonic() + timeout
+    while needle.encode() not in text:
+        ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
+        assert ready, f"no {needle!r} on the terminal; it shows:\n{text.decode(errors='replace')[-1500:]}"
+        try:
+            text += os.read(fd, 65536)
+        except OSError:  # the terminal closed
+            break
+    return text.decode(errors="replace")
+
+
+def test_terminal_ipython_asks_on_its_terminal_without_echo(pam_hosts, tmp_path):
+    import pty
+
+    env = dict(os.environ, JUPYTER_RJOBS_SSH_CONFIG=pam_hosts.ssh_config, TERM="dumb", IPYTHONDIR=str(tmp_path / "ipython"))
+    pid, terminal = pty.fork()  # the child's controlling terminal is the pty, as in a real terminal
+    if pid == 0:
+        os.execve(sys.executable, [sys.executable, "-m", "IPython", "--no-banner", "--colors=NoColor", "--simple-prompt"], env)
+    try:
+        _read_until(terminal, "In [1]:")
+        os.write(terminal, b"%load_ext jupyter_rjobs\n")
+        _read_until(terminal, "In [2]:")
+        os.write(terminal, b"%rjob invoke --host pam-totp -- __import__('os').getuid()\n")
+        shown = _read_until(terminal, "Password: ")
+        os.write(terminal, pam_hosts.password.encode() + b"\n")
+        shown += _read_until(terminal, "Verification code: ")
+        code = pam_hosts.totp()
+        os.write(terminal, code.encode() + b"\n")
+        shown += _read_until(terminal, "In [3]:")
+        os.write(terminal, b"exit\n")
+        shown += _read_until(terminal, "\x00", timeout=30)  # to the end
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(terminal)
+    theirs = pam_hosts.openssh("pam-totp", Answers(password=pam_hosts.password))
+    assert [line.strip() for line in shown.splitlines() if line.strip().startswith("(")] == theirs.questions
+    assert f"Out[2]: {pwd.getpwnam(pam_hosts.user).pw_uid}" in shown, shown[-1500:]
+    assert pam_hosts.password not in shown and code not in shown  # getpass: no echo
+    assert "Traceback" not in shown and os.waitstatus_to_exitcode(status) == 0
