@@ -21,7 +21,7 @@ from ._errors import AuthenticationError, HostError
 from ._prompt import Prompter, PromptUnavailable, current_prompter
 from ._ssh_config import HostSettings
 from ._ssh_errors import CONNECTION_ERRORS, describe
-from ._ssh_keys import load_identity, offers, open_agent
+from ._ssh_keys import Offer, load_identity, offers, open_agent
 
 __all__ = ["authenticate"]
 
@@ -61,37 +61,50 @@ class _Login:
         self.keys_refused: list[str] = []
         self.refused: dict[str, str] = {}  # method -> what the host refused, for the error
         self.cancelled = False
+        self.allowed: Optional[list[str]] = None  # the host's methods, once heard
+        self.asked = 0  # questions put to the prompter
 
     # -- the order ----------------------------------------------------------------------
     def run(self) -> None:
-        allowed = self._none()
+        """Try the methods in order until one lets us in. The host's list of methods is learnt from
+        its answers; asked for (a "none" request, which sshd answers only after its failure delay,
+        about 10 ms) only before a question would be asked, or for the error."""
         done: set[str] = set()
         for _step in range(MAX_STEPS):
-            if allowed is None:
-                return
-            method = next((m for m in self.settings.preferred_authentications if m in allowed and m not in done and self._enabled(m)), None)
+            method = next((m for m in self.settings.preferred_authentications
+                           if self._offered(m) and m not in done and self._enabled(m)), None)
             if method is None:
-                raise self._failure(allowed)
+                offers = self._offers()
+                if self.transport.is_authenticated():  # the host took "none"
+                    return
+                raise self._failure(offers)
             result = {PUBLICKEY: self._publickey, KBDINT: self._keyboard_interactive, PASSWORD: self._password}[method]()
             self._check_alive()
+            if self.transport.is_authenticated():
+                return
             if result is None:
                 done.add(method)
-            elif result:  # partial success: the host wants another method as well (OpenSSH starts over)
-                allowed, done = list(result), set()
-            else:
-                allowed = None
+            else:  # partial success: the host wants another method as well (OpenSSH starts over)
+                self.allowed, done = list(result), set()
         raise AuthenticationError(self.settings.alias, f"{self.where} kept asking for more logins; check AuthenticationMethods there")
 
-    def _none(self) -> Optional[list[str]]:
-        """The methods the host offers (None: it let us in without one)."""
-        try:
-            self.transport.auth_none(self.user)
-        except paramiko.BadAuthenticationType as exc:
-            return list(exc.allowed_types)
-        except paramiko.AuthenticationException:
-            self._check_alive()
-            return list(self.settings.preferred_authentications)
-        return None if self.transport.is_authenticated() else list(self.settings.preferred_authentications)
+    def _offered(self, method: str) -> bool:
+        return self.allowed is None or method in self.allowed
+
+    def _offers(self) -> list[str]:
+        """The host's methods: as last heard, or asked for now."""
+        if self.allowed is None:
+            try:
+                self.transport.auth_none(self.user)
+            except paramiko.BadAuthenticationType as exc:
+                self.allowed = list(exc.allowed_types)
+            except paramiko.AuthenticationException:
+                self._check_alive()
+        return self.allowed if self.allowed is not None else list(self.settings.preferred_authentications)
+
+    def _worth_asking(self, method: str) -> bool:
+        """Before a question: does the host take ``method`` at all (else asking would be in vain)?"""
+        return method in self._offers() and not self.transport.is_authenticated()
 
     def _enabled(self, method: str) -> bool:
         settings = self.settings
@@ -113,6 +126,7 @@ class _Login:
         if self.no_prompt is not None:
             return None
         try:
+            self.asked += 1
             return self.prompter(text, echo)
         except PromptUnavailable as exc:
             self.no_prompt = str(exc) or "no way to ask here"
@@ -127,29 +141,36 @@ class _Login:
             candidates, notes = offers(self.settings, tuple(agent.get_keys()) if agent is not None else ())
             self.keys_refused += ([agent_note] if agent_note else []) + notes
             for offer in candidates:
-                key, why_not = offer.key, ""
-                if key is None and offer.path is not None:
-                    key, why_not = load_identity(offer.path, self._ask_passphrase, self._passphrase_tries())
-                    if key is None and self.no_prompt is not None and why_not.startswith("encrypted"):
-                        why_not = f"encrypted; its passphrase cannot be asked here: {self.no_prompt}"
+                key = self._key(offer)
                 if key is None:
-                    self.keys_refused.append(f"{offer.label} ({why_not})")
                     continue
                 try:
                     return list(self.transport.auth_publickey(self.user, key))
-                except paramiko.BadAuthenticationType:
+                except paramiko.BadAuthenticationType as exc:  # the host takes no keys (at this step)
+                    self.allowed = list(exc.allowed_types)
                     return None
                 except paramiko.AuthenticationException:
                     self._check_alive()
                     self.keys_refused.append(offer.label)
-            return None
         finally:
             if agent is not None:
                 agent.close()
-            self.refused[PUBLICKEY] = f"every key tried ({', '.join(self.keys_refused) or 'no key found'})"
+        self.refused[PUBLICKEY] = f"every key tried ({', '.join(self.keys_refused) or 'no key found'})"
+        return None
+
+    def _key(self, offer: Offer) -> Optional[paramiko.PKey]:
+        """The offer's key (a file loaded, its passphrase asked if need be), or None: noted why."""
+        if offer.key is not None or offer.path is None:
+            return offer.key
+        key, why_not = load_identity(offer.path, self._ask_passphrase, self._passphrase_tries())
+        if key is None:
+            if self.no_prompt is not None and why_not.startswith("encrypted"):
+                why_not = f"encrypted; its passphrase cannot be asked here: {self.no_prompt}"
+            self.keys_refused.append(f"{offer.label} ({why_not})")
+        return key
 
     def _ask_passphrase(self, text: str) -> Optional[str]:
-        return self.ask(text, False)
+        return self.ask(text, False) if self._worth_asking(PUBLICKEY) else None
 
     def _passphrase_tries(self) -> int:
         return 0 if self.no_prompt is not None else max(self.settings.number_of_password_prompts, 1)
@@ -157,7 +178,7 @@ class _Login:
     # -- password -----------------------------------------------------------------------
     def _password(self) -> Optional[list[str]]:
         prompt = f"{self.where}'s password: "
-        while self.tries[PASSWORD] < self.settings.number_of_password_prompts:
+        while self.tries[PASSWORD] < self.settings.number_of_password_prompts and self._worth_asking(PASSWORD):
             again = "Permission denied, please try again.\n" if self.tries[PASSWORD] else ""
             password = self.ask(again + prompt, False)
             if password is None:
@@ -165,11 +186,12 @@ class _Login:
             self.tries[PASSWORD] += 1
             try:
                 return list(self.transport.auth_password(self.user, password, fallback=False))
-            except paramiko.BadAuthenticationType:
-                return None
-            except paramiko.AuthenticationException:
+            except paramiko.AuthenticationException as exc:  # BadAuthenticationType: and no more passwords
                 self._check_alive()
                 self.refused[PASSWORD] = f"the password ({self.tries[PASSWORD]} tries)"
+                if isinstance(exc, paramiko.BadAuthenticationType):
+                    self.allowed = list(exc.allowed_types)
+                    return None
             finally:
                 del password
         return None
@@ -178,14 +200,16 @@ class _Login:
     def _keyboard_interactive(self) -> Optional[list[str]]:
         while self.tries[KBDINT] < self.settings.number_of_password_prompts and self.no_prompt is None and not self.cancelled:
             self.tries[KBDINT] += 1
+            asked_before = self.asked
             try:
                 return list(self._interactive_exchange())
-            except paramiko.BadAuthenticationType:
-                return None
-            except paramiko.AuthenticationException:
+            except paramiko.AuthenticationException as exc:  # BadAuthenticationType: not (or no more) offered
                 self._check_alive()
-                if self.no_prompt is None and not self.cancelled:
+                if self.asked > asked_before and self.no_prompt is None and not self.cancelled:
                     self.refused[KBDINT] = f"the answers to its questions ({self.tries[KBDINT]} tries)"
+                if isinstance(exc, paramiko.BadAuthenticationType):
+                    self.allowed = list(exc.allowed_types)
+                    return None
         return None
 
     def _interactive_exchange(self) -> list[str]:
@@ -239,7 +263,7 @@ class _Login:
     def _failure(self, allowed: list[str]) -> AuthenticationError:
         alias = self.settings.alias
         usable = [m for m in allowed if m in (PUBLICKEY, KBDINT, PASSWORD)]
-        if not usable:
+        if not usable and not self.refused:
             return AuthenticationError(alias, f"{self.where} offers only {', '.join(allowed) or 'no login method'}, which jupyter_rjobs"
                                        " cannot use (it logs in with keys, passwords and keyboard-interactive); log in with a key there")
         refused = [self.refused[m] for m in (PUBLICKEY, KBDINT, PASSWORD) if m in self.refused]
@@ -250,10 +274,13 @@ class _Login:
             what = f"{self.where} refused {' and '.join(refused)}; it" if refused else self.where
             return AuthenticationError(alias, f"{what} asks for a password or one-time code, which cannot be asked here"
                                        f" ({self.no_prompt}): {NO_PROMPT_FIX}")
-        disabled = [m for m in usable if not self._enabled(m) and m not in self.refused]
+        preferred = self.settings.preferred_authentications
+        disabled = [m for m in usable if (not self._enabled(m) or m not in preferred) and m not in self.refused]
         if not refused and disabled:
-            return AuthenticationError(alias, f"{self.where} accepts only {', '.join(usable)}, which your ssh settings disable"
-                                       " (PubkeyAuthentication, KbdInteractiveAuthentication, PasswordAuthentication, PreferredAuthentications)")
+            names = {PUBLICKEY: "PubkeyAuthentication", KBDINT: "KbdInteractiveAuthentication", PASSWORD: "PasswordAuthentication"}
+            settings = " or ".join(f"{names[m]} no" for m in disabled)
+            return AuthenticationError(alias, f"{self.where} accepts only {', '.join(usable)}, which your ssh settings turn off"
+                                       f" ({settings}, or PreferredAuthentications); allow it in ~/.ssh/config")
         fix = KEY_FIX if refused == [self.refused.get(PUBLICKEY)] else "check the user name, password and one-time code, or " + KEY_FIX
         return AuthenticationError(alias, f"{self.where} refused {' and '.join(refused) or 'the login'}; {fix}")
 

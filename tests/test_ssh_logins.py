@@ -208,6 +208,18 @@ def test_batch_mode_asks_nothing_like_openssh(pam_hosts, prompter_slot):
     assert "BatchMode yes" in one_line(mine.error, "pam-totp")
 
 
+@pytest.mark.parametrize(("alias", "preferred"), [("pam-totp", "password"), ("pam-password", "publickey,keyboard-interactive")])
+def test_preferred_authentications_leaves_out_what_openssh_leaves_out(pam_hosts, prompter_slot, alias, preferred):
+    answers = Answers(password=pam_hosts.password)
+    theirs = openssh(pam_hosts, alias, answers, options=("-o", f"PreferredAuthentications={preferred}"))
+    prompter = Prompter(pam_hosts, answers)
+    mine = ours(pam_hosts, alias, prompter, prompter_slot,
+                change=lambda s: replace(s, preferred_authentications=tuple(preferred.split(","))))
+    assert theirs.error is not None and isinstance(mine.error, AuthenticationError), mine.error
+    assert mine.questions == theirs.questions == []
+    assert "PreferredAuthentications" in one_line(mine.error, alias)
+
+
 # -- keys: an encrypted one asked once, ssh-agent's used ------------------------------------------
 def test_an_encrypted_key_is_asked_for_once_for_two_connections(pam_hosts, prompter_slot, authorized, tmp_path):
     answers = Answers(passphrase="correct horse " + pam_hosts.password[:6])
