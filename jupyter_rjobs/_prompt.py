@@ -14,7 +14,10 @@ import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional
 
-__all__ = ["Prompter", "PromptUnavailable", "install_prompter", "current_prompter", "prompts_disabled", "terminal_prompter"]
+__all__ = [
+    "Prompter", "PromptUnavailable", "install_prompter", "installed_prompter", "current_prompter", "prompts_disabled",
+    "terminal_prompter",
+]
 
 Prompter = Callable[[str, bool], str]
 
