@@ -21,6 +21,7 @@ from . import _agent
 from ._agent import read_frame, write_frame
 from ._errors import HostError
 from ._ssh import AcceptNewHost, HostSettings, SshConnection
+from ._ssh_errors import CONNECTION_ERRORS, describe
 
 __all__ = ["HostConnection", "FrameTarget"]
 
@@ -117,7 +118,10 @@ class HostConnection:
 
     # -- first contact ------------------------------------------------------------------
     def open(self) -> HostConnection:
-        self.connection = SshConnection(self.settings, self._accept_new_host).open()
+        try:
+            self.connection = SshConnection(self.settings, self._accept_new_host).open()
+        except CONNECTION_ERRORS as exc:  # whatever the ssh layer did not name itself: still one line
+            raise HostError(self.host, f"the SSH connection failed ({describe(exc)}); check that the host is up and runs sshd") from None
         try:
             agent_dir, python_path = self._install()
             command = (
@@ -129,6 +133,10 @@ class HostConnection:
             threading.Thread(target=self._read, name=f"rjob-host-{self.host}", daemon=True).start()
             if not self._hello.wait(30) or self._closed:
                 raise HostError(self.host, f"the agent did not start there: {self._stderr_tail() or 'no message'}")
+        except CONNECTION_ERRORS as exc:
+            self.close()
+            raise HostError(self.host, f"the SSH connection broke while starting the agent there ({describe(exc)}); try again"
+                            " (if it says the host refused a channel, sshd there allows no sessions: MaxSessions)") from None
         except BaseException:
             self.close()
             raise
@@ -192,7 +200,10 @@ class HostConnection:
         if self._writer is None or self._closed:
             raise HostError(self.host, "the connection is closed")
         with self._send_lock:
-            write_frame(self._writer, header, buffers)
+            try:
+                write_frame(self._writer, header, buffers)
+            except CONNECTION_ERRORS as exc:
+                raise HostError(self.host, f"the connection is broken ({describe(exc)}); it reconnects by itself, or use %rjob connect") from None
 
     def attach(self, instance: str, runner: FrameTarget) -> None:
         self._runners[instance] = runner

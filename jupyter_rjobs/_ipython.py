@@ -9,6 +9,7 @@ import threading
 import weakref
 from typing import Any
 
+from . import _ipython_prompt
 from ._agent import current_sink, install_routing
 from ._manager import JobManager
 from ._render import CellRenderer as Renderer  # the one renderer of records (_render.py); this name for its callers
@@ -39,6 +40,7 @@ def load(shell: Any) -> None:
 
     manager = get_manager(shell)
     shell.register_magics(RJobMagics(shell, manager))
+    _ipython_prompt.install(shell)  # login questions (password, one-time code) asked in the notebook
     _route_display(shell)
     _unregister_callbacks(shell)  # %reload_ext: never twice
     shell.events.register("pre_run_cell", _route_before_cell)
@@ -63,6 +65,7 @@ def _enter_host(shell: Any, manager: JobManager, host: str) -> None:
 
 
 def unload(shell: Any) -> None:
+    _ipython_prompt.uninstall(shell)
     with _lock:
         manager = _managers.pop(shell, None)
     if manager is not None:

@@ -27,6 +27,7 @@ from ._errors import HostError
 from ._host import HostConnection
 from ._job import Job, JobKind, JobState
 from ._namespace import capture_variables, serialize_variables
+from ._prompt import prompts_disabled
 from ._records import Record, RecordKind, RecordStream
 from ._remote_options import RemoteOptions
 from ._sessions import Session, SessionState
@@ -329,12 +330,14 @@ class RemoteBackend(Backend[RemoteOptions, _RemotePrepared]):
                     return
                 delay = min(delay * 2, 15.0)
                 try:
-                    connection = self.connection(key[0], key[1] or None)
+                    # nobody is there to answer a password or one-time code: such a host waits for %rjob connect
+                    with prompts_disabled("reconnecting in the background; reconnect with %rjob connect in a cell"):
+                        connection = self.connection(key[0], key[1] or None)
+                    for runner in waiting:
+                        runner.reattach(connection, replace=old.server_pid)
                 except HostError as exc:
                     log.debug("reconnecting to %s: %s", key[0], exc)
                     continue
-                for runner in waiting:
-                    runner.reattach(connection, replace=old.server_pid)
                 if self.on_reconnected is not None:
                     self.on_reconnected(key[0])
                 return

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import signal
 import socket
@@ -31,6 +32,10 @@ from ._ssh_auth import authenticate
 from ._ssh_config import HostSettings, parse_host_spec, resolve_host
 
 __all__ = ["HostSettings", "resolve_host", "parse_host_spec", "SshConnection", "AcceptNew", "AcceptNewHost"]
+
+# paramiko logs a failed handshake or a dropped connection, traceback included, from its transport
+# thread; with no handler configured Python would print those on stderr. Our errors say it in one line.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 # Only the server starts re-keys (paramiko #822); sshd's RekeyLimit still applies.
 paramiko.packet.Packetizer.REKEY_BYTES = 2**62
