@@ -371,7 +371,9 @@ def fake_server() -> Iterator[Callable[[bytes], int]]:
 )
 def test_a_broken_handshake_is_one_line_and_stderr_stays_clean(fake_server, tmp_path, what, reply, says):
     host = f"127.0.0.1:{fake_server(reply)}"
-    out, err = run_child(str(tmp_path / "no_config"), host)
+    config = tmp_path / "empty_config"  # an empty ssh_config: nothing of the user's own applies
+    config.write_text("")
+    out, err = run_child(str(config), host)
     assert err == "", f"{what}: stderr is not clean:\n{err}"
     assert out.startswith(f"ERROR HostError {host}: ") and "\n" not in out and says in out, (what, out)
 
