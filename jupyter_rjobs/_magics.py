@@ -49,7 +49,7 @@ _start_option_fields: dict[str, dataclasses.Field[Any]] = {}  # argparse dest ->
 def _add_backend_options() -> None:
     """Offer every registered backend's options as `start` arguments (once each; a flag two
     backends share is one argument). Refreshes the help text when something was added."""
-    parser = _start_args.parser  # type: ignore[attr-defined]  # made by @magic_arguments
+    parser = _start_args.parser  # made by @magic_arguments
     added = False
     for entry in registered_backends():
         for each in dataclasses.fields(entry.options_type):
@@ -220,7 +220,7 @@ class RJobMagics(SessionMagics, HostMagics, Magics):
             raise UsageError("choose one of --push NAMES and --no-push")
         kind = JobKind.THREAD if args.thread else JobKind.PROCESS if args.process else None
         push = [] if args.no_push else parse_names(args.push)
-        job = self.manager.start(code, kind, name=args.name, push=push, namespace=self.shell.user_ns, **_given_options(args))
+        job: Job = self.manager.start(code, kind, name=args.name, push=push, namespace=self.shell.user_ns, **_given_options(args))
         if args.out:
             self.shell.user_ns[args.out] = job
         return job

@@ -155,7 +155,7 @@ class JobManager:
         for listener in list(self._listeners):
             try:
                 listener(event)
-            except Exception:  # noqa: BLE001 - a broken observer must not break jobs
+            except Exception:
                 log.exception("jupyter_rjobs event listener failed")
         if wake:  # last, so a woken reader does not wait for this thread to finish the listeners
             with self._activity:

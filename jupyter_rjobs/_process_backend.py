@@ -191,7 +191,7 @@ class WorkerPool:
             return
         except RJobError:
             return  # shut down meanwhile
-        except Exception:  # noqa: BLE001 - acquire() reports start failures to the job
+        except Exception:
             log.exception("could not start a process job worker")
             return
         finally:

@@ -297,8 +297,11 @@ class RemoteBackend(Backend[RemoteOptions, _RemotePrepared]):
             if existing is not None and existing.alive:
                 return existing
             settings = resolve_host(host, ssh_config=self.ssh_config, python=python)
+            def lost(old: HostConnection, key: ConnectionKey = key) -> None:
+                self._lost(key, old)
+
             with self._connecting:
-                connection = HostConnection(settings, on_lost=lambda c, key=key: self._lost(key, c), accept_new_host=accept_new).open()
+                connection = HostConnection(settings, on_lost=lost, accept_new_host=accept_new).open()
             connection.python = python  # type: ignore[attr-defined]
             self._connections[key] = connection
             return connection

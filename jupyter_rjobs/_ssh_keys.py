@@ -107,7 +107,8 @@ def public_blob(path: str) -> Optional[bytes]:
     """The public key of an identity file, read without its passphrase: ``PATH.pub``, or the public
     part an OpenSSH-format private key keeps unencrypted."""
     try:
-        return paramiko.PublicBlob.from_file(path + ".pub").key_blob
+        blob: bytes = paramiko.PublicBlob.from_file(path + ".pub").key_blob
+        return blob
     except (OSError, ValueError, paramiko.SSHException):
         pass
     header = _openssh_header(path)

@@ -43,6 +43,8 @@ def progress_text(job: Job) -> str:
     if not data:
         return ""
     current, total = data.get("current"), data.get("total")
+    if current is None:
+        return ""
     try:
         return f"{100 * current / total:.0f}%" if total else f"{current:g}"
     except (TypeError, ValueError):

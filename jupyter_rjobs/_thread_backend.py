@@ -124,7 +124,7 @@ class _DaemonThreadPool:
                 task()
             except JobStopRequested:
                 pass  # a stop that arrived as the job ended
-            except BaseException:  # noqa: BLE001 - a pool thread must survive
+            except BaseException:
                 log.exception("jupyter_rjobs thread job runner failed")
             self._idle.release()
 
