@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any, Mapping, Sequence
 
-from ._agent import loads_value
+from .agent.values import loads_value
 from ._job import Job, JobKind, JobState
 from ._records import Record, RecordKind
 

@@ -9,7 +9,7 @@ import threading
 import weakref
 from typing import Any, Iterable
 
-from ._agent import current_sink, install_routing
+from .agent.capture import current_sink, install_routing
 from ._errors import _ANSI_ESCAPE
 from ._job import Job
 from ._manager import JobManager

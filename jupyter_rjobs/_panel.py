@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import ipywidgets as widgets
 
-from ._agent import mime_bundle
+from .agent.capture import mime_bundle
 from ._errors import JobNotFoundError, RJobError
 from ._job import Job, JobState
 from ._manager import EventKind, JobEvent, JobManager

@@ -15,7 +15,8 @@ import queue
 import threading
 from typing import Any, Callable, Mapping, Sequence
 
-from ._agent import JobStopRequested, Sink, compile_job, display, execute, install_routing, install_tqdm_progress, set_thread_sink
+from .agent.capture import Sink, display, install_routing, install_tqdm_progress, set_thread_sink
+from .agent.execute import JobStopRequested, compile_job, execute
 from ._backend import Backend, JobRunner
 from ._job import Job, JobKind, JobState
 from ._records import RecordKind
