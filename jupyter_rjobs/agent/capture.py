@@ -139,7 +139,7 @@ def mime_bundle(obj: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         try:
             from IPython.core.formatters import DisplayFormatter
 
-            formatted, formatted_metadata = DisplayFormatter().format(obj)
+            formatted, formatted_metadata = DisplayFormatter().format(obj)  # type: ignore[no-untyped-call]
             return _jsonable_bundle(formatted), formatted_metadata or {}
         except Exception:
             pass
@@ -277,7 +277,7 @@ class _PatchOnImport:
         spec = importlib.machinery.PathFinder.find_spec(name, path, target)
         if spec is not None and spec.loader is not None:
             loader = spec.loader
-            original_exec = loader.exec_module  # type: ignore[attr-defined]
+            original_exec = loader.exec_module
             patch = self.patch
 
             def exec_module(module: types.ModuleType) -> None:

@@ -102,9 +102,9 @@ def _ipython_traceback(exc: BaseException, tb: Any) -> List[str]:
     from IPython.core.ultratb import FormattedTB
 
     if "theme_name" in inspect.signature(FormattedTB).parameters:
-        formatter = FormattedTB(mode="Context", theme_name="linux")
+        formatter = FormattedTB(mode="Context", theme_name="linux")  # type: ignore[no-untyped-call]
     else:
-        formatter = FormattedTB(mode="Context", color_scheme="Linux")  # type: ignore[call-arg]  # IPython 8
+        formatter = FormattedTB(mode="Context", color_scheme="Linux")  # type: ignore[call-arg,no-untyped-call]  # IPython 8
     return list(formatter.structured_traceback(type(exc), exc, tb))
 
 

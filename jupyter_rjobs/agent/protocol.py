@@ -69,6 +69,7 @@ FINAL_STATES = ("Completed", "Failed", "Stopped")
 _HEAD = struct.Struct("!II")
 _BUFLEN = struct.Struct("!Q")
 MAX_HEADER = 256 * 1024 * 1024
+MAX_BUFFER = 1 << 40  # 1 TiB: a longer buffer means the bytes are not a frame
 _BIG = 1 << 20
 
 
@@ -111,8 +112,9 @@ class FrameSource:
 
 def parse_frame(source: FrameSource) -> Optional[Tuple[Dict[str, Any], List[Any]]]:
     """The one frame parser: (header, buffers), or None if the input ends before a frame's
-    first 8 bytes. Raises IncompleteFrame if it ends inside the frame, ValueError if the
-    bytes are not a frame of ours."""
+    first 8 bytes. Raises IncompleteFrame (an EOFError) if it ends inside the frame, and
+    ValueError if the bytes are not a frame of ours (or a buffer cannot be allocated here);
+    nothing else."""
     first = source.take(_HEAD.size, False)
     if first is None:
         return None
@@ -128,7 +130,10 @@ def parse_frame(source: FrameSource) -> Optional[Tuple[Dict[str, Any], List[Any]
         size_bytes = source.take(_BUFLEN.size, False)
         if size_bytes is None:
             raise IncompleteFrame("stream ended inside a frame")
-        data = source.take(_BUFLEN.unpack(bytes(size_bytes))[0], True)
+        size = _BUFLEN.unpack(bytes(size_bytes))[0]
+        if size > MAX_BUFFER:
+            raise ValueError(f"frame buffer of {size} bytes: not a jupyter_rjobs stream")
+        data = source.take(size, True)
         if data is None:
             raise IncompleteFrame("stream ended inside a frame")
         buffers.append(data)
@@ -137,7 +142,10 @@ def parse_frame(source: FrameSource) -> Optional[Tuple[Dict[str, Any], List[Any]
 
 def decode_header(head: Any) -> Dict[str, Any]:
     """A frame's JSON header, from bytes (never an mmap: json reads str, bytes or bytearray)."""
-    header = json.loads(bytes(head))
+    try:
+        header = json.loads(bytes(head))
+    except RecursionError as exc:  # nested too deep for this interpreter
+        raise ValueError(f"frame header nested too deep: {exc}") from exc
     if not isinstance(header, dict):
         raise ValueError(f"frame header is a JSON {type(header).__name__}, not an object: not a jupyter_rjobs stream")
     return header
@@ -155,7 +163,10 @@ class _StreamSource(FrameSource):
         if buffer and size >= _BIG:
             import mmap
 
-            buf: Any = mmap.mmap(-1, size)
+            try:
+                buf: Any = mmap.mmap(-1, size)
+            except (OSError, OverflowError) as exc:
+                raise ValueError(f"a frame buffer of {size} bytes cannot be allocated here: {exc}") from exc
         else:
             buf = bytearray(size)
         view = memoryview(buf)
@@ -170,7 +181,8 @@ class _StreamSource(FrameSource):
 
 def read_frame(inp: BinaryIO) -> Optional[Tuple[Dict[str, Any], List[Any]]]:
     """Read one frame from a file with ``readinto``; None at an end of file before a frame
-    (fewer than its first 8 bytes). A torn frame raises EOFError (IncompleteFrame)."""
+    (fewer than its first 8 bytes). A torn frame raises EOFError (IncompleteFrame), bytes that
+    are not a frame ValueError."""
     return parse_frame(_StreamSource(inp))
 
 

@@ -130,7 +130,7 @@ def serve_session(path: str, fds: FdCapture) -> None:
         request = os.path.join(requests, names[0])
         try:
             with open(request, "rb") as f:
-                frame = read_frame(f)  # type: ignore[arg-type]
+                frame = read_frame(f)
             os.unlink(request)
         except OSError:
             continue  # stopped before it began

@@ -203,7 +203,7 @@ def end_records(path: str, records: Sequence[Tuple[str, Any]], instance: str) ->
             write_frame(writer, {"op": RECORD, "job": instance, "seq": seq, "kind": kind, "time": time.time(), "data": data})  # type: ignore[arg-type]
     finally:
         writer.close()
-    return records[-1][1]
+    return str(records[-1][1])
 
 
 def died_records(how: str, stopping: bool, what: str = "worker") -> List[Tuple[str, Any]]:

@@ -50,7 +50,7 @@ def loads_value(fmt: str, buffers: Sequence[Any]) -> Any:
     if fmt == "pickle":
         return pickle.loads(buffers[0], buffers=buffers[1:])
     if fmt == "dill":
-        import dill  # type: ignore[import-untyped]
+        import dill
 
         return dill.loads(bytes(buffers[0]))
     raise ValueError(f"unknown value format {fmt!r}")
