@@ -280,3 +280,25 @@ def test_an_agent_of_another_protocol_in_the_cache_is_uploaded_again(make_manage
     assert again.start("2", host="server01").result(timeout=30) == 2  # it said hello in 99: uploaded again
     assert shipped.read_bytes() == AGENT_ZIP
     assert oct(shipped.stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.ssh
+def test_a_left_job_whose_spool_is_of_another_format_is_named_not_misread(make_manager, ssh_lab_empty):
+    from helpers import wait_until
+
+    first = make_manager(ssh_config=ssh_lab_empty.ssh_config)
+    job = first.start("print('left')\n'value'", host="server01", detached=True, name="old")
+    assert job.result(timeout=30) == "value"
+    first.shutdown()  # the kernel exits; the spool stays on the host
+    spool = Path(ssh_lab_empty.home) / ".cache" / "jupyter_rjobs" / "jobs" / str(job.instance_id)
+    stat = (spool / "meta.json").stat()
+    rewrite_meta(spool, lambda meta: meta.update(spool_version=protocol.SPOOL_VERSION + 1, protocol=7))
+    os.chown(spool / "meta.json", stat.st_uid, stat.st_gid)
+
+    second = make_manager(ssh_config=ssh_lab_empty.ssh_config)
+    adopted = [j for j in second.connect("server01") if j.instance_id == job.instance_id]
+    assert len(adopted) == 1
+    expected = (f"{adopted[0].label}'s spool on server01 was written by agent version 7 (spool format"
+                f" {protocol.SPOOL_VERSION + 1}); this one reads format {protocol.SPOOL_VERSION}")
+    assert wait_until(lambda: adopted[0].reason.startswith(expected), timeout=30), adopted[0].reason
+    assert second.receive(adopted[0]) == []  # nothing read from it
