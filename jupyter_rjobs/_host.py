@@ -7,11 +7,15 @@ for a job go to its runner; replies to requests (a listing, a session's state) t
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import io
 import json
 import logging
+import py_compile
 import shlex
+import tempfile
 import threading
 import zipfile
 from pathlib import Path
@@ -38,22 +42,39 @@ MAX_CONNECTING = 32
 AGENT_PACKAGE = "rjobs_agent"  # the agent's top-level name on hosts: jupyter_rjobs/__init__ never runs there
 
 
-def _agent_zip() -> bytes:
-    """The agent package as one zip (zipimport loads it), built from the installed package's
-    files (a wheel without one of them fails here, not on a host); the same files give the
-    same bytes (fixed dates), so the same cache directory."""
+@functools.lru_cache(maxsize=None)
+def agent_zip() -> tuple[bytes, str]:
+    """The agent package as one zip (zipimport loads it) and its digest, built once, from the
+    installed package's files (a wheel without one of them fails here, not on a host). Each
+    module comes with its bytecode for this Python (unchecked-hash .pyc, which zipimport uses
+    when the host's Python has the same magic number and skips otherwise): no host compiles
+    the agent at every connection. The digest is of the sources and that magic number."""
     package = Path(agent.__file__).parent
+    digest = hashlib.sha256(importlib.util.MAGIC_NUMBER)
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive, tempfile.TemporaryDirectory() as scratch:
         for path in sorted(package.glob("*.py")):
-            info = zipfile.ZipInfo(f"{AGENT_PACKAGE}/{path.name}", date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = 0o600 << 16
-            archive.writestr(info, path.read_bytes(), zipfile.ZIP_DEFLATED)
-    return buffer.getvalue()
+            source = path.read_bytes()
+            digest.update(path.name.encode() + b"\0" + source)
+            name = f"{AGENT_PACKAGE}/{path.name}"
+            bytecode = f"{scratch}/{path.name}c"
+            py_compile.compile(str(path), cfile=bytecode, dfile=name, doraise=True,
+                               invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+            for member, data in ((name, source), (name + "c", Path(bytecode).read_bytes())):
+                info = zipfile.ZipInfo(member, date_time=(1980, 1, 1, 0, 0, 0))
+                info.external_attr = 0o600 << 16
+                archive.writestr(info, data, zipfile.ZIP_DEFLATED)
+    return buffer.getvalue(), digest.hexdigest()[:12]
 
 
-AGENT_ZIP = _agent_zip()
-AGENT_DIGEST = hashlib.sha256(AGENT_ZIP).hexdigest()[:12]
+def __getattr__(name: str) -> Any:
+    """AGENT_ZIP and AGENT_DIGEST, built on first use (not when this module is imported)."""
+    if name == "AGENT_ZIP":
+        return agent_zip()[0]
+    if name == "AGENT_DIGEST":
+        return agent_zip()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _PROBE = (
     "import json, os, sys\n"
@@ -192,8 +213,9 @@ class HostConnection:
                 f"the spool directory {self.root} is not private (mode {oct(probe['root_mode'])}, owner uid {probe['root_uid']});"
                 f" refusing to load anything from it. Fix it there with: chmod 700 {self.root}",
             )
-        agent_dir = f"{self.root}/agent-{protocol.PROTOCOL_VERSION}-{AGENT_DIGEST}"
-        files = {f"{AGENT_PACKAGE}.zip": AGENT_ZIP}
+        zipped, digest = agent_zip()
+        agent_dir = f"{self.root}/agent-{protocol.PROTOCOL_VERSION}-{digest}"
+        files = {f"{AGENT_PACKAGE}.zip": zipped}
         if not probe["dill"]:
             files["dill.zip"] = _dill_zip()
         quoted_dir = shlex.quote(agent_dir)
