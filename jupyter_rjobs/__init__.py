@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._agent import display, progress
+from .agent.capture import display, progress
 from ._errors import (
     AmbiguousJobError,
     AuthenticationError,

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generic, Mapping, Sequence, TypeVar
 
-from ._agent import loads_value
 from ._errors import UsageProblem
+from .agent.values import loads_value
 from ._job import Job, JobKind, JobState
 from ._records import Record, RecordKind
 

@@ -1,24 +1,29 @@
 """A host's SSH connection and the agent server on it, shared by every job and session there.
 
 First contact checks the host's Python, uploads the agent (and dill, if the host lacks it) into a
-private, versioned cache directory, and starts the server (``serve_main`` in _agent.py). Frames
+private, versioned cache directory, and starts the server (``serve_main`` in agent/server.py). Frames
 for a job go to its runner; replies to requests (a listing, a session's state) to whoever waits.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import io
 import json
 import logging
+import py_compile
 import shlex
+import tempfile
 import threading
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
-from . import _agent
-from ._agent import read_frame, write_frame
+from . import agent
+from .agent import protocol
+from .agent.protocol import read_frame, write_frame
 from ._errors import HostError
 from ._ssh import AcceptNewHost, HostSettings, SshConnection
 from ._ssh_errors import CONNECTION_ERRORS, describe
@@ -35,8 +40,42 @@ class FrameTarget(Protocol):
 
 MIN_PYTHON = (3, 9)
 MAX_CONNECTING = 32
-AGENT_SOURCE = Path(_agent.__file__).read_bytes()
-AGENT_DIGEST = hashlib.sha256(AGENT_SOURCE).hexdigest()[:12]
+AGENT_PACKAGE = "rjobs_agent"  # the agent's top-level name on hosts: jupyter_rjobs/__init__ never runs there
+
+
+@functools.lru_cache(maxsize=None)
+def agent_zip() -> tuple[bytes, str]:
+    """The agent package as one zip (zipimport loads it) and its digest, built once, from the
+    installed package's files (a wheel without one of them fails here, not on a host). Each
+    module comes with its bytecode for this Python (unchecked-hash .pyc, which zipimport uses
+    when the host's Python has the same magic number and skips otherwise): no host compiles
+    the agent at every connection. The digest is of the sources and that magic number."""
+    package = Path(agent.__file__).parent
+    digest = hashlib.sha256(importlib.util.MAGIC_NUMBER)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive, tempfile.TemporaryDirectory() as scratch:
+        for path in sorted(package.glob("*.py")):
+            source = path.read_bytes()
+            digest.update(path.name.encode() + b"\0" + source)
+            name = f"{AGENT_PACKAGE}/{path.name}"
+            bytecode = f"{scratch}/{path.name}c"
+            py_compile.compile(str(path), cfile=bytecode, dfile=name, doraise=True,
+                               invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+            for member, data in ((name, source), (name + "c", Path(bytecode).read_bytes())):
+                info = zipfile.ZipInfo(member, date_time=(1980, 1, 1, 0, 0, 0))
+                info.external_attr = 0o600 << 16
+                archive.writestr(info, data, zipfile.ZIP_DEFLATED)
+    return buffer.getvalue(), digest.hexdigest()[:12]
+
+
+def __getattr__(name: str) -> Any:
+    """AGENT_ZIP and AGENT_DIGEST, built on first use (not when this module is imported)."""
+    if name == "AGENT_ZIP":
+        return agent_zip()[0]
+    if name == "AGENT_DIGEST":
+        return agent_zip()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _PROBE = (
     "import json, os, sys\n"
@@ -113,6 +152,7 @@ class HostConnection:
         self._send_lock = threading.Lock()
         self._runners: dict[str, FrameTarget] = {}
         self._hello = threading.Event()
+        self._hello_header: dict[str, Any] = {}
         self._pong = threading.Event()
         self._closed = False
 
@@ -124,15 +164,14 @@ class HostConnection:
             raise HostError(self.host, f"the SSH connection failed ({describe(exc)}); check that the host is up and runs sshd") from None
         try:
             agent_dir, python_path = self._install()
-            command = (
-                f"exec env PYTHONPATH={shlex.quote(python_path)} {shlex.quote(self.settings.python)} -u -c "
-                + shlex.quote(f"import sys; sys.path.insert(0, {agent_dir!r}); import rjobs_agent; rjobs_agent.serve_main({self.root!r})")
-            )
-            self._channel = self.connection.exec(command)
-            self._writer = _ChannelWriter(self._channel)
-            threading.Thread(target=self._read, name=f"rjob-host-{self.host}", daemon=True).start()
-            if not self._hello.wait(30) or self._closed:
-                raise HostError(self.host, f"the agent did not start there: {self._stderr_tail() or 'no message'}")
+            problem = self._start_agent(agent_dir, python_path)
+            if problem is not None:  # not our agent under our agent's name (damaged, edited): upload it again, once
+                log.debug("%s: %s; uploading the agent again", self.host, problem)
+                self._stop_agent()
+                agent_dir, python_path = self._install(replace=True)
+                problem = self._start_agent(agent_dir, python_path)
+                if problem is not None:
+                    raise HostError(self.host, f"{problem}; remove {agent_dir} there and connect again")
         except CONNECTION_ERRORS as exc:
             self.close()
             raise HostError(self.host, f"the SSH connection broke while starting the agent there ({describe(exc)}); try again"
@@ -142,7 +181,28 @@ class HostConnection:
             raise
         return self
 
-    def _install(self) -> tuple[str, str]:
+    def _start_agent(self, agent_dir: str, python_path: str) -> str | None:
+        """Start the agent's server from its zip; None once it said hello in our protocol, else what is wrong."""
+        assert self.connection is not None
+        entry = f"import sys; sys.path.insert(0, {agent_dir + '/' + AGENT_PACKAGE + '.zip'!r}); from {AGENT_PACKAGE}.server import serve_main; serve_main({self.root!r})"
+        command = f"exec env PYTHONPATH={shlex.quote(python_path)} {shlex.quote(self.settings.python)} -u -c " + shlex.quote(entry)
+        self._hello.clear()
+        self._channel = self.connection.exec(command)
+        self._writer = _ChannelWriter(self._channel)
+        threading.Thread(target=self._read, args=(self._channel,), name=f"rjob-host-{self.host}", daemon=True).start()
+        if not self._hello.wait(30) or self._closed:
+            raise HostError(self.host, f"the agent did not start there: {self._stderr_tail() or 'no message'}")
+        return protocol.hello_problem(self._hello_header)
+
+    def _stop_agent(self) -> None:
+        """End the agent's server (its reader thread sees a replaced channel: nothing is lost)."""
+        channel, self._channel, self._writer = self._channel, None, None
+        try:
+            channel.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def _install(self, replace: bool = False) -> tuple[str, str]:
         assert self.connection is not None
         python = self.settings.python
         status, out, err = self.connection.run(f"{shlex.quote(python)} -c {shlex.quote(_PROBE)}")
@@ -164,16 +224,18 @@ class HostConnection:
                 f"the spool directory {self.root} is not private (mode {oct(probe['root_mode'])}, owner uid {probe['root_uid']});"
                 f" refusing to load anything from it. Fix it there with: chmod 700 {self.root}",
             )
-        agent_dir = f"{self.root}/agent-{_agent.AGENT_VERSION}-{AGENT_DIGEST}"
-        files = {"rjobs_agent.py": AGENT_SOURCE}
+        zipped, digest = agent_zip()
+        agent_dir = f"{self.root}/agent-{protocol.PROTOCOL_VERSION}-{digest}"
+        files = {f"{AGENT_PACKAGE}.zip": zipped}
         if not probe["dill"]:
             files["dill.zip"] = _dill_zip()
         quoted_dir = shlex.quote(agent_dir)
         for name, content in files.items():
             target = shlex.quote(f"{agent_dir}/{name}")
+            missing = "true" if replace else f"[ ! -f {target} ]"
             command = (
                 f"umask 077 && mkdir -p {shlex.quote(self.root + '/jobs')} {quoted_dir} && "
-                f"if [ ! -f {target} ]; then cat > {target}.part && mv {target}.part {target}; else cat > /dev/null; fi"
+                f"if {missing}; then cat > {target}.part && mv {target}.part {target}; else cat > /dev/null; fi"
             )
             status, _, err = self.connection.run(command, stdin=content)
             if status != 0:
@@ -215,8 +277,8 @@ class HostConnection:
     def detach(self, instance: str) -> None:
         self._runners.pop(instance, None)
 
-    def _read(self) -> None:
-        reader = _ChannelReader(self._channel)
+    def _read(self, channel: Any) -> None:
+        reader = _ChannelReader(channel)
         try:
             while True:
                 frame = read_frame(reader)  # type: ignore[arg-type]
@@ -226,6 +288,8 @@ class HostConnection:
         except Exception as exc:  # noqa: BLE001 - a broken connection ends the session
             log.debug("session %s ended: %s", self.host, exc)
         finally:
+            if channel is not self._channel:
+                return  # replaced (the agent uploaded again): nothing was lost
             lost = not self._closed  # not closed by us: the network, the host, sshd
             self._closed = True
             self._hello.set()
@@ -238,7 +302,8 @@ class HostConnection:
 
     def _dispatch(self, header: dict[str, Any], buffers: list[bytearray]) -> None:
         op = header.get("op")
-        if op == "hello":
+        if op == protocol.HELLO:
+            self._hello_header = header
             self.server_pid = int(header.get("pid") or 0)
             self._hello.set()
             return
@@ -248,7 +313,7 @@ class HostConnection:
             box.append(header)
             event.set()
             return
-        if op == "pong":
+        if op == protocol.PONG:
             self._pong.set()
             return
         runner = self._runners.get(str(header.get("job")))
@@ -275,7 +340,7 @@ class HostConnection:
         if self._writer is not None and not self._closed:
             self._pong.clear()
             try:
-                self.send({"op": "ping"})
+                self.send({"op": protocol.PING})
                 self._pong.wait(sync_timeout)
             except HostError:
                 pass

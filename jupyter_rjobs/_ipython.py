@@ -10,7 +10,7 @@ import weakref
 from typing import Any
 
 from . import _ipython_prompt
-from ._agent import current_sink, install_routing
+from .agent.capture import current_sink, install_routing
 from ._manager import JobManager
 from ._render import CellRenderer as Renderer  # the one renderer of records (_render.py); this name for its callers
 

@@ -13,7 +13,7 @@ import re
 import symtable
 from typing import Any, Iterable, Mapping, Sequence
 
-from ._agent import dumps_value
+from .agent.values import dumps_value
 from ._errors import UnsendableVariableError, UsageProblem
 
 __all__ = ["free_names", "capture_variables", "serialize_variables"]

@@ -18,8 +18,11 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Mapping, Sequence
 
-from ._agent import compile_job, read_frame, signal_tree, write_frame
 from ._backend import Backend, BackendOptions, FrameApplier, JobRunner, register_backend
+from .agent import protocol
+from .agent.execute import compile_job
+from .agent.proctree import signal_tree
+from .agent.protocol import read_frame, write_frame
 from ._errors import RJobError
 from ._job import Job, JobKind, JobState
 from ._namespace import capture_variables, serialize_variables
@@ -32,7 +35,7 @@ __all__ = ["ProcessBackend", "WorkerPool"]
 log = logging.getLogger(__name__)
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_WORKER_CODE = "from jupyter_rjobs._agent import worker_main; worker_main()"
+_WORKER_CODE = "from jupyter_rjobs.agent.worker import worker_main; worker_main()"
 
 
 def signal_name(returncode: int) -> str:
@@ -127,13 +130,13 @@ class Worker:
 
     def _dispatch(self, header: dict[str, Any], buffers: list[bytearray]) -> None:
         op = header.get("op")
-        if op == "ready":
+        if op == protocol.READY:
             self.python_version = header.get("python", "")
             self.ready.set()
-        elif op == "idle":
+        elif op == protocol.IDLE:
             self.job = None
             self._on_idle(self)
-        elif op == "record" and self._apply is not None:
+        elif op == protocol.RECORD and self._apply is not None:
             self._apply(header, buffers)
 
     def assign(self, job: Job) -> None:
@@ -288,7 +291,7 @@ class ProcessBackend(Backend[ProcessOptions, "_ProcessPrepared"]):
         compile_job(code, filename)  # a syntax error is found here, before any job exists
         specs, buffers = serialize_variables(capture_variables(code, namespace, push))
         header = {
-            "op": "run",
+            "op": protocol.RUN,
             "code": code,
             "filename": filename,
             "variables": specs,

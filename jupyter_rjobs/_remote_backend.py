@@ -1,4 +1,4 @@
-"""Remote jobs: the code runs on SSH hosts, under the agent's ``serve`` (see _agent.py and _host.py).
+"""Remote jobs: the code runs on SSH hosts, under the agent's server (see agent/server.py and _host.py).
 
 Each job is a detached process on the host writing an append-only spool; with
 ``cache="kernel"`` its records stream into the kernel (the spool goes once they are all here),
@@ -21,7 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from . import _registry
-from ._agent import compile_job
+from .agent import protocol
+from .agent.execute import compile_job
 from ._backend import Backend, FrameApplier, JobRunner
 from ._errors import HostError
 from ._host import HostConnection
@@ -140,12 +141,12 @@ class RemoteRunner(JobRunner):
         self._apply.python_version = connection.python_version
         self.user_disconnected = False
         connection.attach(self.instance, self)
-        connection.send({"op": "attach", "job": self.instance, "after": self.last_seq, "cache": self.cache, "replace": replace, "force": force})
+        connection.send({"op": protocol.ATTACH, "job": self.instance, "after": self.last_seq, "cache": self.cache, "replace": replace, "force": force})
 
     def release(self) -> None:
         """Stop following the job (a disconnect): it goes on on the host."""
         self.user_disconnected = True
-        self._send_quietly({"op": "release", "job": self.instance})
+        self._send_quietly({"op": protocol.RELEASE, "job": self.instance})
         self.connection.detach(self.instance)
         if not self.job.state.finished:
             self.job.reason = f"disconnected; it goes on on {self.connection.host} (reconnect with %rjob connect)"
@@ -154,7 +155,7 @@ class RemoteRunner(JobRunner):
     # frames from the host
     def on_frame(self, op: str | None, header: dict[str, Any], buffers: list[bytearray]) -> None:
         job = self.job
-        if op == "record":
+        if op == protocol.RECORD:
             seq = int(header.get("seq", 0))
             if self._fetched is not None and header["kind"] != "state":
                 self._fetched.append(self._apply.record(header, buffers))
@@ -165,24 +166,26 @@ class RemoteRunner(JobRunner):
             self._apply(header, buffers)
             if header["kind"] == "state" and JobState(header["data"]).finished:
                 self._ended()
-        elif op == "notice" and isinstance(job.stream, RemoteSpoolStream):
+        elif op == protocol.NOTICE and isinstance(job.stream, RemoteSpoolStream):
             self.last_seq = max(self.last_seq, int(header["seq"]))
             job.stream.notice(int(header["seq"]))
-        elif op == "fetched":
+        elif op == protocol.FETCHED:
             self._fetch_done.set()
-        elif op == "attached":
+        elif op == protocol.ATTACHED:
             if job.state in (JobState.Disconnected, JobState.NotStarted):
                 job.reason = ""
                 job.set_state(JobState.Running)  # its final state, if it ended meanwhile, follows
-        elif op == "gone":
+        elif op == protocol.GONE:
             job.reason = f"job spool is gone on {self.connection.host}"
             if not job.state.finished:
                 job.fail("HostError", f"job spool is gone on {self.connection.host} (was the host rebuilt or its ~/.cache cleared?)")
             self.connection.detach(self.instance)
-        elif op == "refused":
+        elif op == protocol.REFUSED:
             job.reason = str(header.get("reason"))
+            if header.get("spool_problem"):  # a spool of another format: said, never misread
+                job.reason = f"{job.label}'s spool on {self.connection.host} {header['spool_problem']}"
             self.connection.detach(self.instance)
-        elif op == "failed":  # the host could not start it (a full disk, say): nothing of it may stay there
+        elif op == protocol.FAILED:  # the host could not start it (a full disk, say): nothing of it may stay there
             job.fail("HostError", f"{self.connection.host}: {header.get('error')}")
             self._clean()
 
@@ -196,7 +199,7 @@ class RemoteRunner(JobRunner):
         with self._fetch_lock:
             self._fetched = []
             self._fetch_done.clear()
-            self.connection.send({"op": "fetch", "job": self.instance, "after": after})
+            self.connection.send({"op": protocol.FETCH, "job": self.instance, "after": after})
             if not self._fetch_done.wait(300) or not self.connection.alive:
                 self._fetched = None
                 raise HostError(self.connection.host, "the job's records could not be fetched (the connection was lost); try again once it is back")
@@ -204,7 +207,7 @@ class RemoteRunner(JobRunner):
         return sorted({r.seq: r for r in records if r.seq > after}.values(), key=lambda r: r.seq)
 
     def ack(self, seq: int) -> None:
-        self._send_quietly({"op": "ack", "job": self.instance, "seq": seq})
+        self._send_quietly({"op": protocol.ACK, "job": self.instance, "seq": seq})
 
     def connection_lost(self) -> None:
         if not self.job.state.finished:
@@ -214,17 +217,17 @@ class RemoteRunner(JobRunner):
 
     # stopping and cleaning
     def terminate(self) -> None:
-        self._send_quietly({"op": "stop", "job": self.instance, "grace": self.stop_grace})
+        self._send_quietly({"op": protocol.STOP, "job": self.instance, "grace": self.stop_grace})
 
     def kill(self) -> None:
-        self._send_quietly({"op": "stop", "job": self.instance, "grace": 0})
+        self._send_quietly({"op": protocol.STOP, "job": self.instance, "grace": 0})
 
     def cleanup(self) -> None:
         self._clean()
 
     def _clean(self) -> None:
         """Delete the job's spool on the host (and its registry entry)."""
-        self._send_quietly({"op": "clean", "job": self.instance})
+        self._send_quietly({"op": protocol.CLEAN, "job": self.instance})
         _registry.forget(self.instance)
         if self.job.state.finished:
             self.connection.detach(self.instance)
@@ -391,7 +394,7 @@ class RemoteBackend(Backend[RemoteOptions, _RemotePrepared]):
         hosts, python, accept_new_host = options.hosts, options.python_there, options.accept_new_host
         compile_job(code, filename)
         specs, buffers = serialize_variables(capture_variables(code, namespace, push), where="a remote job")
-        header = {"op": "run", "code": code, "filename": filename, "variables": specs, "python": sys.version.split()[0], "kernel": os.getpid()}
+        header = {"op": protocol.RUN, "code": code, "filename": filename, "variables": specs, "python": sys.version.split()[0], "kernel": os.getpid()}
         if isinstance(options.session, Session):
             header["session"] = str(options.session.instance)
         connections: dict[str, HostConnection | HostError] = {}
@@ -441,24 +444,24 @@ class RemoteBackend(Backend[RemoteOptions, _RemotePrepared]):
 
     def listing(self, host: str, python: str | None = None, accept_new: AcceptNewHost = False) -> dict[str, Any]:
         """What this user left on ``host``: its job spools and its sessions."""
-        return self.connection(host, python, accept_new).request({"op": "list"}, "listing")
+        return self.connection(host, python, accept_new).request({"op": protocol.LIST}, protocol.LISTING)
 
     # -- sessions -------------------------------------------------------------------------
     def open_session(self, session: Session, accept_new: AcceptNewHost = False) -> None:
         connection = self.connection(session.host, session.python, accept_new)
         reply = connection.request(
-            {"op": "session_new", "session": str(session.instance), "name": session.name, "kernel": os.getpid(), "host": session.host}, "session_state"
+            {"op": protocol.SESSION_NEW, "session": str(session.instance), "name": session.name, "kernel": os.getpid(), "host": session.host}, protocol.SESSION_STATE
         )
         if reply.get("state") != "Opened":
             raise HostError(session.host, f"the session did not start there: {reply.get('reason') or reply.get('state')}")
 
     def session_status(self, session: Session) -> dict[str, Any]:
         connection = self.connection(session.host, session.python)
-        return connection.request({"op": "session_attach", "session": str(session.instance)}, "session_state")
+        return connection.request({"op": protocol.SESSION_ATTACH, "session": str(session.instance)}, protocol.SESSION_STATE)
 
     def close_session(self, session: Session) -> None:
         connection = self.connection(session.host, session.python)
-        connection.request({"op": "session_close", "session": str(session.instance)}, "session_state")
+        connection.request({"op": protocol.SESSION_CLOSE, "session": str(session.instance)}, protocol.SESSION_STATE)
 
     def shutdown(self) -> None:
         self._closed.set()

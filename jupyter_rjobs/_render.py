@@ -135,7 +135,7 @@ class Renderer:
             if self.streaming and record.time - shown_at >= self.PROGRESS_INTERVAL:
                 self._show_progress(self._unshown_progress.pop(record.job_id))
         elif kind is _VALUE:
-            from ._agent import mime_bundle
+            from .agent.capture import mime_bundle
 
             data, metadata = mime_bundle(record.data)
             self._display(record.job_id, data, metadata, record.data)

@@ -16,8 +16,9 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from ._agent import JobStopRequested, Sink, compile_job, display, execute, install_routing, install_tqdm_progress, set_thread_sink
 from ._backend import Backend, BackendOptions, JobRunner, register_backend
+from .agent.capture import Sink, display, install_routing, install_tqdm_progress, set_thread_sink
+from .agent.execute import JobStopRequested, compile_job, execute
 from ._job import Job, JobKind, JobState
 from ._records import RecordKind
 

@@ -13,7 +13,7 @@ from jupyter_rjobs import Job, JobManager
 # The local registry of remote jobs is per user: tests keep theirs apart from the user's own.
 os.environ["JUPYTER_RJOBS_STATE"] = tempfile.mkdtemp(prefix="rjobs-state-")
 
-pytest_plugins = ["sshfixtures"]  # the real-sshd lab: tests/sshfixtures.py, tests/sshlab.py
+pytest_plugins = ["sshfixtures", "pamfixtures"]  # the real-sshd lab (tests/sshlab.py) and its PAM hosts (tests/pamlab.py)
 
 # The contract suite runs against every kind here.
 ALL_KINDS = ["thread", "process", pytest.param("remote", marks=pytest.mark.ssh)]

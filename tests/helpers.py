@@ -6,7 +6,7 @@ import os
 import time
 from typing import Callable
 
-from jupyter_rjobs._agent import descendants
+from jupyter_rjobs.agent.proctree import descendants
 
 
 def in_ci() -> bool:

@@ -43,7 +43,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
 
-from jupyter_rjobs._agent import descendants
+from jupyter_rjobs.agent.proctree import descendants
 
 __all__ = ["SshLab", "LabUnavailable", "LabHost"]
 

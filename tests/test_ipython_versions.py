@@ -10,7 +10,7 @@ import IPython
 import pytest
 from IPython.utils.capture import capture_output
 
-from jupyter_rjobs._agent import format_error
+from jupyter_rjobs.agent.execute import format_error
 
 
 def ours(shell) -> list:

@@ -17,7 +17,6 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from kernel_helpers import CellResult, KernelSession, describe, errors  # noqa: E402
-from pamfixtures import pam_hosts  # noqa: E402,F401 - the fixture
 from pamlab import Answers, PamHosts  # noqa: E402
 from user_sees import assert_user_sees_no_noise, from_kernel  # noqa: E402
 

@@ -31,7 +31,20 @@ def test_the_package_under_test_is_the_one_the_leg_installed():
     assert Path(done.stdout.strip()).resolve() == where
 
 
-def test_what_runs_on_hosts_ships_with_the_package():
+def test_what_runs_on_hosts_ships_with_the_package(tmp_path):
     package = Path(jupyter_rjobs.__file__).parent
-    assert (package / "_agent.py").is_file()
+    assert (package / "agent" / "server.py").is_file()
     from jupyter_rjobs import _remote_backend  # noqa: F401 - builds the upload from the installed files
+    from jupyter_rjobs._host import AGENT_ZIP
+
+    # the zip a host gets imports whole, as rjobs_agent, without the kernel-side jupyter_rjobs
+    (tmp_path / "rjobs_agent.zip").write_bytes(AGENT_ZIP)
+    code = (
+        f"import sys; sys.path.insert(0, {str(tmp_path / 'rjobs_agent.zip')!r})\n"
+        "import rjobs_agent.server, rjobs_agent.worker\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('rjobs_agent', 'jupyter_rjobs')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
+    loaded = eval(done.stdout.strip())
+    shipped = sorted(f"rjobs_agent.{p.stem}" for p in (package / "agent").glob("*.py") if p.stem != "__init__")
+    assert loaded == ["rjobs_agent"] + shipped  # every module, each used, none of jupyter_rjobs

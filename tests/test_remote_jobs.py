@@ -288,8 +288,8 @@ def test_the_agent_is_private_versioned_and_brings_dill(remote, ssh_lab):
     from jupyter_rjobs._host import AGENT_DIGEST
 
     current = root / f"agent-1-{AGENT_DIGEST}"
-    assert (current / "rjobs_agent.py").exists() and (current / "dill.zip").exists()  # the host has no dill
-    assert oct((current / "rjobs_agent.py").stat().st_mode & 0o777) == "0o600"
+    assert (current / "rjobs_agent.zip").exists() and (current / "dill.zip").exists()  # the host has no dill
+    assert oct((current / "rjobs_agent.zip").stat().st_mode & 0o777) == "0o600"
 
 
 # -- the magics ---------------------------------------------------------------------------

@@ -21,7 +21,6 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from pamfixtures import pam_hosts  # noqa: E402,F401 - the fixture
 from pamlab import Answers, PamHosts  # noqa: E402
 
 from jupyter_rjobs import AuthenticationError, HostError  # noqa: E402
@@ -295,7 +294,7 @@ def test_ssh_agent_keys_are_used_as_openssh_uses_them(pam_hosts, prompter_slot, 
 CHILD = r"""
 import os, signal, sys
 from jupyter_rjobs import JobManager, RJobError
-from jupyter_rjobs._agent import descendants
+from jupyter_rjobs.agent.proctree import descendants
 from jupyter_rjobs._prompt import install_prompter
 
 config, host, password, drop_listener = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])

@@ -5,12 +5,15 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import jupyter_rjobs
 from jupyter_rjobs import JobKind, JobState, RecordKind
-from jupyter_rjobs._agent import Sink, dumps_value, loads_value, read_frame, write_frame
+from jupyter_rjobs.agent.capture import Sink
+from jupyter_rjobs.agent.protocol import read_frame, write_frame
+from jupyter_rjobs.agent.values import dumps_value, loads_value
 from jupyter_rjobs._job import Job, aggregate_state
 from jupyter_rjobs._namespace import free_names
 from jupyter_rjobs._records import RecordStream
@@ -173,11 +176,11 @@ def test_importing_the_package_stays_light():
     assert out.strip() == "[]"
 
 
-def test_the_agent_is_stdlib_only_and_python39_syntax():
+@pytest.mark.parametrize("module", sorted(p.name for p in (Path(jupyter_rjobs.__file__).parent / "agent").glob("*.py")))
+def test_the_agent_is_stdlib_only_and_python39_syntax(module):
     import ast
-    from pathlib import Path
 
-    source = Path(jupyter_rjobs.__file__).with_name("_agent.py").read_text()
+    source = (Path(jupyter_rjobs.__file__).parent / "agent" / module).read_text()
     ast.parse(source, feature_version=(3, 9))
     tree = ast.parse(source)
     top_level = set()
@@ -190,6 +193,7 @@ def test_the_agent_is_stdlib_only_and_python39_syntax():
     stdlib = getattr(sys, "stdlib_module_names", None) or _stdlib_names()  # the attribute is Python 3.10+
     third_party = {m for m in top_level if m not in stdlib} - allowed_third_party
     assert third_party == set()
+    assert "jupyter_rjobs" not in top_level  # on hosts it is rjobs_agent: its modules import each other relatively
 
 
 def _stdlib_names() -> set[str]:

@@ -1,0 +1,358 @@
+"""Where a job's output goes: stdout/stderr (also fds 1 and 2), display() and progress (also
+tqdm's bars) become records in the job's :class:`Sink`; the notebook's own output is left alone."""
+
+from __future__ import annotations
+
+import builtins
+import codecs
+import fcntl  # imported here, not per job: a forked job would pay for the import every time
+import io
+import os
+import struct
+import sys
+import termios
+import threading
+import time
+import types
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+RecordEmitter = Callable[[str, Any], None]
+
+
+class Sink:
+    """Where one job's output goes. Text is coalesced into whole lines; a switch between
+    stdout, stderr and anything else flushes first, so the order is kept."""
+
+    def __init__(self, emit: RecordEmitter) -> None:
+        self._emit = emit
+        self._lock = threading.RLock()
+        self._pending_stream: Optional[str] = None
+        self._pending: List[str] = []
+
+    def write(self, stream: str, text: str) -> None:
+        if not text:
+            return
+        with self._lock:
+            if self._pending_stream != stream:
+                self._flush_locked()
+                self._pending_stream = stream
+            self._pending.append(text)
+            if "\n" in text or sum(map(len, self._pending)) > 65536:
+                joined = "".join(self._pending)
+                cut = joined.rfind("\n") + 1 or len(joined)
+                self._pending = [joined[cut:]] if cut < len(joined) else []
+                self._emit(stream, joined[:cut])
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if self._pending_stream is not None and self._pending:
+            text = "".join(self._pending)
+            self._pending = []
+            if text:
+                self._emit(self._pending_stream, text)
+
+    def record(self, kind: str, data: Any) -> None:
+        with self._lock:
+            self._flush_locked()
+            self._emit(kind, data)
+
+
+_local = threading.local()
+_process_sink: Optional[Sink] = None  # a worker process's job sink, seen from every thread
+
+
+def current_sink() -> Optional[Sink]:
+    return getattr(_local, "sink", None) or _process_sink
+
+
+def set_thread_sink(sink: Optional[Sink]) -> None:
+    _local.sink = sink
+
+
+def set_process_sink(sink: Optional[Sink]) -> None:
+    """The sink of the job this process runs (a worker, a host job), seen from every thread."""
+    global _process_sink
+    _process_sink = sink
+
+
+class RoutingStream:
+    """A stand-in for sys.stdout / sys.stderr: writes from a job go to its sink, the rest
+    to the stream it replaced (so the notebook's own prints stay in the notebook)."""
+
+    def __init__(self, fallback: Any, name: str) -> None:
+        self._fallback = fallback
+        self._name = name
+
+    def write(self, text: str) -> int:
+        sink = current_sink()
+        if sink is None:
+            return self._fallback.write(text)  # type: ignore[no-any-return]
+        if _fd_capture is not None:
+            _fd_capture.drain()  # what a subprocess already wrote to fd 1 or 2 comes first
+        sink.write(self._name, text)
+        return len(text)
+
+    def writelines(self, lines: Sequence[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        sink = current_sink()
+        if sink is None:
+            self._fallback.flush()
+        else:
+            sink.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fallback, name)
+
+
+def install_routing() -> None:
+    """Make sys.stdout and sys.stderr route job output (idempotent)."""
+    for name in ("stdout", "stderr"):
+        current = getattr(sys, name)
+        if not isinstance(current, RoutingStream):
+            setattr(sys, name, RoutingStream(current, name))
+
+
+_REPR_METHODS = (
+    ("text/html", "_repr_html_"),
+    ("text/markdown", "_repr_markdown_"),
+    ("image/svg+xml", "_repr_svg_"),
+    ("image/png", "_repr_png_"),
+    ("image/jpeg", "_repr_jpeg_"),
+    ("text/latex", "_repr_latex_"),
+    ("application/json", "_repr_json_"),
+    ("application/javascript", "_repr_javascript_"),
+)
+
+
+def mime_bundle(obj: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(data, metadata) of ``obj``'s rich reprs, the way IPython's formatters find them."""
+    if "IPython" in sys.modules:
+        try:
+            from IPython.core.formatters import DisplayFormatter
+
+            formatted, formatted_metadata = DisplayFormatter().format(obj)  # type: ignore[no-untyped-call]
+            return _jsonable_bundle(formatted), formatted_metadata or {}
+        except Exception:
+            pass
+    data: Dict[str, Any] = {}
+    metadata: Dict[str, Any] = {}
+    method = getattr(obj, "_repr_mimebundle_", None)
+    if callable(method):
+        try:
+            result = method()
+            if isinstance(result, tuple):
+                data, metadata = dict(result[0] or {}), dict(result[1] or {})
+            elif result:
+                data = dict(result)
+        except Exception:
+            data = {}
+    for mime, name in _REPR_METHODS:
+        method = getattr(obj, name, None)
+        if mime in data or not callable(method) or isinstance(obj, type):
+            continue
+        try:
+            value = method()
+        except Exception:
+            continue
+        if isinstance(value, tuple):
+            value, metadata[mime] = value
+        if value is not None:
+            data[mime] = value
+    data.setdefault("text/plain", repr(obj))
+    return _jsonable_bundle(data), metadata
+
+
+def _jsonable_bundle(data: Dict[str, Any]) -> Dict[str, Any]:
+    import base64
+
+    return {
+        mime: base64.b64encode(value).decode() if isinstance(value, bytes) else value
+        for mime, value in data.items()
+    }
+
+
+def display(*objs: Any, raw: bool = False, metadata: Optional[Dict[str, Any]] = None, **_: Any) -> None:
+    """IPython's ``display()`` for job code: each object's mime bundle becomes a record."""
+    sink = current_sink()
+    if sink is None:
+        print(*objs)
+        return
+    for obj in objs:
+        if raw and isinstance(obj, dict):
+            data, meta = obj, dict(metadata or {})
+        else:
+            data, meta = mime_bundle(obj)
+            meta.update(metadata or {})
+        sink.record("display", {"data": data, "metadata": meta})
+
+
+def progress(current: float, total: Optional[float] = None, message: str = "") -> None:
+    """Report progress from inside a job (PowerShell's Write-Progress); a no-op outside jobs."""
+    sink = current_sink()
+    if sink is not None:
+        sink.record("progress", {"current": current, "total": total, "message": str(message)})
+
+
+
+# -- output written to fds 1 and 2 ------------------------------------------------------
+class FdCapture:
+    """Output written straight to file descriptors 1 and 2 (C code, subprocesses) becomes
+    records too: each fd is a pipe, and one thread reads both (a thread is costly in a fresh fork)."""
+
+    def __init__(self) -> None:
+        self._readers: Dict[int, str] = {}
+        self._busy = 0
+        self._lock = threading.Lock()
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            read_end, write_end = os.pipe()
+            os.dup2(write_end, fd)
+            os.close(write_end)
+            self._readers[read_end] = name
+        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
+        self._pump_thread.start()
+
+    def _pump(self) -> None:
+        import select
+
+        decoders = {fd: codecs.getincrementaldecoder("utf-8")(errors="replace") for fd in self._readers}
+        open_fds = list(self._readers)
+        while open_fds:
+            for fd in select.select(open_fds, [], [])[0]:
+                with self._lock:
+                    self._busy += 1
+                try:
+                    chunk = os.read(fd, 65536)
+                    if not chunk:
+                        open_fds.remove(fd)
+                        continue
+                    sink = current_sink()
+                    if sink is not None:
+                        sink.write(self._readers[fd], decoders[fd].decode(chunk))
+                finally:
+                    with self._lock:
+                        self._busy -= 1
+
+    def drain(self, timeout: float = 1.0) -> None:
+        """Wait until what the job wrote to the fds has been read (so it comes before what follows)."""
+        if threading.current_thread() is self._pump_thread:
+            return
+        deadline = time.monotonic() + timeout
+        pending = bytearray(4)
+        while time.monotonic() < deadline:
+            waiting = 0
+            for fd in list(self._readers):
+                fcntl.ioctl(fd, termios.FIONREAD, pending)
+                waiting += struct.unpack("i", bytes(pending))[0]
+            if not waiting and not self._busy:
+                return
+            time.sleep(0.001)
+
+
+
+# -- display() and tqdm in job code -----------------------------------------------------
+class _PatchOnImport:
+    """An import hook: when job code imports one of ``targets``, ``patch(module)`` runs on it.
+
+    Done lazily because importing IPython (or tqdm) costs time that most jobs never need.
+    """
+
+    def __init__(self, targets: Tuple[str, ...], patch: Callable[[types.ModuleType], None]) -> None:
+        self.targets = targets
+        self.patch = patch
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name not in self.targets:
+            return None
+        import importlib.machinery
+
+        spec = importlib.machinery.PathFinder.find_spec(name, path, target)
+        if spec is not None and spec.loader is not None:
+            loader = spec.loader
+            original_exec = loader.exec_module
+            patch = self.patch
+
+            def exec_module(module: types.ModuleType) -> None:
+                original_exec(module)
+                patch(module)
+
+            setattr(loader, "exec_module", exec_module)  # noqa: B010 - a method replaced on this one loader
+        return spec
+
+
+_DISPLAY_MODULES = ("IPython.core.display_functions", "IPython.display")
+
+
+def _give_display(module: types.ModuleType) -> None:
+    module.display = display  # type: ignore[attr-defined]
+
+
+def install_rich_display() -> None:
+    """display() in job code, with or without `from IPython.display import display`, gives records."""
+    builtins.display = display  # type: ignore[attr-defined]
+    for name in _DISPLAY_MODULES:
+        module = sys.modules.get(name)
+        if module is not None:
+            _give_display(module)
+    sys.meta_path.insert(0, _PatchOnImport(_DISPLAY_MODULES, _give_display))
+
+
+def _patch_tqdm(module: types.ModuleType) -> None:
+    """After tqdm draws or closes a bar, a job's bar also becomes a progress record (bars outside jobs: unchanged)."""
+    cls = getattr(module, "tqdm", None)
+    if cls is None or getattr(cls, "_rjob_patched", False):
+        return
+
+    def report(bar: Any) -> None:
+        if current_sink() is None or getattr(bar, "disable", False):
+            return
+        position = (getattr(bar, "n", 0), getattr(bar, "total", None), str(getattr(bar, "desc", "") or ""))
+        if getattr(bar, "_rjob_reported", None) != position:  # a redraw of the same position says nothing new
+            bar._rjob_reported = position
+            progress(*position)
+
+    for method in ("refresh", "close"):
+        original = getattr(cls, method)
+
+        def patched(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            result = _original(self, *args, **kwargs)
+            report(self)
+            return result
+
+        setattr(cls, method, patched)
+    cls._rjob_patched = True
+
+
+def install_tqdm_progress() -> None:
+    """tqdm bars in job code report the job's progress: now if tqdm is imported, else when it is."""
+    module = sys.modules.get("tqdm.std")
+    if module is not None:
+        _patch_tqdm(module)
+    elif not any(getattr(finder, "patch", None) is _patch_tqdm for finder in sys.meta_path):
+        sys.meta_path.insert(0, _PatchOnImport(("tqdm.std",), _patch_tqdm))
+
+
+
+_fd_capture: Optional[FdCapture] = None  # this process's, once its fds 1 and 2 are captured
+
+
+def capture_process_output() -> FdCapture:
+    """This process's output becomes records: sys.stdout/err route to the job's sink, fds 1 and 2 too."""
+    global _fd_capture
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    fds = _fd_capture = FdCapture()
+    sys.stdout = RoutingStream(io.TextIOWrapper(os.fdopen(1, "wb", buffering=0), write_through=True), "stdout")
+    sys.stderr = RoutingStream(io.TextIOWrapper(os.fdopen(2, "wb", buffering=0), write_through=True), "stderr")
+    install_rich_display()
+    install_tqdm_progress()
+    return fds

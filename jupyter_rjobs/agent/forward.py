@@ -1,0 +1,164 @@
+"""Following the jobs a host server forwards: each job's spool goes to the kernel as it grows
+(the frames themselves, or for a remote-cache job only notices, states and errors); a job
+asked to stop is killed once its grace has passed; a job that ended without saying how gets
+its end written for it."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from .proctree import alive, exit_text
+from .protocol import GONE, KIND_ERROR, KIND_STATE, NOTICE, RECORD
+from .spool import Scanner, died_records, end_records
+
+Send = Callable[[Dict[str, Any], Sequence[Any]], None]
+
+
+class HostJob:
+    """A job the server forwards: its own (forked here) or adopted (by its spool)."""
+
+    def __init__(self, instance: str, spool: str, pid: int, start: Optional[int], notify_fd: int, cache: str) -> None:
+        self.instance = instance
+        self.spool = spool
+        self.pid = pid  # its supervisor (a session's, for a session job)
+        self.start = start
+        self.notify_fd = notify_fd
+        self.cache = cache
+        self.scanner = Scanner(os.path.join(spool, "records"))
+        self.skip_upto = 0  # the kernel has these already
+        self.adopted = notify_fd < 0
+        self.session: Optional[str] = None
+        self.stopping = False
+        self.kill_at: Optional[float] = None
+        self.exit_status: Optional[int] = None
+        self.ended = False
+
+
+class Forwarder:
+    """The jobs one server forwards, by instance (and its own children, by pid)."""
+
+    def __init__(self, send: Send, out_fd: int, selector: selectors.BaseSelector) -> None:
+        self._send = send
+        self._out_fd = out_fd
+        self._selector = selector
+        self.jobs: Dict[str, HostJob] = {}
+        self.by_pid: Dict[int, HostJob] = {}
+        self.quiet = True  # nothing happened in the last turn: a good moment to fork a spare
+
+    def get(self, instance: str) -> Optional[HostJob]:
+        return self.jobs.get(instance)
+
+    def track(self, job: HostJob) -> None:
+        self.jobs[job.instance] = job
+        if job.notify_fd >= 0:
+            self.by_pid[job.pid] = job
+            self._selector.register(job.notify_fd, selectors.EVENT_READ, job)
+
+    def woken(self, job: HostJob) -> None:
+        """A job's notify pipe says it wrote records."""
+        try:
+            os.read(job.notify_fd, 65536)
+        except OSError:
+            pass
+        self.forward(job)
+
+    def follow_adopted(self) -> None:
+        for job in [j for j in self.jobs.values() if j.adopted]:
+            self.forward(job)  # no pipe wakes us for these: their spools are watched
+
+    def sweep(self) -> None:
+        for job in list(self.jobs.values()):
+            self.forward(job)
+            self.settle(job)
+
+    def reap_children(self) -> None:
+        """Collect every child that ended (also those already cleaned), so none stays a zombie."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            job = self.by_pid.pop(pid, None)
+            if job is not None:
+                job.exit_status = status
+                job.ended = True
+                self.settle(job)
+
+    def forward(self, job: HostJob) -> None:
+        """Send the kernel what the job's spool has gained: the frames themselves (consecutive ones
+        in one sendfile), or for a remote-cache job only notices, states and errors."""
+        pending: Optional[List[int]] = None  # a run of frames to copy: [start, end]
+        while True:
+            found = job.scanner.next()
+            if found is None:
+                break
+            header, start, end = found
+            seq = header.get("seq", 0)
+            if seq > job.skip_upto and (job.cache == "kernel" or header.get("kind") in (KIND_STATE, KIND_ERROR)):
+                if pending is not None and pending[1] == start:
+                    pending[1] = end
+                else:
+                    if pending is not None:
+                        job.scanner.copy(self._out_fd, *pending)
+                    pending = [start, end]
+            else:
+                if pending is not None:
+                    job.scanner.copy(self._out_fd, *pending)
+                    pending = None
+                if seq > job.skip_upto:
+                    self._send({"op": NOTICE, "job": job.instance, "seq": seq, "kind": header.get("kind")}, ())
+        if pending is not None:
+            job.scanner.copy(self._out_fd, *pending)
+        if job.scanner.final is not None:
+            self.quiet = True  # its end is on the way to the kernel: a good moment to fork the next spare
+
+    def settle(self, job: HostJob) -> None:
+        """Kill a stopped job whose grace has passed; once it has ended, make sure its spool says how."""
+        if not job.ended:
+            if job.scanner.final is not None:
+                job.ended = True  # its spool says how it ended (a supervisor exits soon after)
+            elif job.adopted and not alive(job.pid, job.start):
+                job.ended = True  # not our child: its supervisor is gone, and with it the job
+        if not job.ended:
+            if job.kill_at is not None and time.monotonic() >= job.kill_at:
+                os.kill(job.pid, signal.SIGUSR1)  # the supervisor kills the job's whole tree
+                job.kill_at = None
+            if job.scanner.final is None and not os.path.isdir(job.spool):
+                self._send({"op": GONE, "job": job.instance}, ())
+                self.drop(job)
+            return
+        if job.instance not in self.jobs:
+            return
+        self.forward(job)  # whatever it wrote before it ended
+        if job.scanner.final is None:
+            self.finish_for(job)
+            self.forward(job)
+        self.drop(job)
+
+    def drop(self, job: HostJob) -> None:
+        """Forget a job here (its spool stays)."""
+        self.jobs.pop(job.instance, None)
+        if job.notify_fd >= 0:
+            self._selector.unregister(job.notify_fd)
+            os.close(job.notify_fd)
+            job.notify_fd = -1
+        job.scanner.close()
+
+    def finish_for(self, job: HostJob) -> None:
+        """The job and its supervisor died without saying how it ended: say it for them."""
+        what = "the session's interpreter" if job.session else "worker"
+        records = died_records(exit_text(job.exit_status), job.stopping, what)
+        try:
+            end_records(job.scanner.path, records, job.instance)
+        except OSError:  # no room to write it (or no spool): tell the kernel directly
+            seq = job.scanner.last_seq
+            for kind, data in records:
+                seq += 1
+                self._send({"op": RECORD, "job": job.instance, "seq": seq, "kind": kind, "time": time.time(), "data": data}, ())
+            job.scanner.final = records[-1][1]

@@ -1,0 +1,212 @@
+"""The wire: the one frame codec, the operation names and the versions, for pipes, SSH channels
+and spools alike.
+
+A frame is ``!II`` (header length, buffer count), the JSON header (an object), then each buffer
+as ``!Q`` length + bytes. Reading a frame never unpickles. A spool is the frames a job wrote,
+appended to a file: the server forwards its bytes as they are, so this format is also the
+on-disk format of jobs left on hosts, and it carries its own version (``SPOOL_VERSION``, in
+the spool's meta.json; a spool without one was written by wave 1 and is version 1, the same
+bytes).
+
+Map of operations (``op`` of a header), who sends them, and the reply:
+
+    kernel -> worker (a pipe)    RUN                               -> RECORD..., IDLE
+    worker -> kernel             READY (at start: pid, version, python)
+    kernel -> host server        RUN (a job, or a request in a session) -> RECORD... or FAILED
+                                 STOP, ACK, CLEAN, RELEASE          (no reply)
+                                 FETCH                             -> RECORD..., FETCHED
+                                 ATTACH                            -> ATTACHED, RECORD... | REFUSED | GONE
+                                 LIST                              -> LISTING
+                                 SESSION_NEW, SESSION_ATTACH, SESSION_CLOSE -> SESSION_STATE
+                                 PING                              -> PONG
+    host server -> kernel        HELLO (at start: version, python, pid); NOTICE (a remote-cache
+                                 job's record stays on the host); GONE (its spool vanished)
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any, BinaryIO, Dict, List, Mapping, Optional, Sequence, Tuple
+
+PROTOCOL_VERSION = 1  # the frames and operations below; sent in HELLO and READY as "version"
+SPOOL_VERSION = 1  # a spool's format (meta.json "spool_version"; none: 1)
+
+# -- operations ----------------------------------------------------------------------------
+HELLO = "hello"
+READY = "ready"
+IDLE = "idle"
+RUN = "run"
+RECORD = "record"
+NOTICE = "notice"
+STOP = "stop"
+FETCH = "fetch"
+FETCHED = "fetched"
+ACK = "ack"
+CLEAN = "clean"
+ATTACH = "attach"
+ATTACHED = "attached"
+RELEASE = "release"
+REFUSED = "refused"
+GONE = "gone"
+FAILED = "failed"
+LIST = "list"
+LISTING = "listing"
+PING = "ping"
+PONG = "pong"
+SESSION_NEW = "session_new"
+SESSION_ATTACH = "session_attach"
+SESSION_CLOSE = "session_close"
+SESSION_STATE = "session_state"
+
+# -- record kinds the agent itself looks at ------------------------------------------------
+KIND_STATE = "state"
+KIND_ERROR = "error"
+KIND_VALUE = "value"
+FINAL_STATES = ("Completed", "Failed", "Stopped")
+
+# -- frames --------------------------------------------------------------------------------
+_HEAD = struct.Struct("!II")
+_BUFLEN = struct.Struct("!Q")
+MAX_HEADER = 256 * 1024 * 1024
+MAX_BUFFER = 1 << 40  # 1 TiB: a longer buffer means the bytes are not a frame
+_BIG = 1 << 20
+
+
+class IncompleteFrame(EOFError):
+    """The input ended inside a frame (a torn stream; a spool still being written)."""
+
+
+def write_frame(out: BinaryIO, header: Dict[str, Any], buffers: Sequence[Any] = ()) -> None:
+    """Write one frame; ``out`` is an unbuffered binary file (a pipe, a socket file, a spool)."""
+    head = json.dumps(header, separators=(",", ":")).encode()
+    parts: List[Any] = [_HEAD.pack(len(head), len(buffers)), head]
+    for buf in buffers:
+        view = memoryview(buf).cast("B")
+        parts.append(_BUFLEN.pack(view.nbytes))
+        parts.append(view)
+    small = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts) < 65536
+    if small:
+        out.write(b"".join(bytes(p) if isinstance(p, memoryview) else p for p in parts))
+    else:
+        for part in parts:
+            _write_all(out, part)
+
+
+def _write_all(out: BinaryIO, data: Any) -> None:
+    view = memoryview(data).cast("B")
+    while view.nbytes:
+        written = out.write(view)
+        if written is None:  # a buffered file wrote it all
+            return
+        view = view[written:]
+
+
+class FrameSource:
+    """Where :func:`parse_frame` takes a frame's parts from. ``take`` returns ``size`` bytes, or
+    None if the input ends first; ``buffer=True`` marks a buffer (a source may skip loading it)."""
+
+    def take(self, size: int, buffer: bool) -> Optional[Any]:
+        raise NotImplementedError
+
+
+def parse_frame(source: FrameSource) -> Optional[Tuple[Dict[str, Any], List[Any]]]:
+    """The one frame parser: (header, buffers), or None if the input ends before a frame's
+    first 8 bytes. Raises IncompleteFrame (an EOFError) if it ends inside the frame, and
+    ValueError if the bytes are not a frame of ours (or a buffer cannot be allocated here);
+    nothing else."""
+    first = source.take(_HEAD.size, False)
+    if first is None:
+        return None
+    head_len, nbuf = _HEAD.unpack(bytes(first))
+    if head_len > MAX_HEADER:
+        raise ValueError(f"frame header of {head_len} bytes: not a jupyter_rjobs stream")
+    head = source.take(head_len, False)
+    if head is None:
+        raise IncompleteFrame("stream ended inside a frame")
+    header = decode_header(head)
+    buffers = []
+    for _ in range(nbuf):
+        size_bytes = source.take(_BUFLEN.size, False)
+        if size_bytes is None:
+            raise IncompleteFrame("stream ended inside a frame")
+        size = _BUFLEN.unpack(bytes(size_bytes))[0]
+        if size > MAX_BUFFER:
+            raise ValueError(f"frame buffer of {size} bytes: not a jupyter_rjobs stream")
+        data = source.take(size, True)
+        if data is None:
+            raise IncompleteFrame("stream ended inside a frame")
+        buffers.append(data)
+    return header, buffers
+
+
+def decode_header(head: Any) -> Dict[str, Any]:
+    """A frame's JSON header, from bytes (never an mmap: json reads str, bytes or bytearray)."""
+    try:
+        header = json.loads(bytes(head))
+    except RecursionError as exc:  # nested too deep for this interpreter
+        raise ValueError(f"frame header nested too deep: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ValueError(f"frame header is a JSON {type(header).__name__}, not an object: not a jupyter_rjobs stream")
+    return header
+
+
+class _StreamSource(FrameSource):
+    """A file's ``readinto``: a frame's head in bytes; a large buffer in an anonymous mmap,
+    whose pages the OS zeroes lazily (a bytearray would be zero-filled up front, holding
+    the GIL, while the sender stalls)."""
+
+    def __init__(self, inp: BinaryIO) -> None:
+        self._inp = inp
+
+    def take(self, size: int, buffer: bool) -> Optional[Any]:
+        if buffer and size >= _BIG:
+            import mmap
+
+            try:
+                buf: Any = mmap.mmap(-1, size)
+            except (OSError, OverflowError) as exc:
+                raise ValueError(f"a frame buffer of {size} bytes cannot be allocated here: {exc}") from exc
+        else:
+            buf = bytearray(size)
+        view = memoryview(buf)
+        got = 0
+        while got < size:
+            n = self._inp.readinto(view[got:])  # type: ignore[attr-defined]
+            if not n:
+                return None
+            got += n
+        return buf
+
+
+def read_frame(inp: BinaryIO) -> Optional[Tuple[Dict[str, Any], List[Any]]]:
+    """Read one frame from a file with ``readinto``; None at an end of file before a frame
+    (fewer than its first 8 bytes). A torn frame raises EOFError (IncompleteFrame), bytes that
+    are not a frame ValueError."""
+    return parse_frame(_StreamSource(inp))
+
+
+# -- versions ------------------------------------------------------------------------------
+def hello_problem(header: Mapping[str, Any]) -> Optional[str]:
+    """What is wrong with a HELLO (or READY) from an agent, or None if it speaks our protocol."""
+    theirs = header.get("version")
+    if theirs == PROTOCOL_VERSION:
+        return None
+    return f"the agent there speaks protocol version {theirs}, this jupyter_rjobs speaks {PROTOCOL_VERSION}"
+
+
+def spool_version(meta: Mapping[str, Any]) -> int:
+    """The format version of a spool, from its meta.json (a wave-1 spool has none: version 1)."""
+    value = meta.get("spool_version", 1)
+    return value if isinstance(value, int) else -1
+
+
+def spool_problem(meta: Mapping[str, Any]) -> Optional[str]:
+    """Why a spool cannot be read by this agent, or None if it can."""
+    version = spool_version(meta)
+    if version == SPOOL_VERSION:
+        return None
+    return (
+        f"was written by agent version {meta.get('protocol', version)} (spool format {version}); this one reads"
+        f" format {SPOOL_VERSION}: receive it with the jupyter_rjobs that started it, or remove it"
+    )

@@ -1,0 +1,313 @@
+"""The host server: one per SSH connection (``serve_main``). It runs each job as a detached pair
+(:mod:`.supervisor`) forked ahead of time, forwards the job's spool to the kernel as it grows,
+and answers the kernel's requests (see the map in :mod:`.protocol`). A later server (after a
+reconnect, or in a new kernel) adopts a job by its spool and goes on from a sequence number.
+
+Three parts: :class:`Server` reads requests and dispatches them; :class:`Forwarder` follows
+the jobs this server forwards (spool to kernel, stops, how each ended); the session requests
+go to :mod:`.session`.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import selectors
+import shutil
+import signal
+import sys
+import time
+import types
+import uuid
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from . import session as sessions
+from .capture import display, progress
+from .forward import Forwarder, HostJob
+from .listing import list_jobs
+from .proctree import alive, process_start
+from .protocol import (
+    ACK, ATTACH, ATTACHED, CLEAN, FAILED, FETCH, FETCHED, GONE, HELLO, LIST, LISTING, PING, PONG,
+    PROTOCOL_VERSION, REFUSED, RELEASE, RUN, SESSION_ATTACH, SESSION_CLOSE, SESSION_NEW, SESSION_STATE,
+    STOP, read_frame, spool_problem, write_frame,
+)
+from .spool import Scanner, check_private, owner_elsewhere, read_cursor, read_json, spool_meta, write_private
+from .supervisor import Spare
+
+
+class Server:
+    """Reads the kernel's requests from stdin and answers on stdout; everything else it does
+    (forking, forwarding) happens between requests, in :meth:`loop`."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.jobs_dir = os.path.join(root, "jobs")
+        self.sessions_dir = os.path.join(root, "sessions")
+        self.inp = os.fdopen(os.dup(0), "rb", buffering=0)
+        self.out_fd = os.dup(1)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1):
+            os.dup2(null, fd)
+        os.close(null)
+        self.out = os.fdopen(self.out_fd, "wb", buffering=0, closefd=False)
+        self.selector = selectors.DefaultSelector()  # epoll: no limit of 1024 jobs
+        self.jobs = Forwarder(self.send, self.out_fd, self.selector)
+        self.spare: Optional[Spare] = None
+        self.owner = f"{os.getpid()} {process_start(os.getpid())}".encode()
+        self.request_counter = 0
+        self.handlers: Dict[str, Callable[[Dict[str, Any], List[bytearray]], None]] = {
+            PING: lambda h, b: self.send({"op": PONG, "n": h.get("n")}),
+            RUN: self.run,
+            STOP: lambda h, b: self.stop(str(h.get("job", "")), float(h.get("grace", 3.0))),
+            FETCH: lambda h, b: self.fetch(str(h.get("job", "")), int(h.get("after", 0))),
+            ACK: lambda h, b: write_private(os.path.join(self.spool_of(str(h.get("job", ""))), "cursor"), str(int(h["seq"])).encode()),
+            CLEAN: lambda h, b: self.clean(str(h.get("job", ""))),
+            ATTACH: lambda h, b: self.attach(h),
+            RELEASE: lambda h, b: self.release(str(h.get("job", ""))),
+            LIST: lambda h, b: self.send({"op": LISTING, "jobs": list_jobs(self.jobs_dir, self.sessions_dir),
+                                          "sessions": sessions.list_sessions(self.sessions_dir)}),
+            SESSION_NEW: lambda h, b: self.session_new(h),
+            SESSION_ATTACH: lambda h, b: self.send(dict(self.session_status(str(h["session"])), op=SESSION_STATE)),
+            SESSION_CLOSE: lambda h, b: self.session_close(str(h["session"])),
+        }
+
+    def send(self, header: Dict[str, Any], buffers: Sequence[Any] = ()) -> None:
+        write_frame(self.out, header, buffers)
+
+    def loop(self) -> None:
+        """Serve until the kernel goes (the jobs go on: their spools keep everything)."""
+        for path in (self.root, self.jobs_dir, self.sessions_dir):
+            if not os.path.isdir(path):
+                os.mkdir(path, 0o700)
+            check_private(path)
+        self.selector.register(self.inp.fileno(), selectors.EVENT_READ, None)
+        self.send({"op": HELLO, "version": PROTOCOL_VERSION, "python": sys.version.split()[0], "pid": os.getpid()})
+        next_sweep = time.monotonic()
+        while True:
+            events = self.selector.select(0.05)
+            self.jobs.quiet = not events
+            for key, _ in events:
+                if key.data is None:
+                    if not self.on_request():
+                        return
+                else:
+                    self.jobs.woken(key.data)
+            self.jobs.follow_adopted()
+            self.jobs.reap_children()
+            if self.jobs.quiet:  # forking now would delay a running job's records: wait for a quiet moment
+                self.replenish()
+            if time.monotonic() >= next_sweep:  # a missed wake-up, a kill deadline: look at every job
+                next_sweep = time.monotonic() + 0.2
+                self.jobs.sweep()
+
+    def on_request(self) -> bool:
+        """Handle one request; False when the kernel is gone. A bad request never ends the server."""
+        frame = read_frame(self.inp)
+        if frame is None:
+            return False
+        header, buffers = frame
+        handler = self.handlers.get(str(header.get("op")))
+        try:
+            if handler is not None:
+                handler(header, buffers)
+        except OSError as exc:
+            self.send({"op": FAILED, "job": header.get("job"), "error": _os_error_text(exc, self.root)})
+        except Exception as exc:  # noqa: BLE001 - a bad request must not end the server
+            self.send({"op": FAILED, "job": header.get("job"), "error": f"{type(exc).__name__}: {exc}"})
+        return True
+
+    # -- jobs --------------------------------------------------------------------------------
+    def spool_of(self, instance: str) -> str:
+        return os.path.join(self.jobs_dir, str(uuid.UUID(instance)))  # a UUID, never a path
+
+    def make_spool(self, header: Dict[str, Any]) -> str:
+        instance = str(header["job"])
+        spool = self.spool_of(instance)
+        os.mkdir(spool, 0o700)
+        write_private(os.path.join(spool, "meta.json"), json.dumps(spool_meta(header, instance)).encode())
+        write_private(os.path.join(spool, "owner"), self.owner)
+        return spool
+
+    def run(self, header: Dict[str, Any], buffers: List[bytearray]) -> None:
+        """Start a job in a spare pair (or queue it in its session)."""
+        if header.get("session"):
+            self.session_run(header, buffers)
+            return
+        spool = self.make_spool(header)
+        spare, self.spare = self.spare or Spare(), None
+        try:
+            spare.hand(spool, header, buffers)
+        except OSError:  # the spare died: make one now
+            spare.discard()
+            spare = Spare()
+            spare.hand(spool, header, buffers)
+        start = process_start(spare.pid)
+        write_private(os.path.join(spool, "pid"), json.dumps({"pid": spare.pid, "start": start}).encode())
+        self.jobs.track(HostJob(str(header["job"]), spool, spare.pid, start, spare.notify_fd, header.get("cache", "kernel")))
+
+    def replenish(self) -> None:
+        """Fork the next job process ahead of time, so a run request only hands it the job."""
+        if self.spare is None:
+            self.spare = Spare()
+
+    def stop(self, instance: str, grace: float) -> None:
+        job = self.jobs.get(instance)
+        if job is None or job.ended:
+            return
+        job.stopping = True
+        if job.session is not None and self.unqueue(job):
+            return
+        if alive(job.pid, job.start):  # a session job is interrupted; a job's supervisor stops its tree
+            os.kill(job.pid, signal.SIGINT if job.session else signal.SIGTERM)
+        job.kill_at = time.monotonic() + grace
+
+    def fetch(self, instance: str, after: int) -> None:
+        """Send the records of a job after sequence number ``after``, then FETCHED."""
+        spool = self.spool_of(instance)
+        check_private(spool)
+        check_private(os.path.join(spool, "records"))
+        scanner = Scanner(os.path.join(spool, "records"))
+        try:
+            while True:
+                found = scanner.next()
+                if found is None:
+                    break
+                header, start, end = found
+                if header.get("seq", 0) > after:
+                    self.out.flush()
+                    scanner.copy(self.out_fd, start, end)
+        finally:
+            scanner.close()
+        self.send({"op": FETCHED, "job": instance, "last": scanner.last_seq})
+
+    def clean(self, instance: str) -> None:
+        job = self.jobs.get(instance)
+        if job is not None:  # still reaped by reap_children (by_pid keeps it)
+            self.jobs.drop(job)
+        shutil.rmtree(self.spool_of(instance), ignore_errors=True)
+
+    # -- adopting jobs this server did not start --------------------------------------------
+    def attach(self, header: Dict[str, Any]) -> None:
+        """Adopt a job by its spool and forward it from sequence number ``after``."""
+        instance = str(header["job"])
+        spool = self.spool_of(instance)
+        if not os.path.isdir(spool) or not os.path.exists(os.path.join(spool, "records")):
+            self.send({"op": GONE, "job": instance})
+            return
+        check_private(spool)
+        check_private(os.path.join(spool, "records"))
+        meta = read_json(os.path.join(spool, "meta.json")) or {}
+        problem = spool_problem(meta)
+        if problem is not None:  # never misread another format's records
+            self.send({"op": REFUSED, "job": instance, "reason": f"its spool {problem}", "spool_problem": problem})
+            return
+        if not self.take_over(instance, spool, header):
+            return
+        process = read_json(os.path.join(spool, "pid")) or {}
+        job = HostJob(instance, spool, int(process.get("pid", 0)), process.get("start"), -1, header.get("cache") or meta.get("cache") or "kernel")
+        job.session = meta.get("session")
+        job.skip_upto = int(header.get("after", 0))
+        if job.session:
+            sup = read_json(os.path.join(self.session_dir(job.session), "pid")) or {}
+            job.pid, job.start = int(sup.get("pid", 0)), sup.get("start")
+        self.jobs.track(job)
+        self.send({"op": ATTACHED, "job": instance, "cursor": read_cursor(spool), "meta": meta})
+        self.jobs.forward(job)
+
+    def take_over(self, instance: str, spool: str, header: Dict[str, Any]) -> bool:
+        """Become the server that forwards this spool, unless another kernel's server does
+        (then REFUSED, unless forced or it is our own earlier, stranded server)."""
+        other = owner_elsewhere(spool)
+        if other is not None and header.get("force"):
+            pass  # the user takes it over; the other server goes on sending into its own connection
+        elif other is not None and other == header.get("replace"):
+            try:
+                os.kill(other, signal.SIGTERM)  # our own earlier server, stranded by a lost connection
+            except OSError:
+                pass
+        elif other is not None:
+            self.send({"op": REFUSED, "job": instance, "reason": f"another kernel is attached to it (its agent is pid {other}); connect with --force to take it over"})
+            return False
+        old = self.jobs.get(instance)
+        if old is not None:
+            self.jobs.drop(old)
+        write_private(os.path.join(spool, "owner"), self.owner)
+        return True
+
+    def release(self, instance: str) -> None:
+        """Stop forwarding a job (a disconnect): it runs on, its spool keeps what it writes."""
+        job = self.jobs.get(instance)
+        if job is not None:
+            self.jobs.drop(job)
+        try:
+            os.unlink(os.path.join(self.spool_of(instance), "owner"))
+        except OSError:
+            pass
+
+    # -- sessions: lasting interpreters ------------------------------------------------------
+    def session_dir(self, session: str) -> str:
+        return sessions.session_dir(self.sessions_dir, session)
+
+    def session_status(self, session: str) -> Dict[str, Any]:
+        return sessions.session_status(self.session_dir(session), session)
+
+    def session_new(self, header: Dict[str, Any]) -> None:
+        session = str(header["session"])
+        path = self.session_dir(session)
+        sessions.make_session_dir(path, header)
+        spare = Spare(session_dir=path)
+        spare.discard()  # the session reads its requests from its queue, not from the server
+        sessions.record_pid(path, spare.pid)
+        self.send(dict(self.session_status(session), op=SESSION_STATE))
+
+    def session_run(self, header: Dict[str, Any], buffers: List[bytearray]) -> None:
+        """Queue a job in its session; it is forwarded like any job, from its own spool."""
+        session = str(header["session"])
+        path = self.session_dir(session)
+        status = self.session_status(session)
+        if status["state"] != "Opened":
+            self.send({"op": FAILED, "job": header.get("job"), "error": f"the session is {status['state'].lower()}: {status['reason']}"})
+            return
+        spool = self.make_spool(header)
+        self.request_counter += 1
+        name = f"{time.time():017.6f}-{self.request_counter:06d}-{header['job']}"
+        sessions.queue_request(path, name, dict(header, spool=spool), buffers)
+        sup = read_json(os.path.join(path, "pid")) or {}
+        job = HostJob(str(header["job"]), spool, int(sup.get("pid", 0)), sup.get("start"), -1, header.get("cache", "kernel"))
+        job.session = session
+        self.jobs.track(job)
+
+    def unqueue(self, job: HostJob) -> bool:
+        assert job.session is not None
+        return sessions.unqueue(self.session_dir(job.session), job.instance, job.scanner.path)
+
+    def session_close(self, session: str) -> None:
+        sessions.close_session(self.session_dir(session))
+        self.send({"op": SESSION_STATE, "session": session, "state": "Closed", "reason": ""})
+
+
+def _os_error_text(exc: OSError, root: str) -> str:
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the host's disk (writing under {root}); free some space there"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _provide_package_stub() -> None:
+    """On a host without jupyter_rjobs, `from jupyter_rjobs import progress, display` works in jobs."""
+    import importlib.util
+
+    if importlib.util.find_spec("jupyter_rjobs") is None:
+        stub = types.ModuleType("jupyter_rjobs")
+        stub.progress = progress  # type: ignore[attr-defined]
+        stub.display = display  # type: ignore[attr-defined]
+        sys.modules["jupyter_rjobs"] = stub
+
+
+def serve_main(root: str) -> None:
+    """One per SSH connection: runs jobs as detached processes and forwards their spools."""
+    os.umask(0o077)
+    import ctypes  # noqa: F401 - imported once here, not in every forked supervisor
+
+    _provide_package_stub()
+    Server(root).loop()

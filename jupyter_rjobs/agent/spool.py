@@ -1,0 +1,214 @@
+"""A job's spool on a host: ROOT/jobs/<instance>/ holds meta.json (what the job is, with the
+spool's format version), pid (its supervisor), owner (the server forwarding it), cursor (how far
+the kernel received it) and records: the job's frames, appended as they come. Everything under
+ROOT is private (0700/0600) and is checked before anything is read from it: the kernel
+unpickles what comes from there. The scanner reads the records with the protocol's one parser."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat as stat_module
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .proctree import alive
+from .protocol import (
+    FINAL_STATES,
+    KIND_ERROR,
+    KIND_STATE,
+    PROTOCOL_VERSION,
+    RECORD,
+    SPOOL_VERSION,
+    FrameSource,
+    IncompleteFrame,
+    parse_frame,
+    write_frame,
+)
+
+def check_private(path: str) -> None:
+    """Refuse a spool path that is not ours alone (unpickling what it holds is code execution)."""
+    info = os.lstat(path)
+    if stat_module.S_ISLNK(info.st_mode):
+        raise PermissionError(f"{path} is a symbolic link; refusing to use it")
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise PermissionError(
+            f"{path} is not private (owner uid {info.st_uid}, mode {oct(info.st_mode & 0o777)}); refusing to load"
+            f" anything from it. Fix it with: chown $USER {path} && chmod go-rwx {path}"
+        )
+
+
+def write_private(path: str, data: bytes) -> None:
+    """Replace a small file atomically, readable by its owner only."""
+    part = f"{path}.{os.getpid()}.part"
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(part, path)
+
+
+def read_json(path: str) -> Optional[Dict[str, Any]]:
+    try:
+        check_private(path)
+        with open(path, "rb") as f:
+            found = json.loads(f.read() or b"null")
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+
+def read_text(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def read_cursor(spool: str) -> int:
+    text = read_text(os.path.join(spool, "cursor"))
+    return int(text) if text.isdigit() else 0
+
+
+
+def spool_meta(header: Dict[str, Any], instance: str) -> Dict[str, Any]:
+    """A new spool's meta.json: what the job is, and the format (and agent) that wrote it."""
+    meta = {k: header.get(k) for k in ("code", "name", "cache", "detached", "session", "kernel", "host")}
+    meta.update(instance=instance, started=time.time(), spool_version=SPOOL_VERSION, protocol=PROTOCOL_VERSION)
+    return meta
+
+
+def owner_elsewhere(spool: str) -> Optional[int]:
+    """The pid of another live server that forwards this spool, if one does."""
+    try:
+        with open(os.path.join(spool, "owner"), "rb") as f:
+            pid_text, start_text = f.read().split()
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    if pid == os.getpid() or not start_text.isdigit() or not alive(pid, int(start_text)):
+        return None
+    return pid
+
+
+class SpoolWriter:
+    """The job side of a spool: append-only writes, and a byte on the notify pipe after each."""
+
+    def __init__(self, path: str, notify_fd: int) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._notify = notify_fd
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        while view.nbytes:
+            view = view[os.write(self._fd, view):]
+        if self._notify >= 0:
+            try:
+                os.write(self._notify, b"\0")
+            except OSError:
+                pass  # no server is listening (disconnected): the spool is enough
+        return len(data)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+
+class _SpoolSource(FrameSource):
+    """A spool's bytes from ``offset`` up to its size now; a buffer is skipped, not read (its
+    length stands for it)."""
+
+    def __init__(self, fd: int, offset: int) -> None:
+        self._fd = fd
+        self.position = offset
+        self._size = os.fstat(fd).st_size
+
+    def take(self, size: int, buffer: bool) -> Optional[Any]:
+        if self._size - self.position < size:
+            return None
+        start, self.position = self.position, self.position + size
+        return size if buffer else os.pread(self._fd, size, start)
+
+
+class Scanner:
+    """Reads complete frames of a spool from an offset without loading their buffers."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.offset = 0
+        self.last_seq = 0
+        self.final: Optional[str] = None
+        self.final_time: Optional[float] = None
+        self._fd: Optional[int] = None
+
+    def next(self) -> Optional[Tuple[Dict[str, Any], int, int]]:
+        """(header, start, end) of the next complete frame, or None if it is not all there yet.
+        Raises ValueError if the spool holds something that is not a frame."""
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                return None
+        source = _SpoolSource(self._fd, self.offset)
+        try:
+            frame = parse_frame(source)
+        except IncompleteFrame:
+            return None
+        if frame is None:
+            return None
+        header, start, self.offset = frame[0], self.offset, source.position
+        self.last_seq = max(self.last_seq, header.get("seq", 0))
+        if header.get("kind") == KIND_STATE and header.get("data") in FINAL_STATES:
+            self.final = header["data"]
+            self.final_time = header.get("time")
+        return header, start, self.offset
+
+    def to_end(self) -> "Scanner":
+        while self.next() is not None:
+            pass
+        return self
+
+    def copy(self, out_fd: int, start: int, end: int) -> None:
+        """Send bytes [start, end) of the spool to ``out_fd`` (zero-copy where the kernel can)."""
+        assert self._fd is not None
+        while start < end:
+            try:
+                sent = os.sendfile(out_fd, self._fd, start, end - start)
+            except OSError:
+                sent = os.write(out_fd, os.pread(self._fd, min(end - start, 1 << 20), start))
+            if sent == 0:
+                raise EOFError("spool shrank while it was being sent")
+            start += sent
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def end_records(path: str, records: Sequence[Tuple[str, Any]], instance: str) -> str:
+    """Write a job's last records for it (it could not: killed, stopped, its session died)."""
+    scanner = Scanner(path).to_end()
+    scanner.close()
+    if scanner.final is not None:
+        return scanner.final
+    seq = scanner.last_seq
+    writer = SpoolWriter(path, -1)
+    try:
+        for kind, data in records:
+            seq += 1
+            write_frame(writer, {"op": RECORD, "job": instance, "seq": seq, "kind": kind, "time": time.time(), "data": data})  # type: ignore[arg-type]
+    finally:
+        writer.close()
+    return str(records[-1][1])
+
+
+def died_records(how: str, stopping: bool, what: str = "worker") -> List[Tuple[str, Any]]:
+    if stopping:
+        return [(KIND_STATE, "Stopped")]
+    evalue = f"{what} exited with {how}"
+    return [(KIND_ERROR, {"ename": "WorkerDied", "evalue": evalue, "traceback": [f"WorkerDied: {evalue}"]}), (KIND_STATE, "Failed")]
+
