@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from .agent.capture import display, progress
 from ._errors import (
     AmbiguousJobError,
     AuthenticationError,
@@ -32,6 +31,7 @@ from ._registry import LeftJob
 from ._sessions import Availability, Session, SessionState
 from ._ssh_config import HostSettings, resolve_host
 from ._table import JobTable
+from .agent.capture import display, progress
 
 __version__ = "0.1.0"
 

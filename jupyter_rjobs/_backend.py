@@ -36,9 +36,9 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generic, Mapping, Sequence, TypeVar
 
 from ._errors import UsageProblem
-from .agent.values import loads_value
 from ._job import Job, JobKind, JobState
 from ._records import Record, RecordKind
+from .agent.values import loads_value
 
 if TYPE_CHECKING:
     from ._manager import JobManager

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from . import agent
-from .agent import protocol
-from .agent.protocol import read_frame, write_frame
 from ._errors import HostError
 from ._ssh import AcceptNewHost, HostSettings, SshConnection
 from ._ssh_errors import CONNECTION_ERRORS, describe
+from .agent import protocol
+from .agent.protocol import read_frame, write_frame
 
 __all__ = ["HostConnection", "FrameTarget"]
 
@@ -248,7 +248,8 @@ class HostConnection:
     def _stderr_tail(self) -> str:
         try:
             if self._channel is not None and self._channel.recv_stderr_ready():
-                return self._channel.recv_stderr(4096).decode(errors="replace").strip().splitlines()[-1]
+                tail: str = self._channel.recv_stderr(4096).decode(errors="replace").strip().splitlines()[-1]
+                return tail
         except Exception:  # noqa: BLE001
             pass
         return ""
@@ -287,18 +288,17 @@ class HostConnection:
                 self._dispatch(*frame)
         except Exception as exc:  # noqa: BLE001 - a broken connection ends the session
             log.debug("session %s ended: %s", self.host, exc)
-        finally:
-            if channel is not self._channel:
-                return  # replaced (the agent uploaded again): nothing was lost
-            lost = not self._closed  # not closed by us: the network, the host, sshd
-            self._closed = True
-            self._hello.set()
-            for event, _ in list(self._replies.values()):
-                event.set()
-            for runner in list(self._runners.values()):
-                runner.connection_lost()
-            if lost and self._on_lost is not None:
-                self._on_lost(self)
+        if channel is not self._channel:
+            return  # replaced (the agent uploaded again): nothing was lost
+        lost = not self._closed  # not closed by us: the network, the host, sshd
+        self._closed = True
+        self._hello.set()
+        for event, _ in list(self._replies.values()):
+            event.set()
+        for runner in list(self._runners.values()):
+            runner.connection_lost()
+        if lost and self._on_lost is not None:
+            self._on_lost(self)
 
     def _dispatch(self, header: dict[str, Any], buffers: list[bytearray]) -> None:
         op = header.get("op")
@@ -330,7 +330,8 @@ class HostConnection:
                 self.send(header)
                 if not event.wait(timeout) or not box:
                     raise HostError(self.host, f"no answer from the agent there within {timeout:g} s (the connection was lost?)")
-                return box[0]
+                answer: dict[str, Any] = box[0]
+                return answer
             finally:
                 self._replies.pop(key, None)
 

@@ -10,9 +10,9 @@ import weakref
 from typing import Any
 
 from . import _ipython_prompt
-from .agent.capture import current_sink, install_routing
 from ._manager import JobManager
 from ._render import CellRenderer as Renderer  # the one renderer of records (_render.py); this name for its callers
+from .agent.capture import current_sink, install_routing
 
 __all__ = ["load", "unload", "get_manager", "Renderer"]
 

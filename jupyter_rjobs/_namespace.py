@@ -13,8 +13,8 @@ import re
 import symtable
 from typing import Any, Iterable, Mapping, Sequence
 
-from .agent.values import dumps_value
 from ._errors import UnsendableVariableError, UsageProblem
+from .agent.values import dumps_value
 
 __all__ = ["free_names", "capture_variables", "serialize_variables"]
 

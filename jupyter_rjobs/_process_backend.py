@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Mapping, Sequence
 
 from ._backend import Backend, BackendOptions, FrameApplier, JobRunner, register_backend
+from ._errors import RJobError
+from ._job import Job, JobKind, JobState
+from ._namespace import capture_variables, serialize_variables
 from .agent import protocol
 from .agent.execute import compile_job
 from .agent.proctree import signal_tree
 from .agent.protocol import read_frame, write_frame
-from ._errors import RJobError
-from ._job import Job, JobKind, JobState
-from ._namespace import capture_variables, serialize_variables
 
 if TYPE_CHECKING:
     from ._manager import JobManager
@@ -53,6 +53,7 @@ class Worker:
     """One worker process and the thread that reads its frames."""
 
     def __init__(self, python: str, on_idle: Callable[["Worker"], None], on_exit: Callable[["Worker"], None]) -> None:
+        self.python = python
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen(
@@ -90,7 +91,7 @@ class Worker:
                 detail = ""
             raise WorkerStartError(
                 f"a process job worker did not start ({detail.splitlines()[-1] if detail else 'no message'}); check that"
-                f" {self.proc.args[0]} can import jupyter_rjobs"
+                f" {self.python} can import jupyter_rjobs"
             )
 
     def send(self, header: dict[str, Any], buffers: Sequence[Any] = ()) -> None:

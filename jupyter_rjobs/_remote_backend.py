@@ -21,8 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from . import _registry
-from .agent import protocol
-from .agent.execute import compile_job
 from ._backend import Backend, FrameApplier, JobRunner
 from ._errors import HostError
 from ._host import HostConnection
@@ -33,6 +31,8 @@ from ._records import Record, RecordKind, RecordStream
 from ._remote_options import RemoteOptions
 from ._sessions import Session, SessionState
 from ._ssh import AcceptNewHost, resolve_host
+from .agent import protocol
+from .agent.execute import compile_job
 
 if TYPE_CHECKING:
     from ._remote_ops import RemoteOps

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from ._backend import Backend, BackendOptions, JobRunner, register_backend
-from .agent.capture import Sink, display, install_routing, install_tqdm_progress, set_thread_sink
-from .agent.execute import JobStopRequested, compile_job, execute
 from ._job import Job, JobKind, JobState
 from ._records import RecordKind
+from .agent.capture import Sink, display, install_routing, install_tqdm_progress, set_thread_sink
+from .agent.execute import JobStopRequested, compile_job, execute
 
 if TYPE_CHECKING:
     from ._manager import JobManager

@@ -141,7 +141,7 @@ def mime_bundle(obj: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
 
             formatted, formatted_metadata = DisplayFormatter().format(obj)  # type: ignore[no-untyped-call]
             return _jsonable_bundle(formatted), formatted_metadata or {}
-        except Exception:
+        except Exception:  # noqa: BLE001 - a formatter that fails: the plain reprs below
             pass
     data: Dict[str, Any] = {}
     metadata: Dict[str, Any] = {}
@@ -153,7 +153,7 @@ def mime_bundle(obj: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
                 data, metadata = dict(result[0] or {}), dict(result[1] or {})
             elif result:
                 data = dict(result)
-        except Exception:
+        except Exception:  # noqa: BLE001 - the object's own _repr_mimebundle_ may raise anything
             data = {}
     for mime, name in _REPR_METHODS:
         method = getattr(obj, name, None)
@@ -161,7 +161,7 @@ def mime_bundle(obj: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
             continue
         try:
             value = method()
-        except Exception:
+        except Exception:  # noqa: BLE001 - a _repr_*_ method may raise anything: skip that type
             continue
         if isinstance(value, tuple):
             value, metadata[mime] = value

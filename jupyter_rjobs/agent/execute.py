@@ -18,6 +18,7 @@ from .capture import FdCapture, Sink, set_process_sink
 from .protocol import KIND_ERROR, KIND_STATE, KIND_VALUE, RECORD, write_frame
 from .values import dumps_value, loads_value
 
+
 class JobStopRequested(BaseException):
     """Raised inside a job's thread to stop it (BaseException, so `except Exception` lets it pass)."""
 
@@ -193,7 +194,7 @@ def _emit_value(value: Any, emit: Callable[..., None], sink: Sink) -> str:
     """Send the job's value back; a value that cannot be serialized fails the job, saying why."""
     try:
         fmt, value_buffers = dumps_value(value)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - pickle and dill raise many kinds: the job fails saying which
         reason = f"{type(exc).__name__}: {exc}"
         sink.record(KIND_ERROR, {
             "ename": "UnsendableValue",

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any, BinaryIO, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 PROTOCOL_VERSION = 1  # the frames and operations below; sent in HELLO and READY as "version"
 SPOOL_VERSION = 1  # a spool's format (meta.json "spool_version"; none: 1)
@@ -73,11 +73,18 @@ MAX_BUFFER = 1 << 40  # 1 TiB: a longer buffer means the bytes are not a frame
 _BIG = 1 << 20
 
 
+class Writable(Protocol):
+    """Where frames are written: a binary file, pipe or channel (``write`` may write less, or
+    return None when it wrote everything)."""
+
+    def write(self, data: Any, /) -> Optional[int]: ...
+
+
 class IncompleteFrame(EOFError):
     """The input ended inside a frame (a torn stream; a spool still being written)."""
 
 
-def write_frame(out: BinaryIO, header: Dict[str, Any], buffers: Sequence[Any] = ()) -> None:
+def write_frame(out: Writable, header: Dict[str, Any], buffers: Sequence[Any] = ()) -> None:
     """Write one frame; ``out`` is an unbuffered binary file (a pipe, a socket file, a spool)."""
     head = json.dumps(header, separators=(",", ":")).encode()
     parts: List[Any] = [_HEAD.pack(len(head), len(buffers)), head]
@@ -93,7 +100,7 @@ def write_frame(out: BinaryIO, header: Dict[str, Any], buffers: Sequence[Any] = 
             _write_all(out, part)
 
 
-def _write_all(out: BinaryIO, data: Any) -> None:
+def _write_all(out: Writable, data: Any) -> None:
     view = memoryview(data).cast("B")
     while view.nbytes:
         written = out.write(view)

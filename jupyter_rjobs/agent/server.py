@@ -28,9 +28,31 @@ from .forward import Forwarder, HostJob
 from .listing import list_jobs
 from .proctree import alive, process_start
 from .protocol import (
-    ACK, ATTACH, ATTACHED, CLEAN, FAILED, FETCH, FETCHED, GONE, HELLO, LIST, LISTING, PING, PONG,
-    PROTOCOL_VERSION, REFUSED, RELEASE, RUN, SESSION_ATTACH, SESSION_CLOSE, SESSION_NEW, SESSION_STATE,
-    STOP, read_frame, spool_problem, write_frame,
+    ACK,
+    ATTACH,
+    ATTACHED,
+    CLEAN,
+    FAILED,
+    FETCH,
+    FETCHED,
+    GONE,
+    HELLO,
+    LIST,
+    LISTING,
+    PING,
+    PONG,
+    PROTOCOL_VERSION,
+    REFUSED,
+    RELEASE,
+    RUN,
+    SESSION_ATTACH,
+    SESSION_CLOSE,
+    SESSION_NEW,
+    SESSION_STATE,
+    STOP,
+    read_frame,
+    spool_problem,
+    write_frame,
 )
 from .spool import Scanner, check_private, owner_elsewhere, read_cursor, read_json, spool_meta, write_private
 from .supervisor import Spare

@@ -64,7 +64,7 @@ def queue_request(path: str, name: str, header: Dict[str, Any], buffers: List[by
     request = os.path.join(path, "requests", name)
     writer = SpoolWriter(request + ".part", -1)
     try:
-        write_frame(writer, header, buffers)  # type: ignore[arg-type]
+        write_frame(writer, header, buffers)
     finally:
         writer.close()
     os.replace(request + ".part", request)

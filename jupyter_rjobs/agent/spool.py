@@ -26,6 +26,7 @@ from .protocol import (
     write_frame,
 )
 
+
 def check_private(path: str) -> None:
     """Refuse a spool path that is not ours alone (unpickling what it holds is code execution)."""
     info = os.lstat(path)
@@ -200,7 +201,7 @@ def end_records(path: str, records: Sequence[Tuple[str, Any]], instance: str) ->
     try:
         for kind, data in records:
             seq += 1
-            write_frame(writer, {"op": RECORD, "job": instance, "seq": seq, "kind": kind, "time": time.time(), "data": data})  # type: ignore[arg-type]
+            write_frame(writer, {"op": RECORD, "job": instance, "seq": seq, "kind": kind, "time": time.time(), "data": data})
     finally:
         writer.close()
     return str(records[-1][1])

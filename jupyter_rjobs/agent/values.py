@@ -34,9 +34,9 @@ def dumps_value(obj: Any) -> Tuple[str, List[Any]]:
     try:
         _Pickler(stream, protocol=5, buffer_callback=out_of_band.append).dump(obj)
         return "pickle", [stream.getbuffer()] + [b.raw() for b in out_of_band]
-    except Exception:
+    except Exception:  # noqa: BLE001 - whatever pickle refuses, dill is tried next
         pass
-    import dill  # type: ignore[import-untyped]  # pickle refused it (a lambda, a notebook class): dill keeps it by value
+    import dill  # pickle refused it (a lambda, a notebook class): dill keeps it by value
 
     return "dill", [dill.dumps(obj, protocol=5, recurse=True)]
 
