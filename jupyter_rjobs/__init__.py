@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._errors import (
+from jupyter_rjobs.agent.capture import display, progress
+from jupyter_rjobs.backends.remote.registry import LeftJob
+from jupyter_rjobs.backends.remote.ssh.config import HostSettings, resolve_host
+from jupyter_rjobs.core.errors import (
     AmbiguousJobError,
     AuthenticationError,
     HostError,
@@ -24,14 +27,11 @@ from ._errors import (
     UnsendableVariableError,
     UsageProblem,
 )
-from ._job import Job, JobKind, JobState
-from ._manager import EventKind, JobEvent, JobManager, WaitResult
-from ._records import Record, RecordKind
-from ._registry import LeftJob
-from ._sessions import Availability, Session, SessionState
-from ._ssh_config import HostSettings, resolve_host
-from ._table import JobTable
-from .agent.capture import display, progress
+from jupyter_rjobs.core.job import Job, JobKind, JobState
+from jupyter_rjobs.core.manager import EventKind, JobEvent, JobManager, WaitResult
+from jupyter_rjobs.core.records import Record, RecordKind
+from jupyter_rjobs.core.sessions import Availability, Session, SessionState
+from jupyter_rjobs.core.table import JobTable
 
 __version__ = "0.1.0"
 
@@ -79,20 +79,20 @@ def panel(manager: JobManager | None = None, *, interval: float = 0.25, page_siz
 
     Updates at most every ``interval`` seconds, ``page_size`` rows a page; ``.close()`` ends it.
     """
-    from ._panel import panel as make_panel  # ipywidgets is imported only now
+    from jupyter_rjobs.ipython.panel import panel as make_panel  # ipywidgets is imported only now
 
     return make_panel(manager, interval=interval, page_size=page_size)
 
 
 def load_ipython_extension(shell: Any) -> None:
     """``%load_ext jupyter_rjobs``: the %rjob magics, backed by one JobManager for the shell."""
-    from ._ipython import load
+    from jupyter_rjobs.ipython.extension import load
 
     load(shell)
 
 
 def unload_ipython_extension(shell: Any) -> None:
     """``%unload_ext jupyter_rjobs``: stops the shell's jobs and their workers."""
-    from ._ipython import unload
+    from jupyter_rjobs.ipython.extension import unload
 
     unload(shell)

@@ -106,7 +106,7 @@ def shell() -> Any:
 @pytest.fixture
 def ip(shell: Any) -> Iterator[Any]:
     """The shell, with its jobs cleared after each test."""
-    from jupyter_rjobs._ipython import get_manager
+    from jupyter_rjobs.ipython.extension import get_manager
 
     yield shell
     manager = get_manager(shell)

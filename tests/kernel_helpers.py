@@ -28,9 +28,9 @@ from typing import Any, Iterable
 
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
+from user_sees import ERROR_LINE, assert_user_sees_no_noise, from_kernel
 
 from jupyter_rjobs.agent.proctree import descendants  # the package's own /proc walk
-from user_sees import ERROR_LINE, assert_user_sees_no_noise, from_kernel
 
 __all__ = [
     "CellResult",

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Iterator
 
 import pytest
-
 from helpers import in_ci
 from pamlab import PAM_PACKAGES, PamHosts
 from sshlab import LabUnavailable, SshLab

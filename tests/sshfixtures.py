@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Iterator
 
 import pytest
-
 from helpers import in_ci
 from sshlab import LabUnavailable, SshLab
 

@@ -10,8 +10,8 @@ import sys
 import time
 
 import pytest
-
 from helpers import wait_until
+
 from jupyter_rjobs import (
     EventKind,
     HostError,

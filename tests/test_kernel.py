@@ -18,9 +18,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # kernel_helpers
 from kernel_helpers import (  # noqa: E402
     ChildSubreaper,
     KernelSession,
+    descendants,
     describe,
     describe_pids,
-    descendants,
     display_datas,
     errors,
     execute_results,
@@ -187,7 +187,7 @@ def _start_sleeper(kernel: KernelSession) -> set[int]:
     # Let the pool refill (warm idle workers + the busy one) so no worker is half started.
     kernel.run(
         "import time as _time\n"
-        "from jupyter_rjobs._ipython import get_manager\n"
+        "from jupyter_rjobs.ipython.extension import get_manager\n"
         "_pool = get_manager().backend('process').pool\n"
         "_t = _time.monotonic()\n"
         "while len(_pool.pids) < _pool.warm + 1 and _time.monotonic() - _t < 20:\n"

@@ -147,5 +147,5 @@ def test_without_stdin_the_cell_ends_with_one_line_not_a_hang(notebook, pam_host
     text = seen.stderr.strip()
     assert text.startswith("UsageError: pam-totp: ") and "\n" not in text, text
     assert "without input" in text and "ssh-agent" in text and "IdentityFile" in text, text
-    listing = session.value("[j.id for j in __import__('jupyter_rjobs._ipython', fromlist=['x']).get_manager().list()]")
+    listing = session.value("[j.id for j in __import__('jupyter_rjobs.ipython.extension', fromlist=['x']).get_manager().list()]")
     assert listing == []  # nothing half-created

@@ -46,7 +46,7 @@ def test_a_new_kernel_re_attaches_to_the_detached_job_of_a_killed_one(ssh_lab_em
         rest = stream_text(outputs)
         assert [int(n) for n in (seen + rest).split()] == list(range(40))
         assert second.value("get_ipython().run_line_magic('rjob', 'receive survivor')") is None  # all was received
-        assert second.value("__import__('jupyter_rjobs._ipython', fromlist=['x']).get_manager().get('survivor').result()") == "all done"
+        assert second.value("__import__('jupyter_rjobs.ipython.extension', fromlist=['x']).get_manager().get('survivor').result()") == "all done"
     finally:
         second.shutdown()
         second.close()

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from kernel_helpers import KernelSession, stream_text  # noqa: E402
 
-from jupyter_rjobs._kernelspec import main  # noqa: E402
+from jupyter_rjobs.kernelspec import main  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,7 +28,7 @@ def jupyter_rjobs_command(tmp_path: Path) -> dict[str, str]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     script = bin_dir / "jupyter-rjobs"
-    script.write_text(f"#!{sys.executable}\nimport sys\nfrom jupyter_rjobs._kernelspec import main\nsys.exit(main())\n")
+    script.write_text(f"#!{sys.executable}\nimport sys\nfrom jupyter_rjobs.kernelspec import main\nsys.exit(main())\n")
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-
-from jupyter_rjobs._errors import HostError, HostKeyError
-from jupyter_rjobs._known_hosts import DEFAULT_GLOBAL_FILES, AcceptNew, AcceptNewHost
-from jupyter_rjobs._ssh import SshConnection, resolve_host
 from sshlab import SshLab
+
+from jupyter_rjobs.backends.remote.ssh.connection import SshConnection, resolve_host
+from jupyter_rjobs.backends.remote.ssh.known_hosts import DEFAULT_GLOBAL_FILES, AcceptNew, AcceptNewHost
+from jupyter_rjobs.core.errors import HostError, HostKeyError
 
 pytestmark = pytest.mark.ssh
 
@@ -340,8 +340,8 @@ def test_the_user_names_the_hops_that_may_accept(make_manager: Any, ssh_lab: Ssh
 
 
 def test_the_magic_option_names_hosts_only_with_equals() -> None:
-    from jupyter_rjobs._magics import _parse, _start_args
-    from jupyter_rjobs._session_magics import _session_args, accept_new_option
+    from jupyter_rjobs.ipython.magics import _parse, _start_args
+    from jupyter_rjobs.ipython.session_magics import _session_args, accept_new_option
 
     assert accept_new_option(_parse(_start_args, "--host a --accept-new-host").accept_new_host) is True
     assert accept_new_option(_parse(_start_args, "--accept-new-host=j1,a --host a").accept_new_host) == "j1,a"

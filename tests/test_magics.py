@@ -7,7 +7,7 @@ from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
 from jupyter_rjobs import Job, JobKind, JobState, JobTable
-from jupyter_rjobs._ipython import get_manager
+from jupyter_rjobs.ipython.extension import get_manager
 
 CRUNCH = "import time\nfor i in range(3):\n    print('step', i); time.sleep(0.05)\nsum(range(10**6))"
 

@@ -19,7 +19,6 @@ from typing import Any, Callable
 import nbformat
 import pytest
 from nbclient import NotebookClient
-
 from user_sees import assert_user_sees_no_noise, from_notebook
 
 NOTEBOOK_DIR = Path(__file__).parent.parent / "notebooks"

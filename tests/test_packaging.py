@@ -34,8 +34,8 @@ def test_the_package_under_test_is_the_one_the_leg_installed():
 def test_what_runs_on_hosts_ships_with_the_package(tmp_path):
     package = Path(jupyter_rjobs.__file__).parent
     assert (package / "agent" / "server.py").is_file()
-    from jupyter_rjobs import _remote_backend  # noqa: F401 - builds the upload from the installed files
-    from jupyter_rjobs._host import AGENT_ZIP
+    from jupyter_rjobs.backends.remote import backend  # noqa: F401 - builds the upload from the installed files
+    from jupyter_rjobs.backends.remote.host import AGENT_ZIP
 
     # the zip a host gets imports whole, as rjobs_agent, without the kernel-side jupyter_rjobs
     (tmp_path / "rjobs_agent.zip").write_bytes(AGENT_ZIP)

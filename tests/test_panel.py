@@ -20,8 +20,7 @@ from helpers import wait_until  # noqa: E402
 
 import jupyter_rjobs  # noqa: E402
 from jupyter_rjobs import EventKind, Job, JobEvent, JobKind, JobManager, JobState  # noqa: E402
-
-from jupyter_rjobs._panel import JobPanel  # noqa: E402
+from jupyter_rjobs.ipython.panel import JobPanel  # noqa: E402
 
 
 @pytest.fixture
@@ -317,7 +316,7 @@ def test_a_bad_interval_is_refused(manager: JobManager) -> None:
 
 # --------------------------------------------------------------------------- IPython
 def test_receiving_in_a_cell_updates_the_panel(ip: Any, make_panel: Callable[..., JobPanel]) -> None:
-    from jupyter_rjobs._ipython import get_manager
+    from jupyter_rjobs.ipython.extension import get_manager
 
     manager = get_manager(ip)
     panel = make_panel(manager)
@@ -355,7 +354,7 @@ class Screen(io.StringIO):
 
 
 def test_in_a_terminal_the_panel_is_a_live_table_until_ctrl_c(ip: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from jupyter_rjobs._ipython import get_manager
+    from jupyter_rjobs.ipython.extension import get_manager
 
     manager = get_manager(ip)
     listeners = len(manager._listeners)

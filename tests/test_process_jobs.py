@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import pid_alive, process_tree_of, wait_until
+
 from jupyter_rjobs import JobError, JobState, RecordKind
 
 SPAWN_TREE = (

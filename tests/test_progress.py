@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from jupyter_rjobs import JobManager, RecordKind
-from jupyter_rjobs._table import html_table, text_table
+from jupyter_rjobs.core.table import html_table, text_table
 
 TQDM_JOB = "from tqdm import tqdm\nfor _ in tqdm(range(5), desc='work', mininterval=0):\n    pass\n'done'"
 

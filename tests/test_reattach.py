@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_until
 
 from jupyter_rjobs import JobState, RecordKind
-from helpers import wait_until
 
 pytestmark = pytest.mark.ssh
 

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # kernel_helpers
 from kernel_helpers import KernelSession, describe, errors, stream_text  # noqa: E402
 
 from jupyter_rjobs import JobError, JobManager, RecordKind  # noqa: E402
-from jupyter_rjobs._render import MAX_LINE, OutputTarget, Renderer, TextTarget, render_records  # noqa: E402
+from jupyter_rjobs.ipython.render import MAX_LINE, OutputTarget, Renderer, TextTarget, render_records  # noqa: E402
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -80,7 +80,7 @@ def test_the_same_records_give_the_same_text_in_a_cell_an_output_widget_and_a_te
     in_cell = flatten({"output_type": o.msg_type, **o.content} for o in cell)
     kernel.run(
         "import io, ipywidgets\n"
-        "from jupyter_rjobs._render import OutputTarget, Renderer, TextTarget, render_records\n"
+        "from jupyter_rjobs.ipython.render import OutputTarget, Renderer, TextTarget, render_records\n"
         "_manager = get_ipython().magics_manager.registry['RJobMagics'].manager\n"
         "_job = _manager.get('everything')\n"
         "_text, _widget = io.StringIO(), ipywidgets.Output()\n"
@@ -204,7 +204,7 @@ def test_stdout_and_stderr_keep_their_order_in_a_kernel(kernel: KernelSession) -
 
 
 def test_the_panel_shows_a_long_line_cut_and_puts_it_whole_in_the_shell(manager: JobManager, ip: Any) -> None:
-    from jupyter_rjobs._panel import JobPanel
+    from jupyter_rjobs.ipython.panel import JobPanel
 
     job = manager.start("print('p' * 1_000_000)\n'v' * 1_000_000", "thread", name="wide")
     job.result(timeout=30)

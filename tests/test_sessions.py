@@ -7,11 +7,11 @@ import signal
 import time
 
 import pytest
+from helpers import wait_until
 from IPython.core.error import UsageError
 
 from jupyter_rjobs import JobError, JobState, RecordKind, SessionState
-from jupyter_rjobs._ipython import get_manager
-from helpers import wait_until
+from jupyter_rjobs.ipython.extension import get_manager
 
 pytestmark = pytest.mark.ssh
 

@@ -24,14 +24,14 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import pytest
-
 from helpers import in_ci
 from ssh_config_cases import CASES, Case
+
 from jupyter_rjobs import HostError
-from jupyter_rjobs._ssh_config import DEFAULT_CONNECT_TIMEOUT, HostSettings, parse_host_spec, resolve_host
-from jupyter_rjobs._ssh_config_python import python_options
-from jupyter_rjobs._ssh_config_rules import ConfigError
-from jupyter_rjobs._ssh_tokens import LocalUser
+from jupyter_rjobs.backends.remote.ssh.config import DEFAULT_CONNECT_TIMEOUT, HostSettings, parse_host_spec, resolve_host
+from jupyter_rjobs.backends.remote.ssh.config_python import python_options
+from jupyter_rjobs.backends.remote.ssh.config_rules import ConfigError
+from jupyter_rjobs.backends.remote.ssh.tokens import LocalUser
 
 FIELDS = (
     "hostname", "port", "user", "identity_files", "identities_only", "identity_agent", "proxy_jump", "proxy_command",

@@ -24,9 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pamlab import Answers, PamHosts  # noqa: E402
 
 from jupyter_rjobs import AuthenticationError, HostError  # noqa: E402
-from jupyter_rjobs._prompt import PromptUnavailable, install_prompter  # noqa: E402
-from jupyter_rjobs._ssh import SshConnection, resolve_host  # noqa: E402
-from jupyter_rjobs._ssh_config import HostSettings  # noqa: E402
+from jupyter_rjobs.backends.remote.ssh.config import HostSettings  # noqa: E402
+from jupyter_rjobs.backends.remote.ssh.connection import SshConnection, resolve_host  # noqa: E402
+from jupyter_rjobs.backends.remote.ssh.prompt import PromptUnavailable, install_prompter  # noqa: E402
 
 pytestmark = [pytest.mark.ssh]
 
@@ -295,7 +295,7 @@ CHILD = r"""
 import os, signal, sys
 from jupyter_rjobs import JobManager, RJobError
 from jupyter_rjobs.agent.proctree import descendants
-from jupyter_rjobs._prompt import install_prompter
+from jupyter_rjobs.backends.remote.ssh.prompt import install_prompter
 
 config, host, password, drop_listener = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 
@@ -399,9 +399,9 @@ def test_a_wrong_password_in_a_fresh_process_leaves_stderr_clean(pam_hosts):
 
 def test_a_background_reconnect_asks_nothing_and_connect_in_the_foreground_asks_once(pam_hosts, prompter_slot, make_manager):
     from helpers import wait_until
+    from sshlab import _cmdline, _descendants, _kill
 
     from jupyter_rjobs import JobState
-    from sshlab import _cmdline, _descendants, _kill
 
     prompter = Prompter(pam_hosts, Answers(password=pam_hosts.password))
     prompter_slot(prompter)

@@ -10,15 +10,15 @@ import shutil
 import subprocess
 
 import pytest
+from helpers import in_ci
 from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
-from helpers import in_ci
 from jupyter_rjobs import HostError, HostSettings, resolve_host
-from jupyter_rjobs._backend import FrameApplier
-from jupyter_rjobs._ipython import get_manager
-from jupyter_rjobs._job import Job, JobKind
-from jupyter_rjobs._ssh_config import parse_host_spec, settings_lines
+from jupyter_rjobs.backends.base import FrameApplier
+from jupyter_rjobs.backends.remote.ssh.config import parse_host_spec, settings_lines
+from jupyter_rjobs.core.job import Job, JobKind
+from jupyter_rjobs.ipython.extension import get_manager
 
 RESOLVERS = ["openssh", "python"]
 

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from sshlab import SshLab
 
 pytestmark = pytest.mark.ssh

@@ -8,6 +8,7 @@ import threading
 import time
 
 from helpers import wait_until
+
 from jupyter_rjobs import JobState, RecordKind
 
 

@@ -14,10 +14,10 @@ from jupyter_rjobs import JobKind, JobState, RecordKind
 from jupyter_rjobs.agent.capture import Sink
 from jupyter_rjobs.agent.protocol import read_frame, write_frame
 from jupyter_rjobs.agent.values import dumps_value, loads_value
-from jupyter_rjobs._job import Job, aggregate_state
-from jupyter_rjobs._namespace import free_names
-from jupyter_rjobs._records import RecordStream
-from jupyter_rjobs._table import text_table
+from jupyter_rjobs.backends.namespace import free_names
+from jupyter_rjobs.core.job import Job, aggregate_state
+from jupyter_rjobs.core.records import RecordStream
+from jupyter_rjobs.core.table import text_table
 
 
 # -- the record stream --------------------------------------------------------------------

@@ -1,0 +1,502 @@
+"""Remote jobs: the code runs on SSH hosts, under the agent's server (see agent/server.py and _host.py).
+
+Each job is a detached process on the host writing an append-only spool; with
+``cache="kernel"`` its records stream into the kernel (the spool goes once they are all here),
+with ``cache="remote"`` they stay on the host and ``receive`` fetches them. Either way the host
+keeps, in the spool's ``cursor``, how far the job was received, and every frame carries a
+sequence number. So a lost connection loses nothing: the backend reconnects with back-off and
+the new server goes on from the last number the kernel has; a new kernel adopts the job and
+receives everything after the cursor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from jupyter_rjobs.agent import protocol
+from jupyter_rjobs.agent.execute import compile_job
+from jupyter_rjobs.backends.base import Backend, FrameApplier, JobRunner
+from jupyter_rjobs.backends.namespace import capture_variables, serialize_variables
+from jupyter_rjobs.backends.remote import registry as _registry
+from jupyter_rjobs.backends.remote.host import HostConnection
+from jupyter_rjobs.backends.remote.options import RemoteOptions
+from jupyter_rjobs.backends.remote.ssh.connection import AcceptNewHost, resolve_host
+from jupyter_rjobs.backends.remote.ssh.prompt import prompts_disabled
+from jupyter_rjobs.core.errors import HostError
+from jupyter_rjobs.core.job import Job, JobKind, JobState
+from jupyter_rjobs.core.records import Record, RecordKind, RecordStream
+from jupyter_rjobs.core.sessions import Session, SessionState
+
+if TYPE_CHECKING:
+    from jupyter_rjobs.core.remote_ops import RemoteOps
+
+__all__ = ["RemoteBackend", "RemoteRunner"]
+
+log = logging.getLogger(__name__)
+
+MAX_CONNECTING = 32
+RECONNECT_FOR = 300.0
+
+
+class AckingStream(RecordStream):
+    """A kernel-cache remote job's records: what the user receives is acknowledged to the host,
+    so a kernel that adopts the job later gets exactly what nobody received."""
+
+    def __init__(self, job_id: int, on_append: Callable[[Record], None], runner: RemoteRunner) -> None:
+        super().__init__(job_id, on_append)
+        self._runner = runner
+
+    def take(self, after: int = 0, keep: bool = False) -> list[Record]:
+        records = super().take(after, keep)
+        if records and not keep and self._runner.keeps_spool:
+            self._runner.ack(records[-1].seq)
+        return records
+
+
+class RemoteSpoolStream(RecordStream):
+    """The record stream of a ``cache="remote"`` job: the records stay in the host's spool.
+
+    The kernel hears only how far the spool goes (and the job's states and errors); ``take``
+    fetches from the host, and without ``keep`` tells the host how far it was received.
+    """
+
+    def __init__(self, job_id: int, on_append: Callable[[Record], None], runner: RemoteRunner, received: int = 0) -> None:
+        super().__init__(job_id, on_append)
+        self._runner = runner
+        self._host_last = received
+        self._received = received
+
+    def append(self, kind: RecordKind, data: Any, seq: int | None = None, when: float | None = None) -> Record | None:
+        seq = seq if seq is not None else self._host_last + 1
+        self.notice(seq)
+        record = Record(seq, RecordKind(kind), data, when or 0.0, self.job_id)
+        if self._on_append is not None:  # the job learns its error; the record itself stays on the host
+            self._on_append(record)
+        return record
+
+    def notice(self, seq: int) -> None:
+        with self._lock:
+            self._host_last = max(self._host_last, seq)
+
+    @property
+    def has_unreceived(self) -> bool:
+        return self._host_last > self._received
+
+    def has_after(self, seq: int) -> bool:
+        return self._host_last > max(seq, self._received)
+
+    def take(self, after: int = 0, keep: bool = False) -> list[Record]:
+        start = max(after, self._received)
+        if self._host_last <= start:
+            return []
+        records = self._runner.fetch(start)
+        if not keep and records:
+            self._received = max(self._received, records[-1].seq)
+            self._runner.ack(self._received)
+        return records
+
+
+class RemoteRunner(JobRunner):
+    """A remote job, seen from the kernel: it follows the job's frames from whichever
+    connection currently carries them."""
+
+    def __init__(self, job: Job, connection: HostConnection, cache: str, stop_grace: float, received: int = 0) -> None:
+        super().__init__(job)
+        self.connection = connection
+        self.cache = cache
+        self.instance = str(job.instance_id)
+        self.stop_grace = stop_grace
+        self.last_seq = received  # the highest sequence number the kernel has of this job
+        self.user_disconnected = False
+        self._apply = FrameApplier(job, connection.python_version)
+        self._fetch_lock = threading.Lock()
+        self._fetched: list[Record] | None = None
+        self._fetch_done = threading.Event()
+        if cache == "remote":
+            job.stream = RemoteSpoolStream(job.id, job._record_appended, self, received)
+        else:
+            job.stream = AckingStream(job.id, job._record_appended, self)
+
+    @property
+    def keeps_spool(self) -> bool:
+        """Whether the host keeps this job's spool after it ends (else it goes once all is here)."""
+        return self.cache == "remote" or self.job.detached or not self.job.state.finished
+
+    def start(self, header: dict[str, Any], buffers: Sequence[Any]) -> None:
+        self.connection.attach(self.instance, self)
+        self.connection.send(
+            dict(header, job=self.instance, cache=self.cache, name=self.job.name, detached=self.job.detached, host=self.job.location), buffers
+        )
+
+    def reattach(self, connection: HostConnection, replace: int = 0, force: bool = False) -> None:
+        """Follow the job from ``connection`` (after a reconnect, or adopting it), from where we are."""
+        self.connection = connection
+        self._apply.python_version = connection.python_version
+        self.user_disconnected = False
+        connection.attach(self.instance, self)
+        connection.send({"op": protocol.ATTACH, "job": self.instance, "after": self.last_seq, "cache": self.cache, "replace": replace, "force": force})
+
+    def release(self) -> None:
+        """Stop following the job (a disconnect): it goes on on the host."""
+        self.user_disconnected = True
+        self._send_quietly({"op": protocol.RELEASE, "job": self.instance})
+        self.connection.detach(self.instance)
+        if not self.job.state.finished:
+            self.job.reason = f"disconnected; it goes on on {self.connection.host} (reconnect with %rjob connect)"
+            self.job.set_state(JobState.Disconnected)
+
+    # frames from the host
+    def on_frame(self, op: str | None, header: dict[str, Any], buffers: list[bytearray]) -> None:
+        job = self.job
+        if op == protocol.RECORD:
+            seq = int(header.get("seq", 0))
+            if self._fetched is not None and header["kind"] != "state":
+                self._fetched.append(self._apply.record(header, buffers))
+                return
+            if seq <= self.last_seq:
+                return  # already here (sent again after a reconnect)
+            self.last_seq = seq
+            self._apply(header, buffers)
+            if header["kind"] == "state" and JobState(header["data"]).finished:
+                self._ended()
+        elif op == protocol.NOTICE and isinstance(job.stream, RemoteSpoolStream):
+            self.last_seq = max(self.last_seq, int(header["seq"]))
+            job.stream.notice(int(header["seq"]))
+        elif op == protocol.FETCHED:
+            self._fetch_done.set()
+        elif op == protocol.ATTACHED:
+            if job.state in (JobState.Disconnected, JobState.NotStarted):
+                job.reason = ""
+                job.set_state(JobState.Running)  # its final state, if it ended meanwhile, follows
+        elif op == protocol.GONE:
+            job.reason = f"job spool is gone on {self.connection.host}"
+            if not job.state.finished:
+                job.fail("HostError", f"job spool is gone on {self.connection.host} (was the host rebuilt or its ~/.cache cleared?)")
+            self.connection.detach(self.instance)
+        elif op == protocol.REFUSED:
+            job.reason = str(header.get("reason"))
+            if header.get("spool_problem"):  # a spool of another format: said, never misread
+                job.reason = f"{job.label}'s spool on {self.connection.host} {header['spool_problem']}"
+            self.connection.detach(self.instance)
+        elif op == protocol.FAILED:  # the host could not start it (a full disk, say): nothing of it may stay there
+            job.fail("HostError", f"{self.connection.host}: {header.get('error')}")
+            self._clean()
+
+    def _ended(self) -> None:
+        if self.keeps_spool:
+            _registry.remember(self.instance, state=str(self.job.state))
+        else:
+            self._clean()  # every record is safely here: the host's spool (and the registry entry) can go
+
+    def fetch(self, after: int) -> list[Record]:
+        with self._fetch_lock:
+            self._fetched = []
+            self._fetch_done.clear()
+            self.connection.send({"op": protocol.FETCH, "job": self.instance, "after": after})
+            if not self._fetch_done.wait(300) or not self.connection.alive:
+                self._fetched = None
+                raise HostError(self.connection.host, "the job's records could not be fetched (the connection was lost); try again once it is back")
+            records, self._fetched = self._fetched, None
+        return sorted({r.seq: r for r in records if r.seq > after}.values(), key=lambda r: r.seq)
+
+    def ack(self, seq: int) -> None:
+        self._send_quietly({"op": protocol.ACK, "job": self.instance, "seq": seq})
+
+    def connection_lost(self) -> None:
+        if not self.job.state.finished:
+            self.job.reason = f"the connection to {self.connection.host} was lost; reconnecting"
+            self.job.set_state(JobState.Disconnected)
+        self._fetch_done.set()
+
+    # stopping and cleaning
+    def terminate(self) -> None:
+        self._send_quietly({"op": protocol.STOP, "job": self.instance, "grace": self.stop_grace})
+
+    def kill(self) -> None:
+        self._send_quietly({"op": protocol.STOP, "job": self.instance, "grace": 0})
+
+    def cleanup(self) -> None:
+        self._clean()
+
+    def _clean(self) -> None:
+        """Delete the job's spool on the host (and its registry entry)."""
+        self._send_quietly({"op": protocol.CLEAN, "job": self.instance})
+        _registry.forget(self.instance)
+        if self.job.state.finished:
+            self.connection.detach(self.instance)
+
+    def _send_quietly(self, header: dict[str, Any]) -> None:
+        try:
+            self.connection.send(header)
+        except HostError:
+            pass
+
+
+class _RemotePrepared:
+    def __init__(self, header: dict[str, Any], buffers: list[Any], connections: dict[str, HostConnection | HostError], cache: str) -> None:
+        self.header = header
+        self.buffers = buffers
+        self.connections = connections
+        self.cache = cache
+
+
+ConnectionKey = tuple[str, str, str]
+
+
+class RemoteBackend(Backend[RemoteOptions, _RemotePrepared]):
+    """Jobs on SSH hosts, one connection per host (PowerShell's Invoke-Command -AsJob)."""
+
+    kind = JobKind.REMOTE
+    options_type = RemoteOptions
+
+    def __init__(
+        self,
+        max_concurrent: int = 1000,
+        stop_grace: float = 3.0,
+        remote: RemoteOps | None = None,
+        max_connecting: int = MAX_CONNECTING,
+        reconnect_for: float | None = RECONNECT_FOR,
+    ) -> None:
+        super().__init__(max_concurrent)
+        self.stop_grace = stop_grace
+        self.remote = remote  # the manager's sessions and ssh_config
+        self.max_connecting = max_connecting
+        self.reconnect_for = reconnect_for  # None: forever
+        self._connections: dict[ConnectionKey, HostConnection] = {}
+        self._lock = threading.Lock()
+        self._connecting = threading.Semaphore(max_connecting)
+        self._host_locks: dict[ConnectionKey, threading.Lock] = {}
+        self._reconnecting: set[ConnectionKey] = set()
+        self._closed = threading.Event()
+        self.on_reconnected: Callable[[str], None] | None = None
+
+    @property
+    def ssh_config(self) -> str | None:
+        """The ssh_config file read for hosts (None: OpenSSH's defaults)."""
+        return self.remote.ssh_config if self.remote is not None else None
+
+    # -- connections ----------------------------------------------------------------------
+    def _key(self, host: str, python: str | None) -> ConnectionKey:
+        return (host, python or "", self.ssh_config or "")
+
+    def connection(self, host: str, python: str | None = None, accept_new: AcceptNewHost = False) -> HostConnection:
+        """The open connection to ``host`` (connecting on first use; ssh_config is read only then).
+        ``accept_new`` says which of its hops may accept an unknown host key (see AcceptNew)."""
+        key = self._key(host, python)
+        existing = self._connections.get(key)
+        if existing is not None and existing.alive:
+            return existing
+        with self._lock:
+            host_lock = self._host_locks.setdefault(key, threading.Lock())
+        with host_lock:
+            existing = self._connections.get(key)
+            if existing is not None and existing.alive:
+                return existing
+            settings = resolve_host(host, ssh_config=self.ssh_config, python=python)
+            def lost(old: HostConnection, key: ConnectionKey = key) -> None:
+                self._lost(key, old)
+
+            with self._connecting:
+                connection = HostConnection(settings, on_lost=lost, accept_new_host=accept_new).open()
+            connection.python = python  # type: ignore[attr-defined]
+            self._connections[key] = connection
+            return connection
+
+    def _lost(self, key: ConnectionKey, old: HostConnection) -> None:
+        """A connection died under us: reconnect with back-off and re-attach its jobs."""
+        if self._closed.is_set():
+            return
+        with self._lock:
+            if key in self._reconnecting:
+                return
+            self._reconnecting.add(key)
+        threading.Thread(target=self._reconnect, args=(key, old), name=f"rjob-reconnect-{key[0]}", daemon=True).start()
+
+    def _reconnect(self, key: ConnectionKey, old: HostConnection) -> None:
+        deadline = None if self.reconnect_for is None else time.monotonic() + self.reconnect_for
+        delay = 0.5
+        try:
+            while not self._closed.is_set():
+                waiting = [r for r in old.runners() if isinstance(r, RemoteRunner) and not r.user_disconnected]
+                if not waiting:
+                    return
+                if deadline is not None and time.monotonic() > deadline:
+                    for runner in waiting:
+                        if runner.job.state is JobState.Disconnected:
+                            runner.job.reason = f"gave up reconnecting to {key[0]} after {self.reconnect_for:g} s; reconnect with %rjob connect {key[0]}"
+                    return
+                if self._closed.wait(delay):
+                    return
+                delay = min(delay * 2, 15.0)
+                try:
+                    # nobody is there to answer a password or one-time code: such a host waits for %rjob connect
+                    with prompts_disabled("reconnecting in the background; reconnect with %rjob connect in a cell"):
+                        connection = self.connection(key[0], key[1] or None)
+                    for runner in waiting:
+                        runner.reattach(connection, replace=old.server_pid)
+                except HostError as exc:
+                    log.debug("reconnecting to %s: %s", key[0], exc)
+                    continue
+                if self.on_reconnected is not None:
+                    self.on_reconnected(key[0])
+                return
+        finally:
+            with self._lock:
+                self._reconnecting.discard(key)
+
+    def disconnect(self, host: str) -> list[RemoteRunner]:
+        """Close the connections to ``host``, leaving its jobs running there; returns their runners."""
+        with self._lock:
+            keys = [k for k in self._connections if k[0] == host]
+        runners: list[RemoteRunner] = []
+        for key in keys:
+            connection = self._connections.pop(key)
+            for runner in connection.runners():
+                if isinstance(runner, RemoteRunner):
+                    runner.release()
+                    runners.append(runner)
+            connection.close()
+        return runners
+
+    # -- jobs -----------------------------------------------------------------------------
+    def make_options(self, **given: Any) -> RemoteOptions:
+        """The options, a session given by id or name found (it must be Opened and idle)."""
+        options = super().make_options(**given)
+        if options.session is not None and not isinstance(options.session, Session) and self.remote is not None:
+            options = dataclasses.replace(options, session=self.remote.session_for_start(options.session))
+        return options
+
+    def locations(self, options: RemoteOptions) -> list[str]:
+        return options.hosts
+
+    def configure(self, job: Job, options: RemoteOptions) -> None:
+        for each in [job, *job.children]:
+            each.detached = options.detached
+        if isinstance(options.session, Session):
+            job.session = options.session
+            options.session.jobs.append(job)
+
+    def prepare(
+        self,
+        code: str,
+        filename: str,
+        namespace: Mapping[str, Any] | None,
+        push: Sequence[str] | None,
+        options: RemoteOptions,
+    ) -> _RemotePrepared:
+        hosts, python, accept_new_host = options.hosts, options.python_there, options.accept_new_host
+        compile_job(code, filename)
+        specs, buffers = serialize_variables(capture_variables(code, namespace, push), where="a remote job")
+        header = {"op": protocol.RUN, "code": code, "filename": filename, "variables": specs, "python": sys.version.split()[0], "kernel": os.getpid()}
+        if isinstance(options.session, Session):
+            header["session"] = str(options.session.instance)
+        connections: dict[str, HostConnection | HostError] = {}
+
+        def connect(host: str) -> None:
+            try:
+                connections[host] = self.connection(host, python, accept_new_host)
+            except HostError as exc:
+                connections[host] = exc
+
+        if len(hosts) == 1:
+            connect(hosts[0])
+        else:
+            with ThreadPoolExecutor(min(len(hosts), self.max_connecting)) as pool:
+                list(pool.map(connect, hosts))
+        _refuse_version_bound(specs, connections)
+        failures = [c for c in connections.values() if isinstance(c, HostError)]
+        if len(failures) == len(hosts):
+            raise failures[0] if len(failures) == 1 else HostError(
+                ",".join(hosts), "no host could be used: " + "; ".join(str(f) for f in failures)
+            )
+        return _RemotePrepared(header, buffers, connections, options.cache)
+
+    def launch(self, job: Job, prepared: _RemotePrepared) -> None:
+        connection = prepared.connections[job.location]
+        if isinstance(connection, HostError):
+            job.fail("HostError", str(connection))
+            return
+        runner = RemoteRunner(job, connection, prepared.cache, self.stop_grace)
+        _registry.remember(
+            runner.instance, host=job.location, python=getattr(connection, "python", None), name=job.name, command=job.command,
+            code=job.code, cache=prepared.cache, detached=job.detached, session=prepared.header.get("session"), state="Running",
+        )
+        try:
+            runner.start(prepared.header, prepared.buffers)
+        except HostError as exc:
+            job.fail("HostError", str(exc))
+
+    def adopt(self, job: Job, host: str, python: str | None, cache: str, cursor: int, force: bool = False) -> RemoteRunner:
+        """Follow a job this kernel did not start (left on ``host``), from what nobody received."""
+        connection = self.connection(host, python)
+        runner = RemoteRunner(job, connection, cache, self.stop_grace, received=cursor)
+        _registry.remember(runner.instance, host=host, python=python, name=job.name, command=job.command, code=job.code,
+                           cache=cache, detached=job.detached, kernel_pid=os.getpid(), state=str(job.state))
+        runner.reattach(connection, force=force)
+        return runner
+
+    def listing(self, host: str, python: str | None = None, accept_new: AcceptNewHost = False) -> dict[str, Any]:
+        """What this user left on ``host``: its job spools and its sessions."""
+        return self.connection(host, python, accept_new).request({"op": protocol.LIST}, protocol.LISTING)
+
+    # -- sessions -------------------------------------------------------------------------
+    def open_session(self, session: Session, accept_new: AcceptNewHost = False) -> None:
+        connection = self.connection(session.host, session.python, accept_new)
+        reply = connection.request(
+            {"op": protocol.SESSION_NEW, "session": str(session.instance), "name": session.name, "kernel": os.getpid(), "host": session.host}, protocol.SESSION_STATE
+        )
+        if reply.get("state") != "Opened":
+            raise HostError(session.host, f"the session did not start there: {reply.get('reason') or reply.get('state')}")
+
+    def session_status(self, session: Session) -> dict[str, Any]:
+        connection = self.connection(session.host, session.python)
+        return connection.request({"op": protocol.SESSION_ATTACH, "session": str(session.instance)}, protocol.SESSION_STATE)
+
+    def close_session(self, session: Session) -> None:
+        connection = self.connection(session.host, session.python)
+        connection.request({"op": protocol.SESSION_CLOSE, "session": str(session.instance)}, protocol.SESSION_STATE)
+
+    def shutdown(self) -> None:
+        self._closed.set()
+        with self._lock:
+            connections = list(self._connections.values())
+            self._connections.clear()
+        for connection in connections:
+            connection.close()
+
+
+def session_state_of(reply: dict[str, Any]) -> tuple[SessionState, str]:
+    state = reply.get("state")
+    if state == "Opened":
+        return SessionState.Opened, ""
+    if state == "Closed":
+        return SessionState.Closed, ""
+    reason = str(reply.get("reason") or "its interpreter is gone")
+    return SessionState.Broken, f"{reason}; close it (%rjob session close) and open a new one"
+
+
+def _refuse_version_bound(specs: Sequence[dict[str, Any]], connections: dict[str, HostConnection | HostError]) -> None:
+    """Variables that only dill could send (functions, lambdas and classes defined in the notebook)
+    travel as code objects, which load only on the same Python minor version: a host on another one
+    gets a clear error now, instead of a job that fails there with a cryptic one."""
+    by_value = [spec["name"] for spec in specs if spec.get("format") == "dill"]
+    if not by_value:
+        return
+    mine = sys.version.split()[0]
+    names = ", ".join(repr(name) for name in by_value)
+    for host, connection in connections.items():
+        theirs = getattr(connection, "python_version", "")
+        if theirs and theirs.split(".")[:2] != mine.split(".")[:2]:
+            connections[host] = HostError(
+                host,
+                f"{names} (defined in the notebook) can only be sent to the same Python version, and the host runs"
+                f" Python {theirs} while this kernel runs {mine}: define {'it' if len(by_value) == 1 else 'them'} in the"
+                f" cell, or run Python {'.'.join(mine.split('.')[:2])} there (--python PATH)",
+            )

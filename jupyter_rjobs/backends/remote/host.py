@@ -1,0 +1,358 @@
+"""A host's SSH connection and the agent server on it, shared by every job and session there.
+
+First contact checks the host's Python, uploads the agent (and dill, if the host lacks it) into a
+private, versioned cache directory, and starts the server (``serve_main`` in agent/server.py). Frames
+for a job go to its runner; replies to requests (a listing, a session's state) to whoever waits.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import io
+import json
+import logging
+import py_compile
+import shlex
+import tempfile
+import threading
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+from jupyter_rjobs import agent
+from jupyter_rjobs.agent import protocol
+from jupyter_rjobs.agent.protocol import read_frame, write_frame
+from jupyter_rjobs.backends.remote.ssh.connection import AcceptNewHost, HostSettings, SshConnection
+from jupyter_rjobs.backends.remote.ssh.errors import CONNECTION_ERRORS, describe
+from jupyter_rjobs.core.errors import HostError
+
+__all__ = ["HostConnection", "FrameTarget"]
+
+log = logging.getLogger(__name__)
+
+
+class FrameTarget(Protocol):
+    def on_frame(self, op: str | None, header: dict[str, Any], buffers: list[bytearray]) -> None: ...
+    def connection_lost(self) -> None: ...
+
+
+MIN_PYTHON = (3, 9)
+MAX_CONNECTING = 32
+AGENT_PACKAGE = "rjobs_agent"  # the agent's top-level name on hosts: jupyter_rjobs/__init__ never runs there
+
+
+@functools.lru_cache(maxsize=None)
+def agent_zip() -> tuple[bytes, str]:
+    """The agent package as one zip (zipimport loads it) and its digest, built once, from the
+    installed package's files (a wheel without one of them fails here, not on a host). Each
+    module comes with its bytecode for this Python (unchecked-hash .pyc, which zipimport uses
+    when the host's Python has the same magic number and skips otherwise): no host compiles
+    the agent at every connection. The digest is of the sources and that magic number."""
+    package = Path(agent.__file__).parent
+    digest = hashlib.sha256(importlib.util.MAGIC_NUMBER)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive, tempfile.TemporaryDirectory() as scratch:
+        for path in sorted(package.glob("*.py")):
+            source = path.read_bytes()
+            digest.update(path.name.encode() + b"\0" + source)
+            name = f"{AGENT_PACKAGE}/{path.name}"
+            bytecode = f"{scratch}/{path.name}c"
+            py_compile.compile(str(path), cfile=bytecode, dfile=name, doraise=True,
+                               invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+            for member, data in ((name, source), (name + "c", Path(bytecode).read_bytes())):
+                info = zipfile.ZipInfo(member, date_time=(1980, 1, 1, 0, 0, 0))
+                info.external_attr = 0o600 << 16
+                archive.writestr(info, data, zipfile.ZIP_DEFLATED)
+    return buffer.getvalue(), digest.hexdigest()[:12]
+
+
+def __getattr__(name: str) -> Any:
+    """AGENT_ZIP and AGENT_DIGEST, built on first use (not when this module is imported)."""
+    if name == "AGENT_ZIP":
+        return agent_zip()[0]
+    if name == "AGENT_DIGEST":
+        return agent_zip()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_PROBE = (
+    "import json, os, sys\n"
+    "root = os.path.join(os.path.expanduser('~'), '.cache', 'jupyter_rjobs')\n"
+    "try:\n    import dill\n    has_dill = True\nexcept Exception:\n    has_dill = False\n"
+    "st = os.lstat(root) if os.path.lexists(root) else None\n"
+    "print(json.dumps({'version': list(sys.version_info[:3]), 'dill': has_dill, 'root': root, 'uid': os.getuid(),"
+    " 'root_uid': st.st_uid if st else None, 'root_mode': st.st_mode & 0o7777 if st else None,"
+    " 'root_link': os.path.islink(root)}))\n"
+)
+
+
+def _dill_zip() -> bytes:
+    """The local dill package as a zip, for hosts whose Python lacks it (zipimport loads it)."""
+    import dill
+
+    package = Path(dill.__file__).parent
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in package.rglob("*.py"):
+            archive.write(path, str(Path("dill") / path.relative_to(package)))
+    return buffer.getvalue()
+
+
+class _ChannelReader:
+    """A file-like ``readinto`` over a paramiko channel, for read_frame: small reads are served
+    from a buffer (a frame's head, its JSON), large ones go straight into the caller's memory."""
+
+    def __init__(self, channel: Any) -> None:
+        self._channel = channel
+        self._buffer = b""
+
+    def readinto(self, view: memoryview) -> int:
+        wanted = len(view)
+        if not self._buffer and wanted < 65536:
+            self._buffer = self._channel.recv(65536)
+        if self._buffer:
+            n = min(wanted, len(self._buffer))
+            view[:n] = self._buffer[:n]
+            self._buffer = self._buffer[n:]
+            return n
+        data = self._channel.recv(min(wanted, 4 * 2**20))
+        view[: len(data)] = data
+        return len(data)
+
+
+class _ChannelWriter:
+    def __init__(self, channel: Any) -> None:
+        self._channel = channel
+
+    def write(self, data: Any) -> int:
+        self._channel.sendall(data)
+        return len(data)
+
+
+class HostConnection:
+    """A host's connection and agent server, shared by all jobs and sessions on it."""
+
+    def __init__(
+        self, settings: HostSettings, on_lost: Callable[[HostConnection], None] | None = None, accept_new_host: AcceptNewHost = False
+    ) -> None:
+        self.settings = settings
+        self._accept_new_host = accept_new_host  # which hops may accept an unknown key (first contact only)
+        self.host = settings.alias
+        self.server_pid = 0
+        self._on_lost = on_lost
+        self._replies: dict[str, tuple[threading.Event, list[dict[str, Any]]]] = {}
+        self._request_lock = threading.Lock()
+        self.connection: SshConnection | None = None
+        self.python_version = ""
+        self.root = ""
+        self._channel: Any = None
+        self._writer: _ChannelWriter | None = None
+        self._send_lock = threading.Lock()
+        self._runners: dict[str, FrameTarget] = {}
+        self._hello = threading.Event()
+        self._hello_header: dict[str, Any] = {}
+        self._pong = threading.Event()
+        self._closed = False
+
+    # -- first contact ------------------------------------------------------------------
+    def open(self) -> HostConnection:
+        try:
+            self.connection = SshConnection(self.settings, self._accept_new_host).open()
+        except CONNECTION_ERRORS as exc:  # whatever the ssh layer did not name itself: still one line
+            raise HostError(self.host, f"the SSH connection failed ({describe(exc)}); check that the host is up and runs sshd") from None
+        try:
+            agent_dir, python_path = self._install()
+            problem = self._start_agent(agent_dir, python_path)
+            if problem is not None:  # not our agent under our agent's name (damaged, edited): upload it again, once
+                log.debug("%s: %s; uploading the agent again", self.host, problem)
+                self._stop_agent()
+                agent_dir, python_path = self._install(replace=True)
+                problem = self._start_agent(agent_dir, python_path)
+                if problem is not None:
+                    raise HostError(self.host, f"{problem}; remove {agent_dir} there and connect again")
+        except CONNECTION_ERRORS as exc:
+            self.close()
+            raise HostError(self.host, f"the SSH connection broke while starting the agent there ({describe(exc)}); try again"
+                            " (if it says the host refused a channel, sshd there allows no sessions: MaxSessions)") from None
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _start_agent(self, agent_dir: str, python_path: str) -> str | None:
+        """Start the agent's server from its zip; None once it said hello in our protocol, else what is wrong."""
+        assert self.connection is not None
+        entry = f"import sys; sys.path.insert(0, {agent_dir + '/' + AGENT_PACKAGE + '.zip'!r}); from {AGENT_PACKAGE}.server import serve_main; serve_main({self.root!r})"
+        command = f"exec env PYTHONPATH={shlex.quote(python_path)} {shlex.quote(self.settings.python)} -u -c " + shlex.quote(entry)
+        self._hello.clear()
+        self._channel = self.connection.exec(command)
+        self._writer = _ChannelWriter(self._channel)
+        threading.Thread(target=self._read, args=(self._channel,), name=f"rjob-host-{self.host}", daemon=True).start()
+        if not self._hello.wait(30) or self._closed:
+            raise HostError(self.host, f"the agent did not start there: {self._stderr_tail() or 'no message'}")
+        return protocol.hello_problem(self._hello_header)
+
+    def _stop_agent(self) -> None:
+        """End the agent's server (its reader thread sees a replaced channel: nothing is lost)."""
+        channel, self._channel, self._writer = self._channel, None, None
+        try:
+            channel.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def _install(self, replace: bool = False) -> tuple[str, str]:
+        assert self.connection is not None
+        python = self.settings.python
+        status, out, err = self.connection.run(f"{shlex.quote(python)} -c {shlex.quote(_PROBE)}")
+        if status == 127 or (status != 0 and b"not found" in err):
+            raise HostError(self.host, f"no {python} there; install Python 3.9 or newer, or name one with --python PATH")
+        if status != 0:
+            raise HostError(self.host, f"{python} failed to start ({err.decode(errors='replace').strip()[-200:]})")
+        probe = json.loads(out.decode().strip().splitlines()[-1])
+        version = tuple(probe["version"])
+        self.python_version = ".".join(map(str, version))
+        if version[:2] < MIN_PYTHON:
+            raise HostError(self.host, f"{python} there is Python {self.python_version}; jobs need 3.9 or newer (give one with --python PATH)")
+        self.root = probe["root"]
+        if probe["root_mode"] is not None and (
+            probe["root_link"] or probe["root_uid"] != probe["uid"] or probe["root_mode"] & 0o077
+        ):
+            raise HostError(
+                self.host,
+                f"the spool directory {self.root} is not private (mode {oct(probe['root_mode'])}, owner uid {probe['root_uid']});"
+                f" refusing to load anything from it. Fix it there with: chmod 700 {self.root}",
+            )
+        zipped, digest = agent_zip()
+        agent_dir = f"{self.root}/agent-{protocol.PROTOCOL_VERSION}-{digest}"
+        files = {f"{AGENT_PACKAGE}.zip": zipped}
+        if not probe["dill"]:
+            files["dill.zip"] = _dill_zip()
+        quoted_dir = shlex.quote(agent_dir)
+        for name, content in files.items():
+            target = shlex.quote(f"{agent_dir}/{name}")
+            missing = "true" if replace else f"[ ! -f {target} ]"
+            command = (
+                f"umask 077 && mkdir -p {shlex.quote(self.root + '/jobs')} {quoted_dir} && "
+                f"if {missing}; then cat > {target}.part && mv {target}.part {target}; else cat > /dev/null; fi"
+            )
+            status, _, err = self.connection.run(command, stdin=content)
+            if status != 0:
+                message = err.decode(errors="replace").strip()
+                if "No space left" in message:
+                    raise HostError(self.host, f"no space left on the host's disk (installing the agent in {agent_dir}); free some space there")
+                raise HostError(self.host, f"could not install the agent in {agent_dir} ({message[-200:]})")
+        return agent_dir, f"{agent_dir}/dill.zip"
+
+    def _stderr_tail(self) -> str:
+        try:
+            if self._channel is not None and self._channel.recv_stderr_ready():
+                tail: str = self._channel.recv_stderr(4096).decode(errors="replace").strip().splitlines()[-1]
+                return tail
+        except Exception:  # noqa: BLE001
+            pass
+        return ""
+
+    # -- talking to the agent -----------------------------------------------------------
+    @property
+    def alive(self) -> bool:
+        return not self._closed and self.connection is not None and self.connection.alive
+
+    def send(self, header: dict[str, Any], buffers: Sequence[Any] = ()) -> None:
+        if self._writer is None or self._closed:
+            raise HostError(self.host, "the connection is closed")
+        with self._send_lock:
+            try:
+                write_frame(self._writer, header, buffers)
+            except CONNECTION_ERRORS as exc:
+                raise HostError(self.host, f"the connection is broken ({describe(exc)}); it reconnects by itself, or use %rjob connect") from None
+
+    def attach(self, instance: str, runner: FrameTarget) -> None:
+        self._runners[instance] = runner
+
+    def runners(self) -> list[FrameTarget]:
+        """What follows jobs over this connection."""
+        return list(self._runners.values())
+
+    def detach(self, instance: str) -> None:
+        self._runners.pop(instance, None)
+
+    def _read(self, channel: Any) -> None:
+        reader = _ChannelReader(channel)
+        try:
+            while True:
+                frame = read_frame(reader)  # type: ignore[arg-type]
+                if frame is None:
+                    break
+                self._dispatch(*frame)
+        except Exception as exc:  # noqa: BLE001 - a broken connection ends the session
+            log.debug("session %s ended: %s", self.host, exc)
+        if channel is not self._channel:
+            return  # replaced (the agent uploaded again): nothing was lost
+        lost = not self._closed  # not closed by us: the network, the host, sshd
+        self._closed = True
+        self._hello.set()
+        for event, _ in list(self._replies.values()):
+            event.set()
+        for runner in list(self._runners.values()):
+            runner.connection_lost()
+        if lost and self._on_lost is not None:
+            self._on_lost(self)
+
+    def _dispatch(self, header: dict[str, Any], buffers: list[bytearray]) -> None:
+        op = header.get("op")
+        if op == protocol.HELLO:
+            self._hello_header = header
+            self.server_pid = int(header.get("pid") or 0)
+            self._hello.set()
+            return
+        reply_key = f"{op}:{header.get('session', '')}"
+        if reply_key in self._replies:
+            event, box = self._replies[reply_key]
+            box.append(header)
+            event.set()
+            return
+        if op == protocol.PONG:
+            self._pong.set()
+            return
+        runner = self._runners.get(str(header.get("job")))
+        if runner is not None:
+            runner.on_frame(op, header, buffers)
+
+    def request(self, header: dict[str, Any], reply: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Send ``header`` and wait for the server's ``reply`` frame (for a session: about it)."""
+        key = f"{reply}:{header.get('session', '')}"
+        event, box = threading.Event(), []  # type: ignore[var-annotated]
+        with self._request_lock:
+            self._replies[key] = (event, box)
+            try:
+                self.send(header)
+                if not event.wait(timeout) or not box:
+                    raise HostError(self.host, f"no answer from the agent there within {timeout:g} s (the connection was lost?)")
+                answer: dict[str, Any] = box[0]
+                return answer
+            finally:
+                self._replies.pop(key, None)
+
+    def close(self, sync_timeout: float = 2.0) -> None:
+        """Close the agent server's channel and the connection; first a ping, so that every frame
+        sent before (the last clean and stop requests) has been acted on."""
+        if self._writer is not None and not self._closed:
+            self._pong.clear()
+            try:
+                self.send({"op": protocol.PING})
+                self._pong.wait(sync_timeout)
+            except HostError:
+                pass
+        self._closed = True
+        if self._channel is not None:
+            try:
+                self._channel.shutdown_write()
+                self._channel.close()
+            except Exception:  # noqa: BLE001
+                pass
+        if self.connection is not None:
+            self.connection.close()
+
+

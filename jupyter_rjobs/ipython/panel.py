@@ -1,0 +1,530 @@
+"""The live job panel (``%rjob panel``, ``jupyter_rjobs.panel()``): an ipywidgets view of a
+JobManager, driven by its events.
+
+Imported only when a panel is asked for (ipywidgets is heavy). How it stays cheap:
+
+- The manager's listener only notes which jobs changed (a set, under a lock) and wakes the
+  panel's one thread; that thread redraws at most once per ``interval`` seconds, so a burst
+  of events (1000 jobs started at once) is coalesced into a few redraws.
+- Rows are a pool of widgets, one page (``page_size`` rows) at most, rebound to whichever job
+  a row shows; a redraw only sets the values that changed, and traitlets sends only those.
+- Nothing is printed from a thread: received output (drawn by ``_render.py``, the one renderer
+  of records) and messages go into the panel's own Output and status widgets, whose comm
+  messages are safe from any thread in ipykernel 6+.
+- ``close()`` unsubscribes, ends the thread (and any stop still in progress), closes every
+  widget the panel made.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Callable
+
+import ipywidgets as widgets
+
+from jupyter_rjobs.core.errors import JobNotFoundError, RJobError
+from jupyter_rjobs.core.job import Job, JobState
+from jupyter_rjobs.core.manager import EventKind, JobEvent, JobManager
+from jupyter_rjobs.core.records import Record, RecordKind
+from jupyter_rjobs.core.table import _STATE_COLOURS, progress_text
+from jupyter_rjobs.ipython.render import OutputTarget, Renderer, render_records
+
+__all__ = ["JobPanel", "panel"]
+
+ALL_STATES = "All"
+ACTIVE_STATES = frozenset({JobState.Running, JobState.Stopping})
+# (column title, cell width); the progress column and the buttons follow
+COLUMNS = (
+    ("Id", "40px"),
+    ("Name", "104px"),
+    ("Type", "100px"),
+    ("State", "108px"),
+    ("Location", "84px"),
+    ("Command", "144px"),
+    ("Elapsed", "64px"),
+    ("HasMoreData", "106px"),
+)
+ROW_LAYOUT = {"align_items": "center", "overflow": "visible", "width": "max-content", "flex": "0 0 auto"}
+_STYLE = """<style>
+.rjob-spin{display:inline-block;animation:rjob-spin 1s linear infinite}
+@keyframes rjob-spin{from{transform:rotate(0deg)}to{transform:rotate(360deg)}}
+.rjob-panel .widget-html-content{white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+.rjob-row:hover{background:rgba(0,0,0,0.04)}
+</style>"""
+
+
+def panel(manager: JobManager | None = None, *, interval: float = 0.25, page_size: int = 50) -> JobPanel:
+    """A live panel of ``manager``'s jobs (default: the running IPython's). Display it; ``close()`` ends it."""
+    shell = None
+    if manager is None:
+        from jupyter_rjobs.ipython.extension import get_manager
+
+        manager = get_manager()
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except ImportError:  # pragma: no cover - IPython is a dependency
+        shell = None
+    return JobPanel(manager, interval=interval, page_size=page_size, shell=shell)
+
+
+def elapsed_text(job: Job, now: datetime | None = None) -> str:
+    """How long the job ran (or has been running): 12s, 3m05s, 1h02m."""
+    if job.begin_time is None:
+        return ""
+    seconds = int(((job.end_time or now or datetime.now()) - job.begin_time).total_seconds())
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def state_html(state: JobState) -> str:
+    colour = _STATE_COLOURS.get(state.value, "inherit")
+    spinner = "<span class='rjob-spin'>◐</span> " if state in ACTIVE_STATES else ""
+    return (
+        f"<span class='rjob-state' data-state='{state.value}' style='color:{colour};font-weight:bold'>"
+        f"{spinner}{state.value}</span>"
+    )
+
+
+def _cell(width: str) -> widgets.HTML:
+    return widgets.HTML(layout=widgets.Layout(width=width, margin="0 4px 0 0", flex="0 0 auto"))  # never squeezed: columns align
+
+
+def _button(description: str, tooltip: str, width: str = "72px") -> widgets.Button:
+    return widgets.Button(description=description, tooltip=tooltip, layout=widgets.Layout(width=width, height="26px", flex="0 0 auto"))
+
+
+class _Row:
+    """The widgets of one table row. A row is never rebuilt: it is rebound to whichever job it shows."""
+
+    def __init__(self, act: Callable[[str, _Row], None]) -> None:
+        self.job: Job | None = None
+        self.expand = _button("", "show or hide the child jobs", width="30px")
+        self.cells = {title: _cell(width) for title, width in COLUMNS}
+        self.bar = widgets.FloatProgress(min=0.0, max=1.0, layout=widgets.Layout(width="70px", visibility="hidden", flex="0 0 auto"))
+        self.progress = _cell("100px")
+        self.receive = _button("Receive", "show the job's new output below (Receive-Job)", width="80px")
+        self.stop = _button("Stop", "stop the job (Stop-Job)", width="54px")
+        self.remove = _button("Remove", "forget the job and its output (Remove-Job)", width="80px")
+        for action in ("expand", "receive", "stop", "remove"):
+            getattr(self, action).on_click(lambda _button, action=action: act(action, self))
+        self.box = widgets.HBox(
+            [self.expand, *self.cells.values(), self.bar, self.progress, self.receive, self.stop, self.remove],
+            layout=widgets.Layout(**ROW_LAYOUT),
+        )
+        self.box.add_class("rjob-row")
+
+    def bind(self, job: Job, expanded: bool) -> None:
+        if job is not self.job:
+            self.job = job
+            self.box._dom_classes = ("rjob-row", f"rjob-job-{job.id}")
+            self.remove.disabled = job.parent is not None  # a child goes with its parent
+        self.expand.description = ("▾" if expanded else "▸") if job.children else ""
+        self.expand.disabled = not job.children
+        self.render()
+
+    def render(self, now: datetime | None = None) -> None:
+        job = self.job
+        if job is None:
+            return
+        cells = self.cells
+        cells["Id"].value = f"&nbsp;&nbsp;↳&nbsp;{job.id}" if job.parent is not None else str(job.id)
+        cells["Name"].value = html.escape(job.name)
+        cells["Type"].value = str(job.kind)
+        cells["State"].value = state_html(job.state)
+        cells["Location"].value = html.escape(job.location)
+        code = html.escape(job.code.strip(), quote=True)
+        cells["Command"].value = f"<code title=\"{code}\">{html.escape(job.command)}</code>"
+        cells["Elapsed"].value = elapsed_text(job, now)
+        cells["HasMoreData"].value = str(job.has_more_data)
+        self.stop.disabled = job.state.finished  # a click that arrives anyway is answered in the status line
+        data = job.progress
+        total = data.get("total") if data else None
+        if data and total:
+            try:
+                self.bar.value = max(0.0, min(1.0, float(data.get("current") or 0) / float(total)))
+            except (TypeError, ValueError):
+                pass
+            self.bar.bar_style = "success" if job.state is JobState.Completed else ""
+            self.bar.layout.visibility = "visible"
+        else:
+            self.bar.layout.visibility = "hidden"
+        message = html.escape(str(data.get("message") or "")) if data else ""
+        self.progress.value = f"{progress_text(job)} {message}".strip()
+
+    def close(self) -> None:
+        self.job = None
+        for widget in (self.expand, *self.cells.values(), self.bar, self.progress, self.receive, self.stop, self.remove):
+            widget.close()
+        self.box.close()
+
+
+class _SessionRow:
+    """One session of ``manager.sessions`` (when the manager has them): what it is, Disconnect, Connect."""
+
+    def __init__(self, act: Callable[[str, Any], None]) -> None:
+        self.session: Any = None
+        self.label = _cell("420px")
+        self.disconnect = _button("Disconnect", "disconnect this session (its jobs keep running)", width="96px")
+        self.connect = _button("Connect", "connect this session again", width="80px")
+        self.disconnect.on_click(lambda _b: act("disconnect", self.session))
+        self.connect.on_click(lambda _b: act("connect", self.session))
+        self.box = widgets.HBox([self.label, self.disconnect, self.connect], layout=widgets.Layout(align_items="center"))
+        self.box.add_class("rjob-session")
+
+    def render(self, session: Any) -> None:
+        self.session = session
+        name = getattr(session, "name", None) or str(session)
+        host = getattr(session, "host", None)
+        where = f" on {host}" if host and host != name else ""
+        details = " ".join(str(getattr(session, key)) for key in ("state", "availability") if getattr(session, key, None) is not None)
+        self.label.value = f"<b>{html.escape(str(name))}</b>{html.escape(where)} {html.escape(details)}"
+
+    def close(self) -> None:
+        for widget in (self.label, self.disconnect, self.connect, self.box):
+            widget.close()
+
+
+class JobPanel(widgets.VBox):
+    """A live table of the manager's jobs with Receive, Stop and Remove, a state filter and
+    pages; received output appears in the panel's own Output area, messages in its status line."""
+
+    def __init__(
+        self, manager: JobManager, *, interval: float = 0.25, page_size: int = 50, shell: Any = None
+    ) -> None:
+        if interval <= 0:
+            raise RJobError(f"the panel's interval must be above 0 seconds, not {interval:g}")
+        self.manager = manager
+        self.interval = interval
+        self.page_size = max(1, page_size)
+        self.updates = 0  # redraws so far: a burst of events is coalesced into few of them
+        self._wake = threading.Condition()
+        self._closing = threading.Event()
+        self._dirty: set[int] = set()
+        self._layout_dirty = True
+        self._ticking = False  # a visible job runs: its elapsed time moves on once a second
+        self._closed = False
+        self._expanded: set[int] = set()
+        self._state_filter: JobState | None = None
+        self._page = 0
+        self._rows: list[_Row] = []
+        self._rows_in_use = 0
+        self._session_rows: list[_SessionRow] = []
+        self._stopping: set[int] = set()
+        self._helpers: list[threading.Thread] = []
+        self._render_lock = threading.RLock()
+        self._output_lock = threading.Lock()
+
+        self._filter = widgets.Dropdown(
+            options=[ALL_STATES, *(s.value for s in JobState)], value=ALL_STATES, description="State",
+            layout=widgets.Layout(width="220px"),
+        )
+        self._filter.observe(self._filter_changed, names="value")
+        self._previous = _button("◀", "previous page", width="36px")
+        self._next = _button("▶", "next page", width="36px")
+        self._previous.on_click(lambda _b: self._turn_page(-1))
+        self._next.on_click(lambda _b: self._turn_page(+1))
+        self._clear = _button("Clear output", "clear the received output below", width="110px")
+        self._clear.on_click(lambda _b: self.clear_output())
+        self.summary = widgets.HTML()
+        self.status = widgets.Label()
+        self.output = widgets.Output(layout=widgets.Layout(border="1px solid #ddd", max_height="320px", overflow="auto"))
+        self._rows_box = widgets.VBox(layout=widgets.Layout(overflow="visible", width="max-content"))
+        self._sessions_box = widgets.VBox()
+        self._sessions_title = widgets.HTML("<b>Sessions</b>")
+        self._pages = 1
+        header = widgets.HBox(
+            [widgets.HTML(layout=widgets.Layout(width="30px", margin="2px", flex="0 0 auto"))]
+            + [widgets.HTML(f"<b>{title}</b>", layout=widgets.Layout(width=width, margin="0 4px 0 0", flex="0 0 auto")) for title, width in COLUMNS]
+            + [widgets.HTML("<b>Progress</b>", layout=widgets.Layout(width="174px", flex="0 0 auto"))],
+            layout=widgets.Layout(**ROW_LAYOUT),
+        )
+        toolbar = widgets.HBox([self._filter, self._previous, self._next, self.summary, self._clear], layout=widgets.Layout(align_items="center"))
+        self._static = [
+            self._filter, self._previous, self._next, self._clear, self.summary, self.status, self._sessions_title,
+            *header.children, header, toolbar,
+        ]
+        super().__init__(
+            [widgets.HTML(_STYLE), toolbar, header, self._rows_box, self._sessions_box, self.status, self.output]
+        )
+        self.add_class("rjob-panel")
+        self.layout.overflow_x = "auto"  # a narrow notebook scrolls the table rather than squeezing it
+        self._static.append(self.children[0])
+
+        self._unsubscribe = manager.subscribe(self._on_event)  # first: a job added meanwhile is not missed
+        self._flush()  # the first drawing, in the caller's thread
+        self._shell = shell
+        if shell is not None and hasattr(shell, "events"):
+            shell.events.register("post_execute", self.refresh)  # a cell may have received output
+        self._thread = threading.Thread(target=self._run, name="rjob-panel", daemon=True)
+        self._thread.start()
+
+    # -- events (any thread; must be quick) -------------------------------------------
+    def _on_event(self, event: JobEvent) -> None:
+        kind = event.kind
+        if kind is EventKind.RECORD and event.record is not None and event.record.kind is not RecordKind.PROGRESS:
+            return  # output changes no cell: HasMoreData is True anyway while a job runs
+        with self._wake:
+            if kind is not EventKind.RECORD and (kind is not EventKind.STATE or self._state_filter is not None):
+                self._layout_dirty = True  # which jobs are listed may have changed
+            self._dirty.add(event.job.id)
+            self._wake.notify()
+
+    def refresh(self) -> None:
+        """Redraw soon (for changes that send no event: output received elsewhere, sessions)."""
+        with self._wake:
+            self._layout_dirty = True
+            self._wake.notify()
+
+    # -- the drawing thread -----------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._closed or self._dirty or self._layout_dirty):
+                    if not self._wake.wait(1.0 if self._ticking else None):
+                        break  # a tick: running jobs' elapsed times
+                if self._closed:
+                    return
+            try:
+                self._flush()
+            except Exception as exc:  # noqa: BLE001 - never printed: it would land in some cell
+                self.say(f"the panel could not redraw: {type(exc).__name__}: {exc}")
+            if self._closing.wait(self.interval):  # the throttle: events meanwhile are coalesced
+                return
+
+    def _flush(self) -> None:
+        with self._wake:
+            dirty, self._dirty = self._dirty, set()
+            relayout, self._layout_dirty = self._layout_dirty, False
+        with self._render_lock:
+            if self._closed:
+                return
+            self.updates += 1
+            now = datetime.now()
+            if relayout:
+                self._layout(now)
+            else:
+                for row in self._rows[: self._rows_in_use]:
+                    job = row.job
+                    if job is not None and (job.id in dirty or job.state in ACTIVE_STATES or (job.parent and job.parent.id in dirty)):
+                        row.render(now)
+            self._summarize()
+            self._ticking = any(row.job is not None and row.job.state in ACTIVE_STATES for row in self._rows[: self._rows_in_use])
+            self._draw_sessions()
+
+    def _listed_jobs(self) -> list[Job]:
+        listed = []
+        for job in self.manager.list(state=self._state_filter):
+            listed.append(job)
+            if job.children and job.id in self._expanded:
+                listed.extend(job.children)
+        return listed
+
+    def _layout(self, now: datetime) -> None:
+        listed = self._listed_jobs()
+        pages = max(1, -(-len(listed) // self.page_size))
+        self._page = min(self._page, pages - 1)
+        shown = listed[self._page * self.page_size : (self._page + 1) * self.page_size]
+        while len(self._rows) < len(shown):
+            self._rows.append(_Row(self._act))
+        for row, job in zip(self._rows, shown):
+            row.bind(job, job.id in self._expanded)
+        for row in self._rows[len(shown) :]:
+            row.job = None
+        if self._rows_in_use != len(shown):
+            self._rows_in_use = len(shown)
+            self._rows_box.children = tuple(row.box for row in self._rows[: len(shown)])
+        self._pages = pages
+        self._previous.disabled = self._page == 0
+        self._next.disabled = self._page >= pages - 1
+
+    def _summarize(self) -> None:
+        everything = self.manager.list()
+        counts: dict[str, int] = {}
+        for job in everything:
+            counts[job.state.value] = counts.get(job.state.value, 0) + 1
+        parts = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        page = f"; page {self._page + 1} of {self._pages}" if self._pages > 1 else ""
+        self.summary.value = f"{len(everything)} jobs" + (f" ({parts})" if parts else "") + page
+
+    def _draw_sessions(self) -> None:
+        """The hook for sessions: when the manager has ``sessions`` (a method returning them, a list or
+        a mapping), a row each. A failure here is said in the status line and leaves the jobs' rows be."""
+        sessions = getattr(self.manager, "sessions", None)
+        if sessions is None:
+            return
+        try:
+            if callable(sessions):
+                sessions = sessions()
+            items = list(sessions.values() if isinstance(sessions, Mapping) else sessions)
+        except Exception as exc:  # noqa: BLE001
+            self.say(f"could not list the sessions: {type(exc).__name__}: {exc}")
+            return
+        while len(self._session_rows) < len(items):
+            self._session_rows.append(_SessionRow(self._session_act))
+        for row, session in zip(self._session_rows, items):
+            row.render(session)
+        boxes = tuple(row.box for row in self._session_rows[: len(items)])
+        if tuple(self._sessions_box.children[1:]) != boxes:
+            self._sessions_box.children = ((self._sessions_title,) + boxes) if boxes else ()
+
+    # -- controls (the kernel's main thread, from the front end) ---------------------------
+    def _filter_changed(self, change: dict[str, Any]) -> None:
+        value = change["new"]
+        self._state_filter = None if value == ALL_STATES else JobState.parse(value)
+        self._page = 0
+        self.refresh()
+
+    def _turn_page(self, step: int) -> None:
+        self._page = max(0, self._page + step)
+        self.refresh()
+
+    def _act(self, action: str, row: _Row) -> None:
+        job = row.job
+        if job is None:
+            self.say("that row shows no job any more")
+            return
+        try:
+            getattr(self, f"_{action}_job")(job)
+        except RJobError as exc:
+            self.say(str(exc))
+        except Exception as exc:  # noqa: BLE001 - a click never ends in a traceback
+            self.say(f"{action} {job.label} failed: {type(exc).__name__}: {exc}")
+        with self._wake:
+            self._dirty.add(job.id)
+            self._wake.notify()
+
+    def _still_here(self, job: Job, doing: str) -> bool:
+        try:
+            self.manager.get(job.id)
+        except JobNotFoundError:
+            self.say(f"{job.label} was removed; nothing to {doing}")
+            self.refresh()
+            return False
+        return True
+
+    def _expand_job(self, job: Job) -> None:
+        if job.children:
+            self._expanded ^= {job.id}
+            self.refresh()
+
+    def _receive_job(self, job: Job) -> None:
+        if not self._still_here(job, "receive"):
+            return
+        records = self.manager.receive(job)
+        if not records:
+            self.say(f"{job.label}: nothing new to receive")
+            return
+        self.show_records(job, records)
+        self.say(f"received {len(records)} record(s) from {job.label}")
+
+    def _stop_job(self, job: Job) -> None:
+        if not self._still_here(job, "stop"):
+            return
+        if job.state.finished:
+            self.say(f"{job.label} has already ended ({job.state}); nothing to stop")
+            return
+        with self._wake:
+            if job.id in self._stopping or job.state is JobState.Stopping:
+                self.say(f"{job.label} is already being stopped")
+                return
+            self._stopping.add(job.id)
+        self.say(f"stopping {job.label}")
+        self._in_background(self._stop_in_background, job)
+
+    def _stop_in_background(self, job: Job) -> None:
+        try:
+            self.manager.stop(job)
+            self.say(f"{job.label} is {job.state}")
+        except Exception as exc:  # noqa: BLE001 - shown, never printed
+            self.say(f"stop {job.label} failed: {type(exc).__name__}: {exc}")
+        finally:
+            with self._wake:
+                self._stopping.discard(job.id)
+
+    def _remove_job(self, job: Job) -> None:
+        if job.parent is not None:
+            self.say(f"a child job goes with its parent: remove {job.parent.label}")
+            return
+        if not self._still_here(job, "remove"):
+            return
+        if not job.state.finished:
+            self.say(f"{job.label} is {job.state}: stop it first")
+            return
+        self.manager.remove(job)
+        self.say(f"removed {job.label}")
+
+    def _session_act(self, action: str, session: Any) -> None:
+        """Disconnect or Connect: the manager's ``disconnect(session)`` / ``connect(session)`` when it
+        has them, else the session's own ``disconnect()`` / ``connect()``."""
+        by_manager = getattr(self.manager, action, None)
+        if session is None or (by_manager is None and getattr(session, action, None) is None):
+            self.say(f"this session cannot {action}")
+            return
+
+        def run() -> None:
+            try:
+                if by_manager is not None:
+                    by_manager(session)
+                else:
+                    getattr(session, action)()
+                self.say(f"{action}: done")
+            except Exception as exc:  # noqa: BLE001
+                self.say(f"{action} failed: {type(exc).__name__}: {exc}")
+            self.refresh()
+
+        self._in_background(run)
+
+    def _in_background(self, target: Callable[..., None], *args: Any) -> None:
+        """Slow actions (stop waits out a grace period) run beside the kernel; close() waits for them."""
+        self._helpers = [t for t in self._helpers if t.is_alive()]
+        helper = threading.Thread(target=target, args=args, name="rjob-panel-action", daemon=True)
+        self._helpers.append(helper)
+        helper.start()
+
+    # -- what the panel shows ---------------------------------------------------------------
+    def say(self, message: str) -> None:
+        """One line in the panel's status line (from any thread)."""
+        self.status.value = message
+
+    def show_records(self, job: Job, records: list[Record]) -> None:
+        """Received records, in order, into the panel's Output (never into a cell), by the one
+        renderer (``_render.py``): labelled, values shown, long lines and large displays capped."""
+        namespace = getattr(self._shell, "user_ns", None)
+        renderer = Renderer(OutputTarget(self.output, self._output_lock), [job], show_values=True, labelled=True, namespace=namespace)
+        render_records(records, renderer)
+
+    def clear_output(self) -> None:
+        with self._output_lock:
+            self.output.outputs = ()
+
+    # -- the end ----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop listening, end the panel's thread, close every widget it made. Idempotent."""
+        if not getattr(self, "_closed", True):
+            with self._wake:
+                self._closed = True
+                self._wake.notify_all()
+            self._closing.set()
+            self._unsubscribe()
+            if self._shell is not None and self.refresh in self._shell.events.callbacks.get("post_execute", []):
+                self._shell.events.unregister("post_execute", self.refresh)
+            if threading.current_thread() is not self._thread:
+                self._thread.join(10)
+            for helper in self._helpers:
+                helper.join(self.manager.stop_grace + 5)
+            with self._render_lock:
+                for row in self._rows:
+                    row.close()
+                for session_row in self._session_rows:
+                    session_row.close()
+                for widget in (*self._static, self.output, self._rows_box, self._sessions_box):
+                    widget.close()
+        super().close()
