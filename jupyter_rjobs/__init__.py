@@ -10,6 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from jupyter_rjobs.agent.capture import display, progress
+from jupyter_rjobs.backends.base import (
+    Backend,
+    BackendOptions,
+    JobRunner,
+    option,
+    register_backend,
+    registered_backends,
+    unregister_backend,
+)
 from jupyter_rjobs.backends.remote.registry import LeftJob
 from jupyter_rjobs.backends.remote.ssh.config import HostSettings, resolve_host
 from jupyter_rjobs.core.errors import (
@@ -39,6 +48,8 @@ __all__ = [
     "AmbiguousJobError",
     "AuthenticationError",
     "Availability",
+    "Backend",
+    "BackendOptions",
     "EventKind",
     "HostError",
     "HostKeyError",
@@ -50,6 +61,7 @@ __all__ = [
     "JobKind",
     "JobManager",
     "JobNotFoundError",
+    "JobRunner",
     "JobState",
     "JobStateError",
     "JobStoppedError",
@@ -67,10 +79,14 @@ __all__ = [
     "__version__",
     "display",
     "load_ipython_extension",
+    "option",
     "panel",
     "progress",
+    "register_backend",
+    "registered_backends",
     "resolve_host",
     "unload_ipython_extension",
+    "unregister_backend",
 ]
 
 
