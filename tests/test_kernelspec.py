@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -19,20 +18,12 @@ from kernel_helpers import KernelSession, stream_text  # noqa: E402
 
 from jupyter_rjobs.kernelspec import main  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-
-
 def jupyter_rjobs_command(tmp_path: Path) -> dict[str, str]:
-    """An environment where `jupyter rjobs` finds a `jupyter-rjobs` script running this checkout,
-    as the console script of an installed package would."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    script = bin_dir / "jupyter-rjobs"
-    script.write_text(f"#!{sys.executable}\nimport sys\nfrom jupyter_rjobs.kernelspec import main\nsys.exit(main())\n")
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return env
+    """An environment where `jupyter rjobs` finds the installed package's own `jupyter-rjobs`
+    console script (the one pip wrote beside this Python), as a user's shell would."""
+    bin_dir = Path(sys.executable).parent
+    assert (bin_dir / "jupyter-rjobs").is_file(), f"no jupyter-rjobs console script in {bin_dir}: is the package installed?"
+    return dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
 
 
 def run_jupyter(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
