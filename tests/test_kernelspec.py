@@ -40,7 +40,9 @@ def test_install_kernel_writes_the_spec(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "Python 3 (rjobs)" in done.stdout
     spec = read_spec(tmp_path / "env", "rjobs")
-    assert spec["argv"] == [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}", "--IPKernelApp.extensions=jupyter_rjobs"]
+    python, *rest = spec["argv"]
+    assert Path(python).parent == Path(sys.executable).parent  # this environment's Python (python or python3)
+    assert rest == ["-m", "ipykernel_launcher", "-f", "{connection_file}", "--IPKernelApp.extensions=jupyter_rjobs"]
     assert spec["display_name"] == "Python 3 (rjobs)" and spec["language"] == "python" and "env" not in spec
 
 
