@@ -96,7 +96,6 @@ def lab(browser_ready: None, tmp_path: Path) -> Iterator[Lab]:
         JUPYTER_CONFIG_DIR=str(dirs["config"]), JUPYTER_DATA_DIR=str(dirs["data"]), JUPYTER_RUNTIME_DIR=str(dirs["runtime"]),
         JUPYTERLAB_SETTINGS_DIR=str(dirs["settings"]), JUPYTERLAB_WORKSPACES_DIR=str(dirs["workspaces"]),
         IPYTHONDIR=str(dirs["ipython"]),
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),  # this checkout's package
     )
     port, token = _free_port(), secrets.token_hex(16)
     log = tmp_path / "jupyterlab.log"
