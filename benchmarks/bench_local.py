@@ -83,6 +83,12 @@ class IPythonBgBench(Bench):
     name = "IPython BackgroundJobManager"
 
     def __init__(self) -> None:
+        # BackgroundJobManager is meant to run inside IPython: each job takes the running shell's
+        # traceback formatter. Outside a shell it builds its own with IPython 8's `color_scheme`
+        # argument, which IPython 9 no longer takes (TypeError): give it a shell, as a user has.
+        from IPython.core.interactiveshell import InteractiveShell
+
+        InteractiveShell.instance()
         self.jobs = BackgroundJobManager()
 
     def trip(self) -> Any:
