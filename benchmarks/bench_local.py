@@ -83,12 +83,18 @@ class IPythonBgBench(Bench):
     name = "IPython BackgroundJobManager"
 
     def __init__(self) -> None:
-        # BackgroundJobManager is meant to run inside IPython: each job takes the running shell's
-        # traceback formatter. Outside a shell it builds its own with IPython 8's `color_scheme`
-        # argument, which IPython 9 no longer takes (TypeError): give it a shell, as a user has.
-        from IPython.core.interactiveshell import InteractiveShell
+        # Each BackgroundJob takes the running shell's traceback formatter; outside a shell it
+        # builds one with IPython 8's `color_scheme` argument, which IPython 9 refuses (TypeError,
+        # an upstream fault). A stand-in formatter (it is only used when a job raises, and none
+        # does here) keeps the anchor running on IPython 9 at its real cost, with no shell in the
+        # way (a real InteractiveShell replaces __main__, which the process pools pickle from).
+        import types
 
-        InteractiveShell.instance()
+        import IPython.lib.backgroundjobs as backgroundjobs
+
+        if "theme_name" in str(getattr(backgroundjobs, "AutoFormattedTB", object).__init__.__code__.co_varnames):
+            formatter = types.SimpleNamespace(text=lambda *args: "")
+            backgroundjobs.get_ipython = lambda: types.SimpleNamespace(InteractiveTB=formatter)  # type: ignore[attr-defined]
         self.jobs = BackgroundJobManager()
 
     def trip(self) -> Any:
