@@ -6,12 +6,26 @@ import os
 import time
 from typing import Callable
 
+import pytest
+
 from jupyter_rjobs.agent.proctree import descendants
 
 
 def in_ci() -> bool:
     """Under CI (CI=true, 1, yes): tests whose set-up is missing must fail, not skip."""
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def start_tier(start: Callable[[], object], needs: str) -> None:
+    """Start a test tier's set-up (a lab of sshds, say). If it fails: under CI the error stands
+    (the tier must run there); elsewhere the test skips, saying what it needs and why it failed."""
+    try:
+        start()
+    except Exception as exc:  # noqa: BLE001 - any set-up failure: an error in CI, a skip elsewhere
+        if in_ci():
+            raise
+        reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+        pytest.skip(f"{needs}: {reason}")
 
 
 def pid_alive(pid: int) -> bool:

@@ -14,20 +14,14 @@ from __future__ import annotations
 from typing import Iterator
 
 import pytest
-from helpers import in_ci
-from sshlab import LabUnavailable, SshLab
+from helpers import start_tier
+from sshlab import SshLab
 
 
 @pytest.fixture(scope="session")
 def ssh_lab() -> Iterator[SshLab]:
     lab = SshLab(namespace_hosts=3)
-    try:
-        lab.start()
-    except Exception as exc:  # noqa: BLE001 - any setup failure: error in CI, skip elsewhere
-        if in_ci():
-            raise
-        reason = exc.reason if isinstance(exc, LabUnavailable) else f"{type(exc).__name__}: {exc}"
-        pytest.skip(f"real-sshd tests need root, OpenSSH server and network namespaces: {reason}")
+    start_tier(lab.start, "real-sshd tests need root, OpenSSH server and network namespaces")
     try:
         yield lab
     finally:

@@ -67,20 +67,25 @@ def assert_user_sees_no_noise(cells: Iterable[Seen]) -> None:
     assert not found, "what a user would see is not clean:\n  " + "\n  ".join(found)
 
 
+def _add(seen: Seen, kind: str, stream: str | None, text: str, ename: str, data: Any) -> None:
+    """One output (a kernel message or a notebook output: the same fields) into ``seen``."""
+    if kind == "stream":
+        if stream == "stderr":
+            seen.stderr += text
+        else:
+            seen.stdout += text
+    elif kind == "error":
+        seen.errors.append(ename)
+    else:
+        seen.stdout += str((data or {}).get("text/plain", ""))
+
+
 def from_kernel(outputs: Iterable[Any], where: str = "cell", allowed_errors: Sequence[str] = (), allow_stderr: bool = False) -> Seen:
     """One cell from ``KernelSession`` outputs (objects with ``msg_type`` and ``content``)."""
     seen = Seen(where, allowed_errors=tuple(allowed_errors), allow_stderr=allow_stderr)
     for output in outputs:
         content = output.content
-        if output.msg_type == "stream":
-            if content.get("name") == "stderr":
-                seen.stderr += content.get("text", "")
-            else:
-                seen.stdout += content.get("text", "")
-        elif output.msg_type == "error":
-            seen.errors.append(content.get("ename", "?"))
-        else:
-            seen.stdout += str((content.get("data") or {}).get("text/plain", ""))
+        _add(seen, output.msg_type, content.get("name"), content.get("text", ""), content.get("ename", "?"), content.get("data"))
     return seen
 
 
@@ -94,15 +99,7 @@ def from_notebook(notebook: Any, name: str = "notebook") -> list[Seen]:
         tags = cell.metadata.get("tags", [])
         seen = Seen(f"{name} cell {index}", allow_stderr="shows-stderr" in tags)
         for output in cell.get("outputs", []):
-            if output.output_type == "stream":
-                if output.get("name") == "stderr":
-                    seen.stderr += output.get("text", "")
-                else:
-                    seen.stdout += output.get("text", "")
-            elif output.output_type == "error":
-                seen.errors.append(output.get("ename", "?"))
-            else:
-                seen.stdout += str(output.get("data", {}).get("text/plain", ""))
+            _add(seen, output.output_type, output.get("name"), output.get("text", ""), output.get("ename", "?"), output.get("data"))
         if "shows-job-error" in tags:
             seen.allowed_errors = tuple(seen.errors) + tuple(ERROR_LINE.findall(_plain(seen.stdout)))
         cells.append(seen)
