@@ -261,6 +261,11 @@ class Job(Future[Any]):
     def emit(self, kind: RecordKind, data: Any, seq: int | None = None, when: float | None = None) -> None:
         self.stream.append(kind, data, seq=seq, when=when)
 
+    def use_stream(self, make: Callable[[Callable[[Record], None]], RecordStream]) -> None:
+        """Keep this job's records in another stream (a backend whose records stay elsewhere until
+        received): ``make(on_append)`` builds it, calling ``on_append(record)`` for each record it gets."""
+        self.stream = make(self._record_appended)
+
     def fail(self, ename: str, evalue: str, traceback: list[str] | None = None) -> None:
         """Record an error raised outside the job's code (its worker died, say) and end as Failed."""
         if self.error is None:

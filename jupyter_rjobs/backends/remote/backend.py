@@ -120,9 +120,16 @@ class RemoteRunner(JobRunner):
         self._fetched: list[Record] | None = None
         self._fetch_done = threading.Event()
         if cache == "remote":
-            job.stream = RemoteSpoolStream(job.id, job._record_appended, self, received)
+            job.use_stream(lambda on_append: RemoteSpoolStream(job.id, on_append, self, received))
         else:
-            job.stream = AckingStream(job.id, job._record_appended, self)
+            job.use_stream(lambda on_append: AckingStream(job.id, on_append, self))
+
+    def info(self) -> dict[str, Any]:
+        """What the local registry keeps so that another kernel can find this job again."""
+        job = self.job
+        return {"host": job.location, "python": getattr(self.connection, "python", None), "name": job.name,
+                "command": job.command, "code": job.code, "cache": self.cache, "detached": job.detached,
+                "session": str(job.session.instance) if job.session is not None else None}
 
     @property
     def keeps_spool(self) -> bool:
@@ -424,10 +431,7 @@ class RemoteBackend(Backend[RemoteOptions, _RemotePrepared]):
             job.fail("HostError", str(connection))
             return
         runner = RemoteRunner(job, connection, prepared.cache, self.stop_grace)
-        _registry.remember(
-            runner.instance, host=job.location, python=getattr(connection, "python", None), name=job.name, command=job.command,
-            code=job.code, cache=prepared.cache, detached=job.detached, session=prepared.header.get("session"), state="Running",
-        )
+        _registry.remember(runner.instance, **runner.info(), state="Running")
         try:
             runner.start(prepared.header, prepared.buffers)
         except HostError as exc:
@@ -437,8 +441,7 @@ class RemoteBackend(Backend[RemoteOptions, _RemotePrepared]):
         """Follow a job this kernel did not start (left on ``host``), from what nobody received."""
         connection = self.connection(host, python)
         runner = RemoteRunner(job, connection, cache, self.stop_grace, received=cursor)
-        _registry.remember(runner.instance, host=host, python=python, name=job.name, command=job.command, code=job.code,
-                           cache=cache, detached=job.detached, kernel_pid=os.getpid(), state=str(job.state))
+        _registry.remember(runner.instance, **runner.info(), kernel_pid=os.getpid(), state=str(job.state))
         runner.reattach(connection, force=force)
         return runner
 
