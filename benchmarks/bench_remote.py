@@ -281,7 +281,7 @@ def part_throughput(lab: SshLab, rj: Rjobs, ipp: Ipyparallel | None, plan: Plan)
     for name in ("rjobs", "ipyparallel"):
         if out[name]:
             out[name + "_median_jobs_per_s"] = statistics.median(r["jobs_per_s"] for r in out[name])
-    out["max_remote_jobs"] = rj.manager.max_remote_jobs
+    out["max_remote_jobs"] = rj.manager.settings.max_remote_jobs
     return out
 
 
