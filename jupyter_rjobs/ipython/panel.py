@@ -17,7 +17,6 @@ Imported only when a panel is asked for (ipywidgets is heavy). How it stays chea
 
 from __future__ import annotations
 
-import html
 import threading
 from collections.abc import Mapping
 from datetime import datetime
@@ -29,31 +28,12 @@ from jupyter_rjobs.core.errors import JobNotFoundError, RJobError
 from jupyter_rjobs.core.job import Job, JobState
 from jupyter_rjobs.core.manager import EventKind, JobEvent, JobManager
 from jupyter_rjobs.core.records import Record, RecordKind
-from jupyter_rjobs.core.table import _STATE_COLOURS, progress_text
+from jupyter_rjobs.ipython.panel_rows import ACTIVE_STATES, COLUMNS, ROW_LAYOUT, STYLE, JobRow, SessionRow, button
 from jupyter_rjobs.ipython.render import OutputTarget, Renderer, render_records
 
 __all__ = ["JobPanel", "panel"]
 
 ALL_STATES = "All"
-ACTIVE_STATES = frozenset({JobState.Running, JobState.Stopping})
-# (column title, cell width); the progress column and the buttons follow
-COLUMNS = (
-    ("Id", "40px"),
-    ("Name", "104px"),
-    ("Type", "100px"),
-    ("State", "108px"),
-    ("Location", "84px"),
-    ("Command", "144px"),
-    ("Elapsed", "64px"),
-    ("HasMoreData", "106px"),
-)
-ROW_LAYOUT = {"align_items": "center", "overflow": "visible", "width": "max-content", "flex": "0 0 auto"}
-_STYLE = """<style>
-.rjob-spin{display:inline-block;animation:rjob-spin 1s linear infinite}
-@keyframes rjob-spin{from{transform:rotate(0deg)}to{transform:rotate(360deg)}}
-.rjob-panel .widget-html-content{white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
-.rjob-row:hover{background:rgba(0,0,0,0.04)}
-</style>"""
 
 
 def panel(manager: JobManager | None = None, *, interval: float = 0.25, page_size: int = 50) -> JobPanel:
@@ -70,126 +50,6 @@ def panel(manager: JobManager | None = None, *, interval: float = 0.25, page_siz
     except ImportError:  # pragma: no cover - IPython is a dependency
         shell = None
     return JobPanel(manager, interval=interval, page_size=page_size, shell=shell)
-
-
-def elapsed_text(job: Job, now: datetime | None = None) -> str:
-    """How long the job ran (or has been running): 12s, 3m05s, 1h02m."""
-    if job.begin_time is None:
-        return ""
-    seconds = int(((job.end_time or now or datetime.now()) - job.begin_time).total_seconds())
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
-def state_html(state: JobState) -> str:
-    colour = _STATE_COLOURS.get(state.value, "inherit")
-    spinner = "<span class='rjob-spin'>◐</span> " if state in ACTIVE_STATES else ""
-    return (
-        f"<span class='rjob-state' data-state='{state.value}' style='color:{colour};font-weight:bold'>"
-        f"{spinner}{state.value}</span>"
-    )
-
-
-def _cell(width: str) -> widgets.HTML:
-    return widgets.HTML(layout=widgets.Layout(width=width, margin="0 4px 0 0", flex="0 0 auto"))  # never squeezed: columns align
-
-
-def _button(description: str, tooltip: str, width: str = "72px") -> widgets.Button:
-    return widgets.Button(description=description, tooltip=tooltip, layout=widgets.Layout(width=width, height="26px", flex="0 0 auto"))
-
-
-class _Row:
-    """The widgets of one table row. A row is never rebuilt: it is rebound to whichever job it shows."""
-
-    def __init__(self, act: Callable[[str, _Row], None]) -> None:
-        self.job: Job | None = None
-        self.expand = _button("", "show or hide the child jobs", width="30px")
-        self.cells = {title: _cell(width) for title, width in COLUMNS}
-        self.bar = widgets.FloatProgress(min=0.0, max=1.0, layout=widgets.Layout(width="70px", visibility="hidden", flex="0 0 auto"))
-        self.progress = _cell("100px")
-        self.receive = _button("Receive", "show the job's new output below (Receive-Job)", width="80px")
-        self.stop = _button("Stop", "stop the job (Stop-Job)", width="54px")
-        self.remove = _button("Remove", "forget the job and its output (Remove-Job)", width="80px")
-        for action in ("expand", "receive", "stop", "remove"):
-            getattr(self, action).on_click(lambda _button, action=action: act(action, self))
-        self.box = widgets.HBox(
-            [self.expand, *self.cells.values(), self.bar, self.progress, self.receive, self.stop, self.remove],
-            layout=widgets.Layout(**ROW_LAYOUT),
-        )
-        self.box.add_class("rjob-row")
-
-    def bind(self, job: Job, expanded: bool) -> None:
-        if job is not self.job:
-            self.job = job
-            self.box._dom_classes = ("rjob-row", f"rjob-job-{job.id}")
-            self.remove.disabled = job.parent is not None  # a child goes with its parent
-        self.expand.description = ("▾" if expanded else "▸") if job.children else ""
-        self.expand.disabled = not job.children
-        self.render()
-
-    def render(self, now: datetime | None = None) -> None:
-        job = self.job
-        if job is None:
-            return
-        cells = self.cells
-        cells["Id"].value = f"&nbsp;&nbsp;↳&nbsp;{job.id}" if job.parent is not None else str(job.id)
-        cells["Name"].value = html.escape(job.name)
-        cells["Type"].value = str(job.kind)
-        cells["State"].value = state_html(job.state)
-        cells["Location"].value = html.escape(job.location)
-        code = html.escape(job.code.strip(), quote=True)
-        cells["Command"].value = f"<code title=\"{code}\">{html.escape(job.command)}</code>"
-        cells["Elapsed"].value = elapsed_text(job, now)
-        cells["HasMoreData"].value = str(job.has_more_data)
-        self.stop.disabled = job.state.finished  # a click that arrives anyway is answered in the status line
-        data = job.progress
-        total = data.get("total") if data else None
-        if data and total:
-            try:
-                self.bar.value = max(0.0, min(1.0, float(data.get("current") or 0) / float(total)))
-            except (TypeError, ValueError):
-                pass
-            self.bar.bar_style = "success" if job.state is JobState.Completed else ""
-            self.bar.layout.visibility = "visible"
-        else:
-            self.bar.layout.visibility = "hidden"
-        message = html.escape(str(data.get("message") or "")) if data else ""
-        self.progress.value = f"{progress_text(job)} {message}".strip()
-
-    def close(self) -> None:
-        self.job = None
-        for widget in (self.expand, *self.cells.values(), self.bar, self.progress, self.receive, self.stop, self.remove):
-            widget.close()
-        self.box.close()
-
-
-class _SessionRow:
-    """One session of ``manager.sessions`` (when the manager has them): what it is, Disconnect, Connect."""
-
-    def __init__(self, act: Callable[[str, Any], None]) -> None:
-        self.session: Any = None
-        self.label = _cell("420px")
-        self.disconnect = _button("Disconnect", "disconnect this session (its jobs keep running)", width="96px")
-        self.connect = _button("Connect", "connect this session again", width="80px")
-        self.disconnect.on_click(lambda _b: act("disconnect", self.session))
-        self.connect.on_click(lambda _b: act("connect", self.session))
-        self.box = widgets.HBox([self.label, self.disconnect, self.connect], layout=widgets.Layout(align_items="center"))
-        self.box.add_class("rjob-session")
-
-    def render(self, session: Any) -> None:
-        self.session = session
-        name = getattr(session, "name", None) or str(session)
-        host = getattr(session, "host", None)
-        where = f" on {host}" if host and host != name else ""
-        details = " ".join(str(getattr(session, key)) for key in ("state", "availability") if getattr(session, key, None) is not None)
-        self.label.value = f"<b>{html.escape(str(name))}</b>{html.escape(where)} {html.escape(details)}"
-
-    def close(self) -> None:
-        for widget in (self.label, self.disconnect, self.connect, self.box):
-            widget.close()
 
 
 class JobPanel(widgets.VBox):
@@ -214,24 +74,38 @@ class JobPanel(widgets.VBox):
         self._expanded: set[int] = set()
         self._state_filter: JobState | None = None
         self._page = 0
-        self._rows: list[_Row] = []
+        self._rows: list[JobRow] = []
         self._rows_in_use = 0
-        self._session_rows: list[_SessionRow] = []
+        self._session_rows: list[SessionRow] = []
         self._stopping: set[int] = set()
         self._helpers: list[threading.Thread] = []
         self._render_lock = threading.RLock()
         self._output_lock = threading.Lock()
+        super().__init__(self._build())
+        self.add_class("rjob-panel")
+        self.layout.overflow_x = "auto"  # a narrow notebook scrolls the table rather than squeezing it
+        self._static.append(self.children[0])
 
+        self._unsubscribe = manager.subscribe(self._on_event)  # first: a job added meanwhile is not missed
+        self._flush()  # the first drawing, in the caller's thread
+        self._shell = shell
+        if shell is not None and hasattr(shell, "events"):
+            shell.events.register("post_execute", self.refresh)  # a cell may have received output
+        self._thread = threading.Thread(target=self._run, name="rjob-panel", daemon=True)
+        self._thread.start()
+
+    def _build(self) -> list[widgets.Widget]:
+        """The panel's own widgets (toolbar, header, boxes for rows, status, output), in order."""
         self._filter = widgets.Dropdown(
             options=[ALL_STATES, *(s.value for s in JobState)], value=ALL_STATES, description="State",
             layout=widgets.Layout(width="220px"),
         )
         self._filter.observe(self._filter_changed, names="value")
-        self._previous = _button("◀", "previous page", width="36px")
-        self._next = _button("▶", "next page", width="36px")
+        self._previous = button("◀", "previous page", width="36px")
+        self._next = button("▶", "next page", width="36px")
         self._previous.on_click(lambda _b: self._turn_page(-1))
         self._next.on_click(lambda _b: self._turn_page(+1))
-        self._clear = _button("Clear output", "clear the received output below", width="110px")
+        self._clear = button("Clear output", "clear the received output below", width="110px")
         self._clear.on_click(lambda _b: self.clear_output())
         self.summary = widgets.HTML()
         self.status = widgets.Label()
@@ -251,20 +125,7 @@ class JobPanel(widgets.VBox):
             self._filter, self._previous, self._next, self._clear, self.summary, self.status, self._sessions_title,
             *header.children, header, toolbar,
         ]
-        super().__init__(
-            [widgets.HTML(_STYLE), toolbar, header, self._rows_box, self._sessions_box, self.status, self.output]
-        )
-        self.add_class("rjob-panel")
-        self.layout.overflow_x = "auto"  # a narrow notebook scrolls the table rather than squeezing it
-        self._static.append(self.children[0])
-
-        self._unsubscribe = manager.subscribe(self._on_event)  # first: a job added meanwhile is not missed
-        self._flush()  # the first drawing, in the caller's thread
-        self._shell = shell
-        if shell is not None and hasattr(shell, "events"):
-            shell.events.register("post_execute", self.refresh)  # a cell may have received output
-        self._thread = threading.Thread(target=self._run, name="rjob-panel", daemon=True)
-        self._thread.start()
+        return [widgets.HTML(STYLE), toolbar, header, self._rows_box, self._sessions_box, self.status, self.output]
 
     # -- events (any thread; must be quick) -------------------------------------------
     def _on_event(self, event: JobEvent) -> None:
@@ -333,7 +194,7 @@ class JobPanel(widgets.VBox):
         self._page = min(self._page, pages - 1)
         shown = listed[self._page * self.page_size : (self._page + 1) * self.page_size]
         while len(self._rows) < len(shown):
-            self._rows.append(_Row(self._act))
+            self._rows.append(JobRow(self._act))
         for row, job in zip(self._rows, shown):
             row.bind(job, job.id in self._expanded)
         for row in self._rows[len(shown) :]:
@@ -368,7 +229,7 @@ class JobPanel(widgets.VBox):
             self.say(f"could not list the sessions: {type(exc).__name__}: {exc}")
             return
         while len(self._session_rows) < len(items):
-            self._session_rows.append(_SessionRow(self._session_act))
+            self._session_rows.append(SessionRow(self._session_act))
         for row, session in zip(self._session_rows, items):
             row.render(session)
         boxes = tuple(row.box for row in self._session_rows[: len(items)])
@@ -386,7 +247,7 @@ class JobPanel(widgets.VBox):
         self._page = max(0, self._page + step)
         self.refresh()
 
-    def _act(self, action: str, row: _Row) -> None:
+    def _act(self, action: str, row: JobRow) -> None:
         job = row.job
         if job is None:
             self.say("that row shows no job any more")
