@@ -54,27 +54,36 @@ def test_a_killed_agent_server_is_noticed_and_replaced_losing_nothing(make_manag
     assert first + numbers(manager.receive(job)) == list(range(300))
 
 
-def test_stop_and_remove_force_while_the_host_is_out_of_reach_say_so_and_keep_the_spool(make_manager, ssh_lab_empty):
-    lab = ssh_lab_empty
-    manager = make_manager(ssh_config=lab.ssh_config, reconnect_for=None)
-    job = manager.start("import time\ntime.sleep(600)", host="nshost2", name="held")
-    assert wait_until(lambda: job.state is JobState.Running, timeout=30)
-    lab.stop_sshd("nshost2")  # no reconnecting while it is down
-    os.kill(job.runner.connection.server_pid, signal.SIGKILL)
-    assert wait_until(lambda: job.state is JobState.Disconnected, timeout=15)
-    manager.stop(job, grace=0.5)
-    assert job.state is JobState.Stopping
-    assert "the stop is sent again when it is back" in job.runner.stop_pending_note
-    removed = manager.remove(job, force=True)
-    assert removed == [job]
-    assert "its spool stays on nshost2" in job.runner.left_on_host
-    assert spool_of(lab, job.instance_id).is_dir()
-    from jupyter_rjobs.backends.remote import registry
+def test_stop_and_remove_force_while_the_host_is_out_of_reach_say_so_and_keep_the_spool(ip, ssh_lab_empty):
+    from IPython.utils.capture import capture_output
 
-    assert [j.instance for j in registry.left_jobs()] == [str(job.instance_id)], "the registry entry must stay"
-    lab.start_sshd("nshost2")  # back: the stop, then the clean, reach the host
-    assert wait_until(lambda: not spool_of(lab, job.instance_id).exists(), timeout=60)
-    assert wait_until(lambda: registry.left_jobs() == [], timeout=10)
+    from jupyter_rjobs.backends.remote import registry
+    from jupyter_rjobs.ipython.extension import get_manager
+
+    lab = ssh_lab_empty
+    manager = get_manager(ip)
+    backend = manager.backend("remote")
+    saved = manager.ssh_config, backend.reconnect_for
+    manager.ssh_config, backend.reconnect_for = lab.ssh_config, None
+    try:
+        job = ip.run_cell_magic("rjob", "start --host nshost2 --name held", "import time\ntime.sleep(600)")
+        assert wait_until(lambda: job.state is JobState.Running, timeout=30)
+        lab.stop_sshd("nshost2")  # no reconnecting while it is down
+        os.kill(job.runner.connection.server_pid, signal.SIGKILL)
+        assert wait_until(lambda: job.state is JobState.Disconnected, timeout=15)
+        table = ip.run_line_magic("rjob", "stop held")
+        assert job.state is JobState.Stopping
+        assert "C code" not in table.note and "the stop is sent again when it is back" in table.note, table.note
+        with capture_output() as out:
+            ip.run_line_magic("rjob", "remove held --force")
+        assert "its spool stays on nshost2" in out.stdout, out.stdout
+        assert spool_of(lab, job.instance_id).is_dir()
+        assert [j.instance for j in registry.left_jobs()] == [str(job.instance_id)], "the registry entry must stay"
+        lab.start_sshd("nshost2")  # back: the stop, then the clean, reach the host
+        assert wait_until(lambda: not spool_of(lab, job.instance_id).exists(), timeout=60)
+        assert wait_until(lambda: registry.left_jobs() == [], timeout=10)
+    finally:
+        manager.ssh_config, backend.reconnect_for = saved
 
 
 def start_dying_kernel(lab, reconnect_for: float, other_work: bool = True):
