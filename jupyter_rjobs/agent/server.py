@@ -20,12 +20,13 @@ import sys
 import time
 import types
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
 from . import session as sessions
 from .capture import display, progress
 from .forward import Forwarder, HostJob
 from .listing import list_jobs
+from .orphan import end_orphaned_work, let_go, owned_by
 from .proctree import alive, process_start
 from .protocol import (
     ACK,
@@ -62,8 +63,10 @@ class Server:
     """Reads the kernel's requests from stdin and answers on stdout; everything else it does
     (forking, forwarding) happens between requests, in :meth:`loop`."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, orphan_grace: Optional[float] = None) -> None:
         self.root = root
+        self.orphan_grace = orphan_grace  # how long the kernel's non-detached work waits for it once it is gone
+        self.detached: Set[str] = set()  # the jobs the kernel detached or let go of: they outlive it
         self.jobs_dir = os.path.join(root, "jobs")
         self.sessions_dir = os.path.join(root, "sessions")
         self.inp = os.fdopen(os.dup(0), "rb", buffering=0)
@@ -86,11 +89,11 @@ class Server:
             ACK: lambda h, b: write_private(os.path.join(self.spool_of(str(h.get("job", ""))), "cursor"), str(int(h["seq"])).encode()),
             CLEAN: lambda h, b: self.clean(str(h.get("job", ""))),
             ATTACH: lambda h, b: self.attach(h),
-            RELEASE: lambda h, b: self.release(str(h.get("job", ""))),
+            RELEASE: lambda h, b: self.release(str(h.get("job", "")), h.get("session")),
             LIST: lambda h, b: self.send({"op": LISTING, "jobs": list_jobs(self.jobs_dir, self.sessions_dir),
                                           "sessions": sessions.list_sessions(self.sessions_dir)}),
             SESSION_NEW: lambda h, b: self.session_new(h),
-            SESSION_ATTACH: lambda h, b: self.send(dict(self.session_status(str(h["session"])), op=SESSION_STATE)),
+            SESSION_ATTACH: lambda h, b: self.session_attach(str(h["session"])),
             SESSION_CLOSE: lambda h, b: self.session_close(str(h["session"])),
         }
 
@@ -112,6 +115,7 @@ class Server:
             for key, _ in events:
                 if key.data is None:
                     if not self.on_request():
+                        self.orphaned()
                         return
                 else:
                     self.jobs.woken(key.data)
@@ -122,6 +126,21 @@ class Server:
             if time.monotonic() >= next_sweep:  # a missed wake-up, a kill deadline: look at every job
                 next_sweep = time.monotonic() + 0.2
                 self.jobs.sweep()
+
+    def orphaned(self) -> None:
+        """The kernel's connection ended: let go of everything at once (a new kernel adopts its
+        detached jobs), end the spare, and end its non-detached work after the grace period."""
+        if self.spare is not None:
+            self.spare.discard()  # its job process reads no job and ends, and so does its supervisor
+            self.spare = None
+        doomed = {}
+        for job in list(self.jobs.jobs.values()):
+            if job.session is None and job.instance not in self.detached and job.scanner.final is None:
+                doomed[job.instance] = (job.spool, os.path.join(job.spool, "pid"))
+            else:
+                let_go(job.spool, self.owner)
+        sessions = [path for path in (os.path.join(self.sessions_dir, s) for s in os.listdir(self.sessions_dir)) if owned_by(path, self.owner)]
+        end_orphaned_work(doomed, sessions, self.owner, self.orphan_grace)
 
     def on_request(self) -> bool:
         """Handle one request; False when the kernel is gone. A bad request never ends the server."""
@@ -157,6 +176,8 @@ class Server:
             self.session_run(header, buffers)
             return
         spool = self.make_spool(header)
+        if header.get("detached"):
+            self.detached.add(str(header["job"]))
         spare, self.spare = self.spare or Spare(), None
         try:
             spare.hand(spool, header, buffers)
@@ -230,6 +251,10 @@ class Server:
         job = HostJob(instance, spool, int(process.get("pid", 0)), process.get("start"), -1, header.get("cache") or meta.get("cache") or "kernel")
         job.session = meta.get("session")
         job.skip_upto = int(header.get("after", 0))
+        if header.get("detached", meta.get("detached")):
+            self.detached.add(instance)
+        else:
+            self.detached.discard(instance)
         if job.session:
             sup = read_json(os.path.join(self.session_dir(job.session), "pid")) or {}
             job.pid, job.start = int(sup.get("pid", 0)), sup.get("start")
@@ -257,8 +282,14 @@ class Server:
         write_private(os.path.join(spool, "owner"), self.owner)
         return True
 
-    def release(self, instance: str) -> None:
-        """Stop forwarding a job (a disconnect): it runs on, its spool keeps what it writes."""
+    def release(self, instance: str, session: Optional[str] = None) -> None:
+        """Stop forwarding a job (a disconnect): it runs on, its spool keeps what it writes.
+        With ``session``: let go of that session (it outlives the kernel)."""
+        if session:
+            let_go(self.session_dir(str(session)), self.owner)
+            if not instance:
+                return
+        self.detached.add(instance)
         job = self.jobs.get(instance)
         if job is not None:
             self.jobs.drop(job)
@@ -281,7 +312,15 @@ class Server:
         spare = Spare(session_dir=path)
         spare.discard()  # the session reads its requests from its queue, not from the server
         sessions.record_pid(path, spare.pid)
+        write_private(os.path.join(path, "owner"), self.owner)  # it ends with the kernel, unless disconnected
         self.send(dict(self.session_status(session), op=SESSION_STATE))
+
+    def session_attach(self, session: str) -> None:
+        """A kernel follows this session (again): it is its session now, ended with it unless disconnected."""
+        status = self.session_status(session)
+        if status["state"] != "Gone":
+            write_private(os.path.join(self.session_dir(session), "owner"), self.owner)
+        self.send(dict(status, op=SESSION_STATE))
 
     def session_run(self, header: Dict[str, Any], buffers: List[bytearray]) -> None:
         """Queue a job in its session; it is forwarded like any job, from its own spool."""
@@ -326,10 +365,11 @@ def _provide_package_stub() -> None:
         sys.modules["jupyter_rjobs"] = stub
 
 
-def serve_main(root: str) -> None:
-    """One per SSH connection: runs jobs as detached processes and forwards their spools."""
+def serve_main(root: str, orphan_grace: Optional[float] = None) -> None:
+    """One per SSH connection: runs jobs as detached processes and forwards their spools.
+    ``orphan_grace``: see :mod:`.orphan` (None: the kernel's work is never ended for it)."""
     os.umask(0o077)
     import ctypes  # noqa: F401 - imported once here, not in every forked supervisor
 
     _provide_package_stub()
-    Server(root).loop()
+    Server(root, orphan_grace).loop()

@@ -32,6 +32,8 @@ class Spare:
         if pid == 0:
             try:
                 os.setsid()
+                null = os.open(os.devnull, os.O_RDWR)
+                os.dup2(null, 2)  # never the server's stderr, the SSH channel: it would outlive the server
                 close_all_but(control_r, spool_r, notify_w)
                 supervise(control_r, spool_r, notify_w, session_dir)
             finally:

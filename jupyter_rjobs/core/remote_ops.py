@@ -169,13 +169,15 @@ class RemoteOps:
             for job in jobs:
                 job.detached = True
                 _runner(job).release()
+            self._remote.release_session(session)  # it outlives the kernel
             session.state = SessionState.Disconnected
             return jobs
         if isinstance(target, str) and not target.isdigit() and not self._match_jobs(target):
-            runners = self._remote.disconnect(target)
             for s in self.sessions():
                 if s.host == target and s.state is SessionState.Opened:
+                    self._remote.release_session(s)  # it outlives the kernel
                     s.state = SessionState.Disconnected
+            runners = self._remote.disconnect(target)
             for runner in runners:
                 runner.job.detached = True
             return [r.job for r in runners]

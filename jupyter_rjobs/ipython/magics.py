@@ -289,14 +289,9 @@ class RJobMagics(SessionMagics, HostMagics, Magics):
     def _do_stop(self, rest: str, cell: str | None) -> JobTable:
         args = _parse(_stop_args, rest)
         jobs = self.manager.stop(args.jobs)
-        stuck = [j for j in jobs if j.state is JobState.Stopping]
-        note = ""
-        if stuck:
-            note = (
-                "Still stopping: " + ", ".join(j.label for j in stuck) + " (a thread inside C code stops when it"
-                " returns to Python)"
-            )
-        return JobTable(jobs, note=note)
+        stuck = [leaf for j in jobs for leaf in j.leaves() if leaf.state is JobState.Stopping]
+        notes = [f"{j.label} ({_why_stopping(j)})" for j in stuck]
+        return JobTable(jobs, note="Still stopping: " + "; ".join(notes) if notes else "")
 
     def _do_remove(self, rest: str, cell: str | None) -> None:
         args = _parse(_remove_args, rest)
@@ -305,6 +300,10 @@ class RJobMagics(SessionMagics, HostMagics, Magics):
         removed = self.manager.remove(args.jobs or None, force=args.force, state=args.state)
         if removed:
             print("Removed " + ", ".join(j.label for j in removed))
+            for leaf in (leaf for j in removed for leaf in j.leaves()):
+                left = getattr(leaf.runner, "left_on_host", "")
+                if left:
+                    print(f"{leaf.label}: {left}")
         else:
             print("No job matched; nothing was removed")
 
@@ -322,6 +321,16 @@ class RJobMagics(SessionMagics, HostMagics, Magics):
         except ImportError as exc:
             raise UsageError(f"the panel needs ipywidgets ({exc}); install it: pip install ipywidgets") from None
         return JobPanel(self.manager, interval=args.interval or 0.25, shell=self.shell)
+
+
+def _why_stopping(job: Job) -> str:
+    """Why a job is still Stopping after stop, by its kind."""
+    note = getattr(job.runner, "stop_pending_note", "")
+    if note:
+        return str(note)
+    if job.kind is JobKind.THREAD:
+        return "a thread inside C code stops when it returns to Python"
+    return "its processes have not ended yet"
 
 
 def _is_kernel(shell: Any) -> bool:

@@ -29,6 +29,7 @@ from jupyter_rjobs.backends.remote.host import HostConnection
 from jupyter_rjobs.backends.remote.options import RemoteOptions
 from jupyter_rjobs.backends.remote.ssh.connection import AcceptNewHost, resolve_host
 from jupyter_rjobs.backends.remote.ssh.prompt import prompts_disabled
+from jupyter_rjobs.backends.remote.versions import refuse_version_bound
 from jupyter_rjobs.core.errors import HostError
 from jupyter_rjobs.core.job import Job, JobKind, JobState
 from jupyter_rjobs.core.records import Record, RecordKind, RecordStream
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 MAX_CONNECTING = 32
 RECONNECT_FOR = 300.0
+ORPHAN_MARGIN = 30.0  # a host waits for its kernel this long after the kernel's own reconnecting would end
 
 
 class AckingStream(RecordStream):
@@ -115,6 +117,8 @@ class RemoteRunner(JobRunner):
         self.stop_grace = stop_grace
         self.last_seq = received  # the highest sequence number the kernel has of this job
         self.user_disconnected = False
+        self._stop_grace: float | None = None  # a stop asked for: sent again on every re-attach until it ends
+        self._clean_pending = False  # removed while its host was out of reach: its spool goes once it is back
         self._apply = FrameApplier(job, connection.python_version)
         self._fetch_lock = threading.Lock()
         self._fetched: list[Record] | None = None
@@ -148,7 +152,27 @@ class RemoteRunner(JobRunner):
         self._apply.python_version = connection.python_version
         self.user_disconnected = False
         connection.attach(self.instance, self)
-        connection.send({"op": protocol.ATTACH, "job": self.instance, "after": self.last_seq, "cache": self.cache, "replace": replace, "force": force})
+        connection.send({"op": protocol.ATTACH, "job": self.instance, "after": self.last_seq, "cache": self.cache,
+                         "replace": replace, "force": force, "detached": self.job.detached})
+        if self._stop_grace is not None and not self.job.state.finished:
+            connection.send({"op": protocol.STOP, "job": self.instance, "grace": self._stop_grace})
+        if self._clean_pending:
+            self._clean()
+
+    @property
+    def left_on_host(self) -> str:
+        """What removing this job could not delete (its host was out of reach), in words; "" if nothing."""
+        if not self._clean_pending:
+            return ""
+        return (f"its spool stays on {self.connection.host} until the connection is back (it reconnects by itself;"
+                f" or %rjob connect {self.connection.host}), then it is deleted")
+
+    @property
+    def stop_pending_note(self) -> str:
+        """Why a stop has not ended the job yet, in words."""
+        if self.connection.alive:
+            return f"{self.connection.host} has not confirmed the stop yet"
+        return f"the connection to {self.connection.host} is down; the stop is sent again when it is back"
 
     def release(self) -> None:
         """Stop following the job (a disconnect): it goes on on the host."""
@@ -224,17 +248,25 @@ class RemoteRunner(JobRunner):
 
     # stopping and cleaning
     def terminate(self) -> None:
+        self._stop_grace = self.stop_grace
         self._send_quietly({"op": protocol.STOP, "job": self.instance, "grace": self.stop_grace})
 
     def kill(self) -> None:
+        self._stop_grace = 0.0
         self._send_quietly({"op": protocol.STOP, "job": self.instance, "grace": 0})
 
     def cleanup(self) -> None:
         self._clean()
 
     def _clean(self) -> None:
-        """Delete the job's spool on the host (and its registry entry)."""
-        self._send_quietly({"op": protocol.CLEAN, "job": self.instance})
+        """Delete the job's spool on the host (and its registry entry). A host out of reach keeps
+        both until the connection is back (re-attaching cleans then), never silently."""
+        try:
+            self.connection.send({"op": protocol.CLEAN, "job": self.instance})
+        except HostError:
+            self._clean_pending = True
+            return
+        self._clean_pending = False
         _registry.forget(self.instance)
         if self.job.state.finished:
             self.connection.detach(self.instance)
@@ -310,8 +342,9 @@ class RemoteBackend(Backend[RemoteOptions, _RemotePrepared]):
             def lost(old: HostConnection, key: ConnectionKey = key) -> None:
                 self._lost(key, old)
 
+            grace = None if self.reconnect_for is None else self.reconnect_for + ORPHAN_MARGIN
             with self._connecting:
-                connection = HostConnection(settings, on_lost=lost, accept_new_host=accept_new).open()
+                connection = HostConnection(settings, on_lost=lost, accept_new_host=accept_new, orphan_grace=grace).open()
             connection.python = python  # type: ignore[attr-defined]
             self._connections[key] = connection
             return connection
@@ -348,6 +381,7 @@ class RemoteBackend(Backend[RemoteOptions, _RemotePrepared]):
                         connection = self.connection(key[0], key[1] or None)
                     for runner in waiting:
                         runner.reattach(connection, replace=old.server_pid)
+                    self._claim_sessions(key[0], connection)
                 except HostError as exc:
                     log.debug("reconnecting to %s: %s", key[0], exc)
                     continue
@@ -357,6 +391,24 @@ class RemoteBackend(Backend[RemoteOptions, _RemotePrepared]):
         finally:
             with self._lock:
                 self._reconnecting.discard(key)
+
+    def _claim_sessions(self, host: str, connection: HostConnection) -> None:
+        """After a reconnect: this kernel's open sessions there are its own again (else the host
+        would end them once its wait for the lost connection's kernel is over)."""
+        for session in self.remote.sessions() if self.remote is not None else []:
+            if session.host == host and session.state is SessionState.Opened:
+                try:
+                    connection.send({"op": protocol.SESSION_ATTACH, "session": str(session.instance)})
+                except HostError:
+                    pass
+
+    def release_session(self, session: Session) -> None:
+        """Let go of a session (a disconnect): it outlives this kernel."""
+        for connection in [c for k, c in list(self._connections.items()) if k[0] == session.host and c.alive]:
+            try:
+                connection.send({"op": protocol.RELEASE, "job": "", "session": str(session.instance)})
+            except HostError:
+                pass
 
     def disconnect(self, host: str) -> list[RemoteRunner]:
         """Close the connections to ``host``, leaving its jobs running there; returns their runners."""
@@ -417,7 +469,7 @@ class RemoteBackend(Backend[RemoteOptions, _RemotePrepared]):
         else:
             with ThreadPoolExecutor(min(len(hosts), self.max_connecting)) as pool:
                 list(pool.map(connect, hosts))
-        _refuse_version_bound(specs, connections)
+        refuse_version_bound(specs, connections)
         failures = [c for c in connections.values() if isinstance(c, HostError)]
         if len(failures) == len(hosts):
             raise failures[0] if len(failures) == 1 else HostError(
@@ -483,23 +535,3 @@ def session_state_of(reply: dict[str, Any]) -> tuple[SessionState, str]:
         return SessionState.Closed, ""
     reason = str(reply.get("reason") or "its interpreter is gone")
     return SessionState.Broken, f"{reason}; close it (%rjob session close) and open a new one"
-
-
-def _refuse_version_bound(specs: Sequence[dict[str, Any]], connections: dict[str, HostConnection | HostError]) -> None:
-    """Variables that only dill could send (functions, lambdas and classes defined in the notebook)
-    travel as code objects, which load only on the same Python minor version: a host on another one
-    gets a clear error now, instead of a job that fails there with a cryptic one."""
-    by_value = [spec["name"] for spec in specs if spec.get("format") == "dill"]
-    if not by_value:
-        return
-    mine = sys.version.split()[0]
-    names = ", ".join(repr(name) for name in by_value)
-    for host, connection in connections.items():
-        theirs = getattr(connection, "python_version", "")
-        if theirs and theirs.split(".")[:2] != mine.split(".")[:2]:
-            connections[host] = HostError(
-                host,
-                f"{names} (defined in the notebook) can only be sent to the same Python version, and the host runs"
-                f" Python {theirs} while this kernel runs {mine}: define {'it' if len(by_value) == 1 else 'them'} in the"
-                f" cell, or run Python {'.'.join(mine.split('.')[:2])} there (--python PATH)",
-            )

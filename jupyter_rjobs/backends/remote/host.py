@@ -135,9 +135,11 @@ class HostConnection:
     """A host's connection and agent server, shared by all jobs and sessions on it."""
 
     def __init__(
-        self, settings: HostSettings, on_lost: Callable[[HostConnection], None] | None = None, accept_new_host: AcceptNewHost = False
+        self, settings: HostSettings, on_lost: Callable[[HostConnection], None] | None = None, accept_new_host: AcceptNewHost = False,
+        orphan_grace: float | None = None,
     ) -> None:
         self.settings = settings
+        self.orphan_grace = orphan_grace  # how long the host waits for this kernel to come back (agent/orphan.py)
         self._accept_new_host = accept_new_host  # which hops may accept an unknown key (first contact only)
         self.host = settings.alias
         self.server_pid = 0
@@ -184,7 +186,7 @@ class HostConnection:
     def _start_agent(self, agent_dir: str, python_path: str) -> str | None:
         """Start the agent's server from its zip; None once it said hello in our protocol, else what is wrong."""
         assert self.connection is not None
-        entry = f"import sys; sys.path.insert(0, {agent_dir + '/' + AGENT_PACKAGE + '.zip'!r}); from {AGENT_PACKAGE}.server import serve_main; serve_main({self.root!r})"
+        entry = f"import sys; sys.path.insert(0, {agent_dir + '/' + AGENT_PACKAGE + '.zip'!r}); from {AGENT_PACKAGE}.server import serve_main; serve_main({self.root!r}, {self.orphan_grace!r})"
         command = f"exec env PYTHONPATH={shlex.quote(python_path)} {shlex.quote(self.settings.python)} -u -c " + shlex.quote(entry)
         self._hello.clear()
         self._channel = self.connection.exec(command)
@@ -290,8 +292,10 @@ class HostConnection:
             log.debug("session %s ended: %s", self.host, exc)
         if channel is not self._channel:
             return  # replaced (the agent uploaded again): nothing was lost
-        lost = not self._closed  # not closed by us: the network, the host, sshd
+        lost = not self._closed  # not closed by us: the network, the host, sshd, a killed agent server
         self._closed = True
+        if lost and self.connection is not None:
+            self.connection.close()  # a channel that ended on a live connection (its server died): a new one comes
         self._hello.set()
         for event, _ in list(self._replies.values()):
             event.set()
