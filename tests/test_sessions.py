@@ -188,3 +188,23 @@ def test_the_panel_lists_a_real_session_and_disconnects_and_connects_it(remote):
         assert job.result(timeout=30) == "slept"
     finally:
         panel.close()
+
+
+def test_a_child_a_session_job_leaves_behind_never_prints_into_the_next_job(remote):
+    remote.new_session("server01", name="s1")
+    first = remote.start(
+        "import subprocess\n"
+        "child = subprocess.Popen(['sh', '-c', 'for i in 1 2 3 4 5 6 7 8; do echo leak$i; sleep 0.3; done'])\n"
+        "child.pid",
+        session="s1",
+    )
+    child = first.result(timeout=60)
+    for _ in range(2):
+        later = remote.start("import time\ntime.sleep(1.5)", session="s1")
+        later.result(timeout=60)
+        leaked = [r.data for r in remote.receive(later) if r.kind in (RecordKind.STDOUT, RecordKind.STDERR)]
+        assert leaked == [], f"a later job of the session got another job's output: {leaked}"
+    stdout = "".join(r.data for r in remote.receive(first) if r.kind is RecordKind.STDOUT)
+    assert stdout.startswith("leak1\n"), stdout
+    assert remote.invoke(f"import os\nos.path.exists('/proc/{child}')", session="s1") is False
+    assert remote.invoke("child.poll() is not None", session="s1") is True  # the session lives on
