@@ -208,3 +208,23 @@ def test_a_child_a_session_job_leaves_behind_never_prints_into_the_next_job(remo
     assert stdout.startswith("leak1\n"), stdout
     assert remote.invoke(f"import os\nos.path.exists('/proc/{child}')", session="s1") is False
     assert remote.invoke("child.poll() is not None", session="s1") is True  # the session lives on
+
+
+def test_a_thread_a_session_job_leaves_running_never_prints_into_the_next_job(remote):
+    remote.new_session("server01", name="s1")
+    first = remote.start(
+        "import threading, time\n"
+        "def chatter():\n"
+        "    for i in range(30):\n"
+        "        print('tleak', i, flush=True); time.sleep(0.1)\n"
+        "threading.Thread(target=chatter, name='chatter').start()\n"
+        "time.sleep(0.05)",
+        session="s1",
+    )
+    first.result(timeout=60)
+    later = remote.start("import time\ntime.sleep(1.5)\n'later'", session="s1")
+    assert later.result(timeout=60) == "later"
+    leaked = [r.data for r in remote.receive(later) if r.kind in (RecordKind.STDOUT, RecordKind.STDERR)]
+    assert leaked == [], f"a later job of the session got another job's output: {leaked}"
+    stderr = "".join(r.data for r in remote.receive(first) if r.kind is RecordKind.STDERR)
+    assert "(chatter); what they print from now on is dropped" in stderr, stderr
