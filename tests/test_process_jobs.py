@@ -159,7 +159,7 @@ def test_a_child_a_job_leaves_behind_ends_with_it_and_its_output_stays_in_that_j
     stdout = "".join(r.data for r in records if r.kind is RecordKind.STDOUT)
     stderr = "".join(r.data for r in records if r.kind is RecordKind.STDERR)
     assert stdout.startswith("leak1\n") and "leak8" not in stdout, stdout
-    assert f"this job left running: pid {child} (sh)" in stderr, stderr
+    assert "ended the processes this job left running" in stderr and f"pid {child} (sh)" in stderr, stderr
     assert wait_until(lambda: not pid_alive(child), timeout=10)
 
 

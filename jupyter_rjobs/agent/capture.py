@@ -267,24 +267,30 @@ class FdCapture:
     def begin(self, sink: Sink) -> List[Pipe]:
         """Fds 1 and 2 become the job's: returns their pipes, for :meth:`end`."""
         self.drain()  # what is in them yet was nobody's
-        with self._lock:
-            for pipe in self._current:
-                pipe.sink = sink
+        self._attribute(self._current, sink)
         return list(self._current)
 
-    def end(self, job_pipes: List[Pipe], timeout: float, held: bool = True) -> None:
+    def end(self, job_pipes: List[Pipe], timeout: float, held: bool = True, abandon: bool = False) -> None:
         """The job is over. ``held``: a process the job left may hold its pipes, so fds 1 and 2
         get fresh pipes, and what is left in the job's is read into its sink until every writer
-        has closed them or ``timeout`` passes; otherwise the same pipes serve the next job."""
-        if not held and self._current == job_pipes:
-            self.drain()
-            with self._lock:
-                for pipe in job_pipes:
-                    pipe.sink = None
-            return
+        has closed them or ``timeout`` passes; otherwise the same pipes serve the next job.
+        ``abandon``: the writers live on; their pipes are read until they close them, dropped."""
         if self._current == job_pipes:
+            if not held:
+                self.drain()
+                self._attribute(job_pipes, None)
+                return
             self._install(None)
-        self.close_pipes(job_pipes, timeout)
+        if abandon:
+            self.drain(pipes=job_pipes)  # what they wrote until now is the job's
+            self._attribute(job_pipes, None)
+        else:
+            self.close_pipes(job_pipes, timeout)
+
+    def _attribute(self, pipes: List[Pipe], sink: Optional[Sink]) -> None:
+        with self._lock:
+            for pipe in pipes:
+                pipe.sink = sink
 
     def close_pipes(self, pipes: List[Pipe], timeout: float) -> None:
         """Wait up to ``timeout`` for an end of file on ``pipes``, then stop reading them: a
@@ -341,15 +347,18 @@ class FdCapture:
                     os.close(fd)
                     self._lock.notify_all()
 
-    def drain(self, timeout: float = 1.0) -> None:
-        """Wait until what the job wrote to the fds has been read (so it comes before what follows)."""
+    def drain(self, timeout: float = 1.0, pipes: Optional[List[Pipe]] = None) -> None:
+        """Wait until what the job wrote to the fds (or to ``pipes``) has been read (so it comes
+        before what follows)."""
         if threading.current_thread() is self._pump_thread:
             return
         deadline = time.monotonic() + timeout
         pending = bytearray(4)
         while time.monotonic() < deadline:
             waiting = 0
-            for pipe in list(self._current):
+            for pipe in list(self._current if pipes is None else pipes):
+                if not pipe.open:
+                    continue
                 try:
                     fcntl.ioctl(pipe.read_end, termios.FIONREAD, pending)
                 except OSError:

@@ -3,8 +3,9 @@
 A process a job leaves running ends with the job (SIGTERM, then SIGKILL), whether it is a child
 or an orphan that came to us (a job process is a subreaper); what it wrote before stays the job's,
 and the job says on stderr which processes were ended. Threads cannot be ended from outside: a
-process job's worker is replaced after such a job (its threads end with it), a host job's process
-exits anyway, and a session's threads live on with what they print from then on dropped."""
+process job's worker is replaced after such a job (its threads end with it), and a host job's
+process exits anyway. A session is a lasting interpreter: what its job leaves (processes and
+threads) lives on with its variables, and what it prints from then on is dropped."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import os
 import signal
 import threading
 import time
-from typing import Collection, List, Optional
+from typing import Collection, Dict, List, Optional, Set, Tuple
 
 from .capture import FdCapture, Pipe, Sink, is_subreaper, orphan_threads
-from .proctree import descendants
+from .proctree import descendants, process_start
 
 TERM_GRACE = 2.0  # seconds a leftover process has between SIGTERM and SIGKILL
 PIPE_GRACE = 1.0  # seconds to read what ended leftovers still had in the job's pipes
@@ -47,11 +48,46 @@ def _has_children() -> bool:
         return True  # no such file here: look the slow way
 
 
+_kept: Set[Tuple[int, Optional[int]]] = set()  # (pid, start) a session's earlier jobs left running
+
+
 def left_processes() -> List[int]:
-    """The processes below this one that still run (zombies are not running)."""
+    """The processes below this one that still run (zombies do not), but those earlier jobs of a
+    session left running, and what those started since."""
     if not _has_children():
         return []
-    return [pid for pid in descendants(os.getpid()) if _running(pid)]
+    children: Dict[int, List[int]] = {}
+    for pid in descendants(os.getpid()):
+        children.setdefault(_parent(pid), []).append(pid)
+    kept = {pid for pid, start in _kept if process_start(pid) == start}
+    found: List[int] = []
+    stack = [os.getpid()]
+    while stack:
+        for pid in children.get(stack.pop(), ()):
+            if pid in kept:
+                _keep(pid, children)
+            else:
+                found.append(pid)
+                stack.append(pid)
+    _kept.intersection_update((pid, process_start(pid)) for pid, _ in list(_kept))
+    return [pid for pid in found if _running(pid)]
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return int(stat.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def _keep(pid: int, children: Dict[int, List[int]]) -> None:
+    """``pid`` and all below it run on as a session's: never a later job's to claim."""
+    stack = [pid]
+    while stack:
+        current = stack.pop()
+        _kept.add((current, process_start(current)))
+        stack.extend(children.get(current, ()))
 
 
 def describe(pid: int) -> str:
@@ -104,26 +140,36 @@ def reap_zombies() -> None:
 def finish_job(
     fds: FdCapture, job_pipes: List[Pipe], sink: Sink, threads_before: Collection[threading.Thread], lasting: bool
 ) -> bool:
-    """End what the job left running and read the rest of its output into its sink; ``lasting``:
-    the process lives on with its variables (a session). Returns False when the job left threads
-    that only the end of this process can end."""
+    """End what the job left running and read the rest of its output into its sink. ``lasting``:
+    this process lives on with its variables (a session): what the job left runs on, and what it
+    prints from then on is dropped. Returns False when the job left anything running (a process
+    job's worker is then replaced: its threads end, and no state of theirs reaches the next job)."""
     pids = left_processes()
     names = [describe(pid) for pid in pids]
-    if pids:
-        end_processes(pids)
-    fds.end(job_pipes, PIPE_GRACE, held=bool(pids) or not is_subreaper())  # none left: no one else holds them
-    if not lasting:
+    held = bool(pids) or not is_subreaper()  # with none left below a subreaper, nobody else holds its pipes
+    if lasting:
+        fds.end(job_pipes, 0, held, abandon=True)
+        for pid in pids:
+            _keep(pid, {})
+    else:
+        if pids:
+            end_processes(pids)
+        fds.end(job_pipes, PIPE_GRACE, held)
         reap_zombies()
-    if names:
-        count = f"{len(names)} process{'es' if len(names) > 1 else ''}"
-        sink.write("stderr", f"[rjob] ended {count} this job left running: {', '.join(names)}\n")
     threads = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
-    if not threads:
-        return True
-    listed = ", ".join(t.name for t in threads)
     if lasting:
         orphan_threads(threads)
-        sink.write("stderr", f"[rjob] {len(threads)} thread(s) this job started still run ({listed}); what they print from now on is dropped\n")
-    else:
-        sink.write("stderr", f"[rjob] {len(threads)} thread(s) this job started still ran ({listed}); they end with its process\n")
-    return False
+    _say(sink, names, [t.name for t in threads], lasting)
+    return not names and not threads
+
+
+def _say(sink: Sink, processes: List[str], threads: List[str], lasting: bool) -> None:
+    """One line on the job's stderr for what it left running, and what became of it."""
+    if processes and lasting:
+        sink.write("stderr", f"[rjob] processes this job started still run: {', '.join(processes)}; what they print from now on is dropped\n")
+    elif processes:
+        sink.write("stderr", f"[rjob] ended the processes this job left running: {', '.join(processes)}\n")
+    if threads and lasting:
+        sink.write("stderr", f"[rjob] threads this job started still run ({', '.join(threads)}); what they print from now on is dropped\n")
+    elif threads:
+        sink.write("stderr", f"[rjob] threads this job started still ran ({', '.join(threads)}); they end with its process\n")
