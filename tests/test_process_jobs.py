@@ -184,3 +184,14 @@ def test_a_thread_a_job_leaves_behind_ends_with_its_worker_never_printing_into_t
     assert "(chatter); they end with its process" in stderr, stderr
     assert wait_until(lambda: not pid_alive(worker), timeout=10)
     assert manager.start("2 + 2", "process").result(timeout=30) == 4
+
+
+def test_what_a_job_leaves_running_dies_with_a_worker_that_exits(manager):
+    job = manager.start(
+        "import os, subprocess\nchild = subprocess.Popen(['sleep', '600'])\nprint(child.pid, flush=True)\nos._exit(3)",
+        "process",
+    )
+    (child,) = _pids_from_first_line(manager, job)
+    with pytest.raises(JobError, match="exit code 3"):
+        job.result(timeout=30)
+    assert wait_until(lambda: not pid_alive(child), timeout=10)
