@@ -137,3 +137,61 @@ def test_a_process_that_dies_with_its_parent_takes_its_workers_along(tmp_path):
     finally:
         owner.kill()
         owner.wait()
+
+
+LEAVES_A_CHILD = (
+    "import subprocess\n"
+    "child = subprocess.Popen(['sh', '-c', 'for i in 1 2 3 4 5 6 7 8; do echo leak$i; sleep 0.3; done'])\n"
+    "child.pid"
+)
+
+
+def test_a_child_a_job_leaves_behind_ends_with_it_and_its_output_stays_in_that_job(manager):
+    job = manager.start(LEAVES_A_CHILD, "process")
+    child = job.result(timeout=30)
+    others = [manager.start("import time\ntime.sleep(1.5)", "process") for _ in range(4)]
+    for other in others:
+        other.result(timeout=60)
+    for other in others:
+        leaked = [r.data for r in manager.receive(other) if r.kind in (RecordKind.STDOUT, RecordKind.STDERR)]
+        assert leaked == [], f"job {other.id} got another job's output: {leaked}"
+    records = manager.receive(job)
+    stdout = "".join(r.data for r in records if r.kind is RecordKind.STDOUT)
+    stderr = "".join(r.data for r in records if r.kind is RecordKind.STDERR)
+    assert stdout.startswith("leak1\n") and "leak8" not in stdout, stdout
+    assert "ended the processes this job left running" in stderr and f"pid {child} (sh)" in stderr, stderr
+    assert wait_until(lambda: not pid_alive(child), timeout=10)
+
+
+def test_a_thread_a_job_leaves_behind_ends_with_its_worker_never_printing_into_the_next_job(manager):
+    job = manager.start(
+        "import os, threading, time\n"
+        "def chatter():\n"
+        "    for i in range(20):\n"
+        "        print('tleak', i, flush=True); time.sleep(0.1)\n"
+        "threading.Thread(target=chatter, name='chatter').start()\n"
+        "time.sleep(0.05)\n"
+        "os.getpid()",
+        "process",
+    )
+    worker = job.result(timeout=30)
+    others = [manager.start("import time\ntime.sleep(1)", "process") for _ in range(3)]
+    for other in others:
+        other.result(timeout=60)
+        leaked = [r.data for r in manager.receive(other) if r.kind in (RecordKind.STDOUT, RecordKind.STDERR)]
+        assert leaked == [], f"job {other.id} got another job's output: {leaked}"
+    stderr = "".join(r.data for r in manager.receive(job) if r.kind is RecordKind.STDERR)
+    assert "(chatter); they end with its process" in stderr, stderr
+    assert wait_until(lambda: not pid_alive(worker), timeout=10)
+    assert manager.start("2 + 2", "process").result(timeout=30) == 4
+
+
+def test_what_a_job_leaves_running_dies_with_a_worker_that_exits(manager):
+    job = manager.start(
+        "import os, subprocess\nchild = subprocess.Popen(['sleep', '600'])\nprint(child.pid, flush=True)\nos._exit(3)",
+        "process",
+    )
+    (child,) = _pids_from_first_line(manager, job)
+    with pytest.raises(JobError, match="exit code 3"):
+        job.result(timeout=30)
+    assert wait_until(lambda: not pid_alive(child), timeout=10)

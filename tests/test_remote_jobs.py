@@ -336,3 +336,19 @@ def test_progress_from_a_remote_job_reaches_the_kernel(remote):
     job.result(timeout=30)
     assert job.progress is not None and job.progress["current"] == 5 and job.progress["total"] == 5
     assert [r.kind for r in remote.receive(job)].count(RecordKind.PROGRESS) == 5
+
+
+def test_what_a_remote_job_leaves_running_ends_with_it_and_its_output_stays_its(remote, ssh_lab):
+    job = remote.start(
+        "import subprocess\nsubprocess.Popen(['sleep', '600'])\n"
+        "subprocess.Popen(['sh', '-c', 'for i in 1 2 3 4 5 6 7 8; do echo leak$i; sleep 0.3; done'])\n"
+        "'done'",
+        host="server01",
+    )
+    assert job.result(timeout=60) == "done"
+    records = remote.receive(job)
+    stdout = "".join(r.data for r in records if r.kind is RecordKind.STDOUT)
+    stderr = "".join(r.data for r in records if r.kind is RecordKind.STDERR)
+    assert stdout.startswith("leak1\n") and "leak8" not in stdout, stdout
+    assert "(sleep)" in stderr and "(sh)" in stderr and "this job left running" in stderr, stderr
+    assert wait_until(lambda: job_processes(ssh_lab) == [], timeout=10), job_processes(ssh_lab)

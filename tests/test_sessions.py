@@ -188,3 +188,45 @@ def test_the_panel_lists_a_real_session_and_disconnects_and_connects_it(remote):
         assert job.result(timeout=30) == "slept"
     finally:
         panel.close()
+
+
+def test_a_child_a_session_job_leaves_running_lives_on_and_never_prints_into_the_next_job(remote):
+    remote.new_session("server01", name="s1")
+    first = remote.start(
+        "import subprocess\n"
+        "child = subprocess.Popen(['sh', '-c', 'for i in 1 2 3 4 5 6 7 8; do echo leak$i; sleep 0.3; done'])\n"
+        "child.pid",
+        session="s1",
+    )
+    child = first.result(timeout=60)
+    for _ in range(2):
+        later = remote.start("import time\ntime.sleep(1.5)", session="s1")
+        later.result(timeout=60)
+        leaked = [r.data for r in remote.receive(later) if r.kind in (RecordKind.STDOUT, RecordKind.STDERR)]
+        assert leaked == [], f"a later job of the session got another job's output: {leaked}"
+    records = remote.receive(first)
+    stdout = "".join(r.data for r in records if r.kind is RecordKind.STDOUT)
+    stderr = "".join(r.data for r in records if r.kind is RecordKind.STDERR)
+    assert stdout.startswith("leak1\n") and "leak8" not in stdout, stdout
+    assert f"still run: pid {child} (sh); what they print from now on is dropped" in stderr, stderr
+    assert remote.invoke("child.wait(timeout=30)", session="s1") == 0  # a session's processes live on, like its variables
+
+
+def test_a_thread_a_session_job_leaves_running_never_prints_into_the_next_job(remote):
+    remote.new_session("server01", name="s1")
+    first = remote.start(
+        "import threading, time\n"
+        "def chatter():\n"
+        "    for i in range(30):\n"
+        "        print('tleak', i, flush=True); time.sleep(0.1)\n"
+        "threading.Thread(target=chatter, name='chatter').start()\n"
+        "time.sleep(0.05)",
+        session="s1",
+    )
+    first.result(timeout=60)
+    later = remote.start("import time\ntime.sleep(1.5)\n'later'", session="s1")
+    assert later.result(timeout=60) == "later"
+    leaked = [r.data for r in remote.receive(later) if r.kind in (RecordKind.STDOUT, RecordKind.STDERR)]
+    assert leaked == [], f"a later job of the session got another job's output: {leaked}"
+    stderr = "".join(r.data for r in remote.receive(first) if r.kind is RecordKind.STDERR)
+    assert "(chatter); what they print from now on is dropped" in stderr, stderr

@@ -14,6 +14,7 @@ import termios
 import threading
 import time
 import types
+import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 RecordEmitter = Callable[[str, Any], None]
@@ -64,8 +65,22 @@ _local = threading.local()
 _process_sink: Optional[Sink] = None  # a worker process's job sink, seen from every thread
 
 
+_orphans: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()  # threads of jobs that ended (sessions)
+_DROPPED = Sink(lambda _kind, _data: None)
+
+
 def current_sink() -> Optional[Sink]:
-    return getattr(_local, "sink", None) or _process_sink
+    sink = getattr(_local, "sink", None)
+    if sink is not None:
+        return sink  # type: ignore[no-any-return]
+    if _orphans and threading.current_thread() in _orphans:
+        return _DROPPED  # a thread a finished job left running: never the next job's output
+    return _process_sink
+
+
+def orphan_threads(threads: Sequence[threading.Thread]) -> None:
+    """Threads whose job has ended: what they print or display is dropped from now on."""
+    _orphans.update(threads)
 
 
 def set_thread_sink(sink: Optional[Sink]) -> None:
@@ -204,53 +219,150 @@ def progress(current: float, total: Optional[float] = None, message: str = "") -
 
 
 # -- output written to fds 1 and 2 ------------------------------------------------------
+class Pipe:
+    """One pipe behind fd 1 or 2: its read end, its stream, the job it belongs to (None: nobody's)."""
+
+    def __init__(self, name: str, sink: Optional[Sink]) -> None:
+        self.read_end, write_end = os.pipe()
+        self.name = name
+        self.sink = sink
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.open = True  # until its end of file, or until it is given up on
+        self.write_end = write_end
+
+
 class FdCapture:
     """Output written straight to file descriptors 1 and 2 (C code, subprocesses) becomes
-    records too: each fd is a pipe, and one thread reads both (a thread is costly in a fresh fork)."""
+    records too. What is written to a job's pipes goes to that job's sink, also from a process
+    it left behind, never to the job after it: a job that left processes hands fresh pipes to
+    the next (:meth:`end`). One thread reads every pipe (a thread is costly in a fresh fork)."""
 
     def __init__(self) -> None:
-        self._readers: Dict[int, str] = {}
+        self._sources: Dict[int, Pipe] = {}  # by read end, while open
+        self._current: List[Pipe] = []  # the pipes behind fds 1 and 2 now
+        self._closing: List[int] = []  # read ends given up on: the pump closes them
         self._busy = 0
-        self._lock = threading.Lock()
-        for fd, name in ((1, "stdout"), (2, "stderr")):
-            read_end, write_end = os.pipe()
-            os.dup2(write_end, fd)
-            os.close(write_end)
-            self._readers[read_end] = name
+        self._lock = threading.Condition()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._install(None)  # between jobs: output nobody asked for is dropped
         self._pump_thread = threading.Thread(target=self._pump, daemon=True)
         self._pump_thread.start()
+
+    def _install(self, sink: Optional[Sink]) -> List[Pipe]:
+        """Fresh pipes onto fds 1 and 2, their output going to ``sink``; returns the pipes they
+        replace (the pump reads those on until every writer has closed them)."""
+        new: List[Pipe] = []
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            pipe = Pipe(name, sink)
+            os.dup2(pipe.write_end, fd)
+            os.close(pipe.write_end)
+            with self._lock:
+                self._sources[pipe.read_end] = pipe
+            new.append(pipe)
+        old, self._current = self._current, new
+        self._poke()
+        return old
+
+    def begin(self, sink: Sink) -> List[Pipe]:
+        """Fds 1 and 2 become the job's: returns their pipes, for :meth:`end`."""
+        self.drain()  # what is in them yet was nobody's
+        self._attribute(self._current, sink)
+        return list(self._current)
+
+    def end(self, job_pipes: List[Pipe], timeout: float, held: bool = True, abandon: bool = False) -> None:
+        """The job is over. ``held``: a process the job left may hold its pipes, so fds 1 and 2
+        get fresh pipes, and what is left in the job's is read into its sink until every writer
+        has closed them or ``timeout`` passes; otherwise the same pipes serve the next job.
+        ``abandon``: the writers live on; their pipes are read until they close them, dropped."""
+        if self._current == job_pipes:
+            if not held:
+                self.drain()
+                self._attribute(job_pipes, None)
+                return
+            self._install(None)
+        if abandon:
+            self.drain(pipes=job_pipes)  # what they wrote until now is the job's
+            self._attribute(job_pipes, None)
+        else:
+            self.close_pipes(job_pipes, timeout)
+
+    def _attribute(self, pipes: List[Pipe], sink: Optional[Sink]) -> None:
+        with self._lock:
+            for pipe in pipes:
+                pipe.sink = sink
+
+    def close_pipes(self, pipes: List[Pipe], timeout: float) -> None:
+        """Wait up to ``timeout`` for an end of file on ``pipes``, then stop reading them: a
+        writer still holding one gets EPIPE, so its output cannot land anywhere else."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while any(p.open for p in pipes) and self._lock.wait(max(0.0, deadline - time.monotonic())):
+                pass
+            for pipe in pipes:
+                if pipe.open:
+                    pipe.open = False
+                    del self._sources[pipe.read_end]
+                    self._closing.append(pipe.read_end)
+        self._poke()
+
+    def _poke(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # a wake-up is already waiting
 
     def _pump(self) -> None:
         import select
 
-        decoders = {fd: codecs.getincrementaldecoder("utf-8")(errors="replace") for fd in self._readers}
-        open_fds = list(self._readers)
-        while open_fds:
-            for fd in select.select(open_fds, [], [])[0]:
-                with self._lock:
-                    self._busy += 1
-                try:
-                    chunk = os.read(fd, 65536)
-                    if not chunk:
-                        open_fds.remove(fd)
-                        continue
-                    sink = current_sink()
-                    if sink is not None:
-                        sink.write(self._readers[fd], decoders[fd].decode(chunk))
-                finally:
-                    with self._lock:
-                        self._busy -= 1
+        while True:
+            with self._lock:
+                for fd in self._closing:
+                    os.close(fd)
+                self._closing.clear()
+                watched = list(self._sources)
+            for fd in select.select(watched + [self._wake_r], [], [])[0]:
+                if fd == self._wake_r:
+                    os.read(fd, 4096)
+                    continue
+                self._read(fd)
 
-    def drain(self, timeout: float = 1.0) -> None:
-        """Wait until what the job wrote to the fds has been read (so it comes before what follows)."""
+    def _read(self, fd: int) -> None:
+        with self._lock:
+            pipe = self._sources.get(fd)
+            if pipe is None:
+                return  # given up meanwhile
+            self._busy += 1
+        chunk = b""
+        try:
+            chunk = os.read(fd, 65536)
+            if chunk and pipe.sink is not None:
+                pipe.sink.write(pipe.name, pipe.decoder.decode(chunk))
+        finally:
+            with self._lock:
+                self._busy -= 1
+                if not chunk and pipe.open:
+                    pipe.open = False
+                    del self._sources[fd]
+                    os.close(fd)
+                    self._lock.notify_all()
+
+    def drain(self, timeout: float = 1.0, pipes: Optional[List[Pipe]] = None) -> None:
+        """Wait until what the job wrote to the fds (or to ``pipes``) has been read (so it comes
+        before what follows)."""
         if threading.current_thread() is self._pump_thread:
             return
         deadline = time.monotonic() + timeout
         pending = bytearray(4)
         while time.monotonic() < deadline:
             waiting = 0
-            for fd in list(self._readers):
-                fcntl.ioctl(fd, termios.FIONREAD, pending)
+            for pipe in list(self._current if pipes is None else pipes):
+                if not pipe.open:
+                    continue
+                try:
+                    fcntl.ioctl(pipe.read_end, termios.FIONREAD, pending)
+                except OSError:
+                    continue  # closed meanwhile
                 waiting += struct.unpack("i", bytes(pending))[0]
             if not waiting and not self._busy:
                 return
@@ -342,11 +454,20 @@ def install_tqdm_progress() -> None:
 
 
 _fd_capture: Optional[FdCapture] = None  # this process's, once its fds 1 and 2 are captured
+_subreaper = False  # whether every process its jobs start stays below it (Linux)
+
+
+def is_subreaper() -> bool:
+    return _subreaper
 
 
 def capture_process_output() -> FdCapture:
-    """This process's output becomes records: sys.stdout/err route to the job's sink, fds 1 and 2 too."""
-    global _fd_capture
+    """This process's output becomes records: sys.stdout/err route to the job's sink, fds 1 and 2 too
+    (each job's own pipes: see :meth:`FdCapture.begin`)."""
+    global _fd_capture, _subreaper
+    from .proctree import become_subreaper
+
+    _subreaper = become_subreaper()  # what its jobs leave behind (orphans too) is still ours to end
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)

@@ -14,7 +14,8 @@ import traceback
 import types
 from typing import Any, BinaryIO, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .capture import FdCapture, Sink, set_process_sink
+from .capture import FdCapture, Pipe, Sink, set_process_sink
+from .leftovers import finish_job
 from .protocol import KIND_ERROR, KIND_STATE, KIND_VALUE, RECORD, write_frame
 from .values import dumps_value, loads_value
 
@@ -142,8 +143,11 @@ def _load_variables(header: Dict[str, Any], buffers: List[bytearray]) -> Dict[st
 
 def run_one(
     header: Dict[str, Any], buffers: List[bytearray], out: BinaryIO, fds: FdCapture, module: Optional[types.ModuleType] = None
-) -> None:
-    """Run one job, writing its records to ``out``; ``module`` is a session's lasting ``__main__``."""
+) -> bool:
+    """Run one job, writing its records to ``out``; ``module`` is a session's lasting ``__main__``.
+
+    What the job leaves running ends with it (see :mod:`leftovers`); returns False when it left
+    threads, which only the end of this process ends."""
     job_id = header["job"]
     seq = [0]
     lock = threading.Lock()
@@ -155,22 +159,19 @@ def run_one(
 
     sink = Sink(emit)
     filename = header["filename"]
+    lasting = module is not None
     module = module or types.ModuleType("__main__")
     sys.modules["__main__"] = module
     namespace = module.__dict__
     namespace["__builtins__"] = builtins
     emit(KIND_STATE, "Running")
+    threads_before = set(threading.enumerate())
     set_process_sink(sink)
-    state = "Failed"
+    job_pipes: List[Pipe] = []
+    state, clean = "Failed", True
     try:
-        for path in header.get("sys_path", ()):
-            if path not in sys.path:
-                sys.path.append(path)
-        if header.get("cwd"):
-            try:
-                os.chdir(header["cwd"])
-            except OSError:
-                pass
+        job_pipes = fds.begin(sink)
+        _enter(header)
         try:
             namespace.update(_load_variables(header, buffers))
             compiled = compile_job(header["code"], filename)
@@ -182,12 +183,29 @@ def run_one(
         sys.stdout.flush()
         sys.stderr.flush()
         fds.drain()
+        clean = finish_job(fds, job_pipes, sink, threads_before, lasting)
+        job_pipes = []
         sink.flush()
         if state == "Completed" and value is not None:
             state = _emit_value(value, emit, sink)
     finally:
         set_process_sink(None)
+        if job_pipes:
+            fds.end(job_pipes, 0)  # ended early (a stop): the next job never gets these pipes
         emit(KIND_STATE, state)
+    return clean
+
+
+def _enter(header: Dict[str, Any]) -> None:
+    """The kernel's sys.path and current directory, as far as they exist here."""
+    for path in header.get("sys_path", ()):
+        if path not in sys.path:
+            sys.path.append(path)
+    if header.get("cwd"):
+        try:
+            os.chdir(header["cwd"])
+        except OSError:
+            pass
 
 
 def _emit_value(value: Any, emit: Callable[..., None], sink: Sink) -> str:

@@ -82,13 +82,14 @@ def exit_text(status: Optional[int]) -> str:
     return f"exit code {os.WEXITSTATUS(status)}"
 
 
-def become_subreaper() -> None:
+def become_subreaper() -> bool:
+    """Orphans below this process come to it, not to init; False where that cannot be (not Linux)."""
     try:
         import ctypes
 
-        ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+        return int(ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)) == 0  # PR_SET_CHILD_SUBREAPER
     except Exception:  # noqa: BLE001 - not Linux: leftovers of a stopped job may outlive it
-        pass
+        return False
 
 
 def end_leftovers(grace: float = 2.0) -> None:

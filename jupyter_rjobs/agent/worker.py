@@ -1,5 +1,7 @@
 """A process job worker, pre-started by the kernel: reads RUN frames on stdin, runs each job,
-writes its records on stdout, then IDLE. It dies with the kernel."""
+writes its records on stdout, then IDLE. It dies with the kernel. Processes a job leaves running
+end with the job; a job that leaves threads running ends its worker too (no IDLE: the pool starts
+another), so nothing of one job runs on into the next."""
 
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ def worker_main() -> None:
             return
         header, buffers = frame
         if header.get("op") == RUN:
-            run_one(header, buffers, out, fds)
+            if not run_one(header, buffers, out, fds):
+                os._exit(0)  # the job left threads running: they end with this worker, which the pool replaces
             write_frame(out, {"op": IDLE})
 
 

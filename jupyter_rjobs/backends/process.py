@@ -119,6 +119,10 @@ class Worker:
             log.debug("worker %s stream ended: %s", self.pid, exc)
         finally:
             returncode = self.proc.wait()
+            try:  # what its last job left running dies with it (the group outlives its leader)
+                os.killpg(self.pid, signal.SIGKILL)
+            except OSError:
+                pass  # none left
             self.ready.set()
             job, self.job = self.job, None
             if job is not None and not job.state.finished:
