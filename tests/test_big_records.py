@@ -291,3 +291,17 @@ def test_receiving_a_long_remote_cache_spool_streams_it(lab, tmp_path):
     assert count == lines
     grown_mib = (after - before) / 1024
     assert grown_mib < 40, f"receive grew the kernel by {grown_mib:.0f} MiB"
+
+
+@pytest.mark.ssh
+def test_a_remote_cache_spool_is_fetched_in_parts_and_records_come_whole(remote):
+    code = "for c in 'abc':\n    print(c * 3_000_000)"
+    job = remote.start(code, host="server01", cache="remote")
+    job.result(timeout=60)
+    parts = list(job.runner.fetch_parts(0))  # about 4 MiB each: a record longer than that comes whole
+    assert len(parts) >= 2, [len(p) for p in parts]
+    out = [r.data for part in parts for r in part if r.kind is RecordKind.STDOUT]
+    assert "".join(out) == "".join(c * 3_000_000 + "\n" for c in "abc")
+    followed = remote.receive(job, wait=True, timeout=60)  # follow takes it a part at a time too
+    assert "".join(r.data for r in followed if r.kind is RecordKind.STDOUT) == "".join(out)
+    assert remote.receive(job) == []  # all of it counted as received

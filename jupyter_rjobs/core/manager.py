@@ -346,7 +346,7 @@ class JobManager:
         while True:
             progressed = False
             for leaf in leaves:
-                for record in leaf.stream.take(after=seen[leaf.id], keep=keep):
+                for record in leaf.stream.iter_take(after=seen[leaf.id], keep=keep):  # a remote spool a part at a time
                     seen[leaf.id] = record.seq
                     progressed = True
                     yield record
