@@ -27,12 +27,14 @@ from jupyter_rjobs.backends.namespace import capture_variables, serialize_variab
 from jupyter_rjobs.backends.remote import registry as _registry
 from jupyter_rjobs.backends.remote.host import HostConnection
 from jupyter_rjobs.backends.remote.options import RemoteOptions
+from jupyter_rjobs.backends.remote.replies import refuse_version_bound
+from jupyter_rjobs.backends.remote.replies import session_state_of as session_state_of  # where remote_ops finds it
 from jupyter_rjobs.backends.remote.ssh.connection import AcceptNewHost, resolve_host
 from jupyter_rjobs.backends.remote.ssh.prompt import prompts_disabled
 from jupyter_rjobs.core.errors import HostError
 from jupyter_rjobs.core.job import Job, JobKind, JobState
 from jupyter_rjobs.core.records import Record, RecordKind, RecordStream
-from jupyter_rjobs.core.sessions import Session, SessionState
+from jupyter_rjobs.core.sessions import Session
 
 if TYPE_CHECKING:
     from jupyter_rjobs.core.remote_ops import RemoteOps
@@ -450,7 +452,7 @@ class RemoteBackend(Backend[RemoteOptions, _RemotePrepared]):
         else:
             with ThreadPoolExecutor(min(len(hosts), self.max_connecting)) as pool:
                 list(pool.map(connect, hosts))
-        _refuse_version_bound(specs, connections)
+        refuse_version_bound(specs, connections)
         failures = [c for c in connections.values() if isinstance(c, HostError)]
         if len(failures) == len(hosts):
             raise failures[0] if len(failures) == 1 else HostError(
@@ -506,33 +508,3 @@ class RemoteBackend(Backend[RemoteOptions, _RemotePrepared]):
             self._connections.clear()
         for connection in connections:
             connection.close()
-
-
-def session_state_of(reply: dict[str, Any]) -> tuple[SessionState, str]:
-    state = reply.get("state")
-    if state == "Opened":
-        return SessionState.Opened, ""
-    if state == "Closed":
-        return SessionState.Closed, ""
-    reason = str(reply.get("reason") or "its interpreter is gone")
-    return SessionState.Broken, f"{reason}; close it (%rjob session close) and open a new one"
-
-
-def _refuse_version_bound(specs: Sequence[dict[str, Any]], connections: dict[str, HostConnection | HostError]) -> None:
-    """Variables that only dill could send (functions, lambdas and classes defined in the notebook)
-    travel as code objects, which load only on the same Python minor version: a host on another one
-    gets a clear error now, instead of a job that fails there with a cryptic one."""
-    by_value = [spec["name"] for spec in specs if spec.get("format") == "dill"]
-    if not by_value:
-        return
-    mine = sys.version.split()[0]
-    names = ", ".join(repr(name) for name in by_value)
-    for host, connection in connections.items():
-        theirs = getattr(connection, "python_version", "")
-        if theirs and theirs.split(".")[:2] != mine.split(".")[:2]:
-            connections[host] = HostError(
-                host,
-                f"{names} (defined in the notebook) can only be sent to the same Python version, and the host runs"
-                f" Python {theirs} while this kernel runs {mine}: define {'it' if len(by_value) == 1 else 'them'} in the"
-                f" cell, or run Python {'.'.join(mine.split('.')[:2])} there (--python PATH)",
-            )
