@@ -9,7 +9,7 @@ import os
 import selectors
 import signal
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .proctree import alive, exit_text
 from .protocol import GONE, KIND_ERROR, KIND_STATE, NOTICE, RECORD
@@ -95,7 +95,13 @@ class Forwarder:
         in one sendfile), or for a remote-cache job only notices, states and errors."""
         pending: Optional[List[int]] = None  # a run of frames to copy: [start, end]
         while True:
-            found = job.scanner.next()
+            try:
+                found = job.scanner.next()
+            except ValueError:  # not a frame: send what came before it, then how the job ended
+                if pending is not None:
+                    job.scanner.copy(self._out_fd, *pending)
+                self.corrupt(job)
+                return
             if found is None:
                 break
             header, start, end = found
@@ -136,9 +142,25 @@ class Forwarder:
         if job.instance not in self.jobs:
             return
         self.forward(job)  # whatever it wrote before it ended
+        if job.instance not in self.jobs:
+            return  # its spool was corrupt: said and dropped
+        if job.scanner.final is None and job.scanner.torn():
+            self.corrupt(job, torn=True)  # its writers are gone and its last frame is cut short
+            return
         if job.scanner.final is None:
             self.finish_for(job)
             self.forward(job)
+        self.drop(job)
+
+    def corrupt(self, job: HostJob, torn: bool = False) -> None:
+        """The job's spool holds bytes that are not a frame: everything before them was sent; the
+        job fails saying where (its process, if any, is stopped: its output could not be read)."""
+        self._send_records(job, job.scanner.corrupt_records(torn))
+        if not job.ended and alive(job.pid, job.start) and not job.session:
+            try:
+                os.kill(job.pid, signal.SIGTERM)  # its supervisor stops the job's tree
+            except OSError:
+                pass
         self.drop(job)
 
     def drop(self, job: HostJob) -> None:
@@ -157,8 +179,13 @@ class Forwarder:
         try:
             end_records(job.scanner.path, records, job.instance)
         except OSError:  # no room to write it (or no spool): tell the kernel directly
-            seq = job.scanner.last_seq
-            for kind, data in records:
-                seq += 1
-                self._send({"op": RECORD, "job": job.instance, "seq": seq, "kind": kind, "time": time.time(), "data": data}, ())
-            job.scanner.final = records[-1][1]
+            self._send_records(job, records)
+
+    def _send_records(self, job: HostJob, records: Sequence[Tuple[str, Any]]) -> None:
+        """Send a job's last records straight to the kernel (its spool cannot take them)."""
+        seq = job.scanner.last_seq
+        for kind, data in records:
+            seq += 1
+            self._send({"op": RECORD, "job": job.instance, "seq": seq, "kind": kind, "time": time.time(), "data": data}, ())
+        job.scanner.last_seq = seq
+        job.scanner.final = str(records[-1][1])

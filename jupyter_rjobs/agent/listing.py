@@ -36,15 +36,19 @@ def describe(spool: str, sessions_dir: str) -> Optional[Dict[str, Any]]:
     scanner = Scanner(os.path.join(spool, "records"))
     try:
         scanner.to_end()
+    except ValueError:  # listed all the same: adopting it says where it is corrupt
+        pass
     finally:
         scanner.close()
     process = read_json(os.path.join(spool, "pid")) or {}
     if meta.get("session"):
         process = read_json(os.path.join(session_dir(sessions_dir, meta["session"]), "pid")) or {}
     running = scanner.final is None and alive(int(process.get("pid", 0)), process.get("start"))
+    corrupt = {"reason": scanner.corrupt_records()[0][1]["evalue"]} if scanner.corrupt else {}
     return dict(
         meta,
-        state=scanner.final or ("Running" if running else "Failed"),
+        **corrupt,
+        state=scanner.final or ("Running" if running and not corrupt else "Failed"),
         ended=scanner.final_time,
         last_seq=scanner.last_seq,
         cursor=read_cursor(spool),

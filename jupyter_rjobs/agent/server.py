@@ -43,6 +43,7 @@ from .protocol import (
     PING,
     PONG,
     PROTOCOL_VERSION,
+    RECORD,
     REFUSED,
     RELEASE,
     RUN,
@@ -85,7 +86,7 @@ class Server:
             PING: lambda h, b: self.send({"op": PONG, "n": h.get("n")}),
             RUN: self.run,
             STOP: lambda h, b: self.stop(str(h.get("job", "")), float(h.get("grace", 3.0))),
-            FETCH: lambda h, b: self.fetch(str(h.get("job", "")), int(h.get("after", 0))),
+            FETCH: lambda h, b: self.fetch(h),
             ACK: lambda h, b: write_private(os.path.join(self.spool_of(str(h.get("job", ""))), "cursor"), str(int(h["seq"])).encode()),
             CLEAN: lambda h, b: self.clean(str(h.get("job", ""))),
             ATTACH: lambda h, b: self.attach(h),
@@ -205,24 +206,48 @@ class Server:
             os.kill(job.pid, signal.SIGINT if job.session else signal.SIGTERM)
         job.kill_at = time.monotonic() + grace
 
-    def fetch(self, instance: str, after: int) -> None:
-        """Send the records of a job after sequence number ``after``, then FETCHED."""
+    def fetch(self, header: Dict[str, Any]) -> None:
+        """Send the records of a job after sequence number ``after``, then FETCHED. With ``limit``
+        (bytes) it stops after about that much, saying ``more`` and the ``offset`` to go on from,
+        so the kernel takes a long spool a part at a time. A corrupt spool: what comes before
+        the bad bytes, then the records that fail the job saying where."""
+        instance, after = str(header.get("job", "")), int(header.get("after", 0))
+        limit, offset = int(header.get("limit") or 0), int(header.get("offset") or 0)
         spool = self.spool_of(instance)
         check_private(spool)
         check_private(os.path.join(spool, "records"))
         scanner = Scanner(os.path.join(spool, "records"))
+        scanner.offset = offset  # where the last part ended (a frame's start: the spool only grows)
+        scanner.last_seq = int(header.get("last") or 0) if offset else 0
+        sent, more = 0, False
         try:
             while True:
-                found = scanner.next()
+                try:
+                    found = scanner.next()
+                except ValueError:
+                    self.send_corrupt(instance, scanner, after)
+                    break
                 if found is None:
                     break
-                header, start, end = found
-                if header.get("seq", 0) > after:
+                frame, start, end = found
+                if frame.get("seq", 0) > after:
                     self.out.flush()
                     scanner.copy(self.out_fd, start, end)
+                    sent += end - start
+                    if limit and sent >= limit:
+                        more = True
+                        break
         finally:
             scanner.close()
-        self.send({"op": FETCHED, "job": instance, "last": scanner.last_seq})
+        self.send({"op": FETCHED, "job": instance, "last": scanner.last_seq, "offset": scanner.offset, "more": more})
+
+    def send_corrupt(self, instance: str, scanner: Scanner, after: int) -> None:
+        """The records that end a job whose spool is corrupt, numbered after its last good one."""
+        seq = scanner.last_seq  # the numbers the forwarder gave them too
+        for kind, data in scanner.corrupt_records():
+            seq += 1
+            if seq > after:
+                self.send({"op": RECORD, "job": instance, "seq": seq, "kind": kind, "time": time.time(), "data": data})
 
     def clean(self, instance: str) -> None:
         job = self.jobs.get(instance)

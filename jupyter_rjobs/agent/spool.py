@@ -143,11 +143,13 @@ class Scanner:
         self.last_seq = 0
         self.final: Optional[str] = None
         self.final_time: Optional[float] = None
+        self.corrupt: Optional[str] = None  # why the bytes at ``offset`` are not a frame
         self._fd: Optional[int] = None
 
     def next(self) -> Optional[Tuple[Dict[str, Any], int, int]]:
         """(header, start, end) of the next complete frame, or None if it is not all there yet.
-        Raises ValueError if the spool holds something that is not a frame."""
+        Raises ValueError if the spool holds something that is not a frame (``corrupt`` says why;
+        ``offset`` stays where it starts)."""
         if self._fd is None:
             try:
                 self._fd = os.open(self.path, os.O_RDONLY)
@@ -158,6 +160,9 @@ class Scanner:
             frame = parse_frame(source)
         except IncompleteFrame:
             return None
+        except ValueError as exc:
+            self.corrupt = str(exc)
+            raise
         if frame is None:
             return None
         header, start, self.offset = frame[0], self.offset, source.position
@@ -171,6 +176,22 @@ class Scanner:
         while self.next() is not None:
             pass
         return self
+
+    def torn(self) -> bool:
+        """Whether bytes follow the last whole frame (a frame being written, or a torn one)."""
+        try:
+            return os.stat(self.path).st_size > self.offset
+        except OSError:
+            return False
+
+    def corrupt_records(self, torn: bool = False) -> List[Tuple[str, Any]]:
+        """The records that end a job whose spool cannot be read past ``offset`` (never written
+        into the spool: past that point nothing could read them)."""
+        why = "it ends inside a frame and its writer is gone" if torn else self.corrupt
+        evalue = (f"its spool is corrupt at offset {self.offset} ({why}); every record before that offset was"
+                  f" delivered, and the spool is kept for inspection: {self.path}")
+        return [(KIND_ERROR, {"ename": "SpoolCorrupt", "evalue": evalue, "traceback": [f"SpoolCorrupt: {evalue}"]}),
+                (KIND_STATE, "Failed")]
 
     def copy(self, out_fd: int, start: int, end: int) -> None:
         """Send bytes [start, end) of the spool to ``out_fd`` (zero-copy where the kernel can)."""
@@ -192,8 +213,13 @@ class Scanner:
 
 def end_records(path: str, records: Sequence[Tuple[str, Any]], instance: str) -> str:
     """Write a job's last records for it (it could not: killed, stopped, its session died)."""
-    scanner = Scanner(path).to_end()
-    scanner.close()
+    scanner = Scanner(path)
+    try:
+        scanner.to_end()
+    except ValueError:
+        return "Failed"  # a corrupt spool: what is written after it could never be read (the server says so)
+    finally:
+        scanner.close()
     if scanner.final is not None:
         return scanner.final
     seq = scanner.last_seq

@@ -117,6 +117,11 @@ class Worker:
                 self._dispatch(*frame)
         except (OSError, ValueError, EOFError) as exc:
             log.debug("worker %s stream ended: %s", self.pid, exc)
+            if self.alive:  # bytes that are not a frame: nothing more can be read from this worker
+                self._broken(f"its worker {self.pid} sent what is not a frame ({type(exc).__name__}: {exc})")
+        except Exception as exc:  # whatever it is, the job must not stay Running
+            log.debug("worker %s reader failed", self.pid, exc_info=True)
+            self._broken(f"reading its worker {self.pid}'s output failed ({type(exc).__name__}: {exc})")
         finally:
             returncode = self.proc.wait()
             try:  # what its last job left running dies with it (the group outlives its leader)
@@ -132,6 +137,13 @@ class Worker:
                     how = signal_name(returncode) if returncode < 0 else f"exit code {returncode}"
                     job.fail("WorkerDied", f"worker exited with {how}")
             self._on_exit(self)
+
+    def _broken(self, why: str) -> None:
+        """The reader cannot go on: fail the job saying why and end the worker (it is replaced)."""
+        job = self.job
+        if job is not None and not job.state.finished:
+            job.fail("WorkerDied", why)
+        signal_tree(self.pid, signal.SIGKILL)
 
     def _dispatch(self, header: dict[str, Any], buffers: list[bytearray]) -> None:
         op = header.get("op")

@@ -322,12 +322,16 @@ class JobManager:
         if wait:
             records = list(self.follow(targets, keep=keep, timeout=timeout))
         else:
-            records = []
-            for leaf in _leaves_of(targets):
-                records.extend(leaf.stream.take(keep=keep))
+            records = list(self.iter_receive(targets, keep=keep))
         if auto_remove:
             self.remove([j for j in targets if j.state.finished])
         return records
+
+    def iter_receive(self, jobs: JobSpec | Sequence[JobSpec] | None = None, *, keep: bool = False) -> Iterator[Record]:
+        """:meth:`receive` (without waiting) as an iterator: the records of a ``cache="remote"``
+        job are fetched from its host a part at a time, never all in memory at once."""
+        for leaf in _leaves_of(self.resolve(jobs)):
+            yield from leaf.stream.iter_take(keep=keep)
 
     def follow(
         self, jobs: JobSpec | Sequence[JobSpec] | None = None, *, keep: bool = False, timeout: float | None = None
@@ -342,7 +346,7 @@ class JobManager:
         while True:
             progressed = False
             for leaf in leaves:
-                for record in leaf.stream.take(after=seen[leaf.id], keep=keep):
+                for record in leaf.stream.iter_take(after=seen[leaf.id], keep=keep):  # a remote spool a part at a time
                     seen[leaf.id] = record.seq
                     progressed = True
                     yield record

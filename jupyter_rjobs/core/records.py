@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import threading
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 __all__ = ["RecordKind", "Record", "RecordStream"]
 
@@ -97,3 +97,8 @@ class RecordStream:
             if not keep and records:
                 self._records = [r for r in self._records if r.seq <= after]
             return records
+
+    def iter_take(self, after: int = 0, keep: bool = False) -> Iterator[Record]:
+        """``take`` as an iterator: a stream whose records are elsewhere (a host's spool) fetches
+        them a part at a time instead of all at once."""
+        yield from self.take(after, keep)

@@ -95,7 +95,7 @@ class RemoteOps:
 
     def refresh_session(self, session: Session) -> Session:
         """Ask the host how the session is (its interpreter may have died meanwhile)."""
-        from jupyter_rjobs.backends.remote.backend import session_state_of
+        from jupyter_rjobs.backends.remote.replies import session_state_of
 
         if session.state is not SessionState.Closed:
             state, reason = session_state_of(self._remote.session_status(session))
@@ -240,7 +240,7 @@ class RemoteOps:
         return followed
 
     def _adopt_sessions(self, host: str, python: str | None, listed: list[dict[str, Any]]) -> dict[str, Session]:
-        from jupyter_rjobs.backends.remote.backend import session_state_of
+        from jupyter_rjobs.backends.remote.replies import session_state_of
 
         by_instance = {str(s.instance): s for s in self.sessions()}
         for info in listed:

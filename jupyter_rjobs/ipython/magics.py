@@ -271,7 +271,7 @@ class RJobMagics(SessionMagics, HostMagics, Magics):
         if args.wait:
             records: Any = self.manager.follow(jobs, keep=args.keep)
         else:
-            records = self.manager.receive(jobs, keep=args.keep)
+            records = self.manager.iter_receive(jobs, keep=args.keep)  # a remote-cache spool a part at a time
         try:
             for record in records:
                 renderer.render(record)

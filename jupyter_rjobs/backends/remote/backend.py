@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from jupyter_rjobs.agent import protocol
 from jupyter_rjobs.agent.execute import compile_job
@@ -27,9 +27,9 @@ from jupyter_rjobs.backends.namespace import capture_variables, serialize_variab
 from jupyter_rjobs.backends.remote import registry as _registry
 from jupyter_rjobs.backends.remote.host import HostConnection
 from jupyter_rjobs.backends.remote.options import RemoteOptions
+from jupyter_rjobs.backends.remote.replies import refuse_version_bound
 from jupyter_rjobs.backends.remote.ssh.connection import AcceptNewHost, resolve_host
 from jupyter_rjobs.backends.remote.ssh.prompt import prompts_disabled
-from jupyter_rjobs.backends.remote.versions import refuse_version_bound
 from jupyter_rjobs.core.errors import HostError
 from jupyter_rjobs.core.job import Job, JobKind, JobState
 from jupyter_rjobs.core.records import Record, RecordKind, RecordStream
@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 MAX_CONNECTING = 32
 RECONNECT_FOR = 300.0
 ORPHAN_MARGIN = 30.0  # a host waits for its kernel this long after the kernel's own reconnecting would end
+FETCH_PART = 4 * 2**20  # bytes of a remote-cache spool fetched at a time (a longer record comes whole)
 
 
 class AckingStream(RecordStream):
@@ -95,14 +96,19 @@ class RemoteSpoolStream(RecordStream):
         return self._host_last > max(seq, self._received)
 
     def take(self, after: int = 0, keep: bool = False) -> list[Record]:
+        return list(self.iter_take(after, keep))
+
+    def iter_take(self, after: int = 0, keep: bool = False) -> Iterator[Record]:
+        """The records, fetched from the host a part at a time (never the whole spool in memory);
+        without ``keep`` each part counts as received once all of it was taken."""
         start = max(after, self._received)
         if self._host_last <= start:
-            return []
-        records = self._runner.fetch(start)
-        if not keep and records:
-            self._received = max(self._received, records[-1].seq)
-            self._runner.ack(self._received)
-        return records
+            return
+        for part in self._runner.fetch_parts(start):
+            yield from part
+            if not keep:
+                self._received = max(self._received, part[-1].seq)
+                self._runner.ack(self._received)
 
 
 class RemoteRunner(JobRunner):
@@ -122,6 +128,8 @@ class RemoteRunner(JobRunner):
         self._apply = FrameApplier(job, connection.python_version)
         self._fetch_lock = threading.Lock()
         self._fetched: list[Record] | None = None
+        self._fetch_reply: dict[str, Any] = {}
+        self._corrupt = False  # its spool on the host cannot be read to its end: kept for inspection
         self._fetch_done = threading.Event()
         if cache == "remote":
             job.use_stream(lambda on_append: RemoteSpoolStream(job.id, on_append, self, received))
@@ -138,7 +146,7 @@ class RemoteRunner(JobRunner):
     @property
     def keeps_spool(self) -> bool:
         """Whether the host keeps this job's spool after it ends (else it goes once all is here)."""
-        return self.cache == "remote" or self.job.detached or not self.job.state.finished
+        return self.cache == "remote" or self.job.detached or not self.job.state.finished or self._corrupt
 
     def start(self, header: dict[str, Any], buffers: Sequence[Any]) -> None:
         self.connection.attach(self.instance, self)
@@ -188,6 +196,7 @@ class RemoteRunner(JobRunner):
         job = self.job
         if op == protocol.RECORD:
             seq = int(header.get("seq", 0))
+            self._corrupt = self._corrupt or (header.get("kind") == "error" and (header.get("data") or {}).get("ename") == "SpoolCorrupt")
             if self._fetched is not None and header["kind"] != "state":
                 self._fetched.append(self._apply.record(header, buffers))
                 return
@@ -201,6 +210,7 @@ class RemoteRunner(JobRunner):
             self.last_seq = max(self.last_seq, int(header["seq"]))
             job.stream.notice(int(header["seq"]))
         elif op == protocol.FETCHED:
+            self._fetch_reply = header
             self._fetch_done.set()
         elif op == protocol.ATTACHED:
             if job.state in (JobState.Disconnected, JobState.NotStarted):
@@ -227,18 +237,41 @@ class RemoteRunner(JobRunner):
             self._clean()  # every record is safely here: the host's spool (and the registry entry) can go
 
     def fetch(self, after: int) -> list[Record]:
+        """Every record of the host's spool after ``after`` (see fetch_parts)."""
+        return [record for part in self.fetch_parts(after) for record in part]
+
+    def fetch_parts(self, after: int, limit: int = FETCH_PART) -> Iterator[list[Record]]:
+        """The records after ``after``, in parts of about ``limit`` bytes of frames each (an agent
+        that knows no limit sends them all in one part)."""
+        offset = last = 0
+        while True:
+            records, reply = self._fetch_part({"after": after, "limit": limit, "offset": offset, "last": last})
+            if records:
+                after = records[-1].seq
+                yield records
+            if not reply.get("more"):
+                return
+            offset, last = int(reply.get("offset") or 0), int(reply.get("last") or 0)
+
+    def _fetch_part(self, request: dict[str, Any]) -> tuple[list[Record], dict[str, Any]]:
+        after = int(request["after"])
         with self._fetch_lock:
-            self._fetched = []
+            self._fetched, self._fetch_reply = [], {}
             self._fetch_done.clear()
-            self.connection.send({"op": protocol.FETCH, "job": self.instance, "after": after})
+            self.connection.send(dict(request, op=protocol.FETCH, job=self.instance))
             if not self._fetch_done.wait(300) or not self.connection.alive:
                 self._fetched = None
                 raise HostError(self.connection.host, "the job's records could not be fetched (the connection was lost); try again once it is back")
             records, self._fetched = self._fetched, None
-        return sorted({r.seq: r for r in records if r.seq > after}.values(), key=lambda r: r.seq)
+            reply = self._fetch_reply
+        return sorted({r.seq: r for r in records if r.seq > after}.values(), key=lambda r: r.seq), reply
 
     def ack(self, seq: int) -> None:
         self._send_quietly({"op": protocol.ACK, "job": self.instance, "seq": seq})
+
+    def frame_failed(self, exc: BaseException) -> None:
+        """A frame from the host could not be applied to the job: it fails, saying why."""
+        self.job.fail("HostError", f"a frame from {self.connection.host} could not be applied to the job ({type(exc).__name__}: {exc})")
 
     def connection_lost(self) -> None:
         if not self.job.state.finished:
@@ -525,13 +558,3 @@ class RemoteBackend(Backend[RemoteOptions, _RemotePrepared]):
             self._connections.clear()
         for connection in connections:
             connection.close()
-
-
-def session_state_of(reply: dict[str, Any]) -> tuple[SessionState, str]:
-    state = reply.get("state")
-    if state == "Opened":
-        return SessionState.Opened, ""
-    if state == "Closed":
-        return SessionState.Closed, ""
-    reason = str(reply.get("reason") or "its interpreter is gone")
-    return SessionState.Broken, f"{reason}; close it (%rjob session close) and open a new one"

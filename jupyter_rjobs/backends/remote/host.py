@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 class FrameTarget(Protocol):
     def on_frame(self, op: str | None, header: dict[str, Any], buffers: list[bytearray]) -> None: ...
+    def frame_failed(self, exc: BaseException) -> None: ...
     def connection_lost(self) -> None: ...
 
 
@@ -322,7 +323,11 @@ class HostConnection:
             return
         runner = self._runners.get(str(header.get("job")))
         if runner is not None:
-            runner.on_frame(op, header, buffers)
+            try:
+                runner.on_frame(op, header, buffers)
+            except Exception as exc:  # one job's bad frame fails that job, not the connection
+                log.debug("%s: a frame for job %s failed", self.host, header.get("job"), exc_info=True)
+                runner.frame_failed(exc)
 
     def request(self, header: dict[str, Any], reply: str, timeout: float = 60.0) -> dict[str, Any]:
         """Send ``header`` and wait for the server's ``reply`` frame (for a session: about it)."""

@@ -1,14 +1,27 @@
-"""A check made before a remote job starts: variables only dill can send need the same Python there."""
+"""What a host's replies mean here: a session's state, and which variables a host's Python can load."""
 
 from __future__ import annotations
 
 import sys
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from jupyter_rjobs.backends.remote.host import HostConnection
 from jupyter_rjobs.core.errors import HostError
+from jupyter_rjobs.core.sessions import SessionState
 
-__all__ = ["refuse_version_bound"]
+if TYPE_CHECKING:
+    from jupyter_rjobs.backends.remote.host import HostConnection
+
+__all__ = ["session_state_of", "refuse_version_bound"]
+
+
+def session_state_of(reply: dict[str, Any]) -> tuple[SessionState, str]:
+    state = reply.get("state")
+    if state == "Opened":
+        return SessionState.Opened, ""
+    if state == "Closed":
+        return SessionState.Closed, ""
+    reason = str(reply.get("reason") or "its interpreter is gone")
+    return SessionState.Broken, f"{reason}; close it (%rjob session close) and open a new one"
 
 
 def refuse_version_bound(specs: Sequence[dict[str, Any]], connections: dict[str, HostConnection | HostError]) -> None:
