@@ -150,3 +150,33 @@ def test_a_job_another_live_manager_follows_is_not_taken_unless_forced(make_mana
     assert [str(j.instance_id) for j in forced] == [str(job.instance_id)]
     second.stop(forced)
     assert forced[0].state is JobState.Stopped
+
+
+def test_connect_shows_adopted_jobs_running_and_forgets_entries_of_jobs_gone(make_manager, ssh_lab_clean):
+    """Issue 14, defect 8: adopted jobs were NotStarted in the connect table; an entry of a dead
+    kernel whose job is gone from the host stayed in the registry (listed Running) forever."""
+    import json
+    import subprocess
+    import sys
+
+    from jupyter_rjobs.backends.remote import registry
+
+    lab = ssh_lab_clean
+    first = make_manager(ssh_config=lab.ssh_config)
+    job = first.start(COUNT_UP.format(n=300), host="nshost2", detached=True, name="det")
+    assert wait_until(lambda: job.state is JobState.Running, timeout=30)
+    time.sleep(0.5)
+    first.receive(job)  # its Running record is behind the cursor now
+    first.shutdown()
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+    stale = {"instance": "0" * 32, "host": "nshost2", "name": "stale", "state": "Running", "command": "1", "started": 1.0,
+             "kernel_pid": dead}
+    (registry.registry_dir() / f"{stale['instance']}.json").write_text(json.dumps(stale))
+
+    second = make_manager(ssh_config=lab.ssh_config)
+    assert {j.name for j in second.left_jobs()} == {"det", "stale"}
+    adopted = second.connect("nshost2")
+    assert [(j.name, j.state) for j in adopted] == [("det", JobState.Running)]
+    assert second.left_jobs() == []
+    second.stop(adopted[0])
+    second.remove(adopted[0])

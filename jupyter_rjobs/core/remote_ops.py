@@ -221,6 +221,7 @@ class RemoteOps:
                 followed.append(job)
         known = {str(j.instance_id) for j in self._all_jobs() if j.kind is JobKind.REMOTE}
         sessions = self._adopt_sessions(host, python, listing.get("sessions", []))
+        _registry.forget_missing(host, {str(meta.get("instance")) for meta in listing.get("jobs", [])})
         for meta in listing.get("jobs", []):
             if meta["instance"] in known or meta.get("host") not in (None, host):
                 continue  # followed already, or started on another host that shares this home directory
@@ -230,6 +231,9 @@ class RemoteOps:
                                 instance_id=uuid.UUID(meta["instance"]))
             job.detached = bool(meta.get("detached"))
             job.begin_time = datetime.fromtimestamp(meta.get("started") or 0)
+            if meta.get("state") in ("Running", *(str(s) for s in JobState if s.finished)):  # it began; its
+                # Running record may be behind the cursor (never sent again), its end comes with its records
+                job.set_state(JobState.Running)
             if meta.get("session") in sessions:
                 job.session = sessions[meta["session"]]
                 job.session.jobs.append(job)
