@@ -212,6 +212,14 @@ def test_python_missing_or_too_old(remote, ssh_lab, tmp_path):
     assert remote.list() == []
 
 
+@pytest.mark.parametrize("program", ["true", "echo"])
+def test_python_naming_a_program_that_is_not_python_is_refused(remote, program):
+    """Issue 14, defect 10: `true` gave an IndexError, `echo` "Expecting value"."""
+    with pytest.raises(HostError, match=f"{program} there is not a Python that runs jobs.*--python PATH"):
+        remote.start("1", host="server01", python=program)
+    assert remote.list() == []
+
+
 def test_a_spool_directory_that_is_not_private_is_refused(remote, ssh_lab):
     root = spool_root(ssh_lab)
     remote.start("1", host="server01").result(timeout=30)  # make sure it exists

@@ -188,3 +188,12 @@ def test_the_panel_lists_a_real_session_and_disconnects_and_connects_it(remote):
         assert job.result(timeout=30) == "slept"
     finally:
         panel.close()
+
+
+def test_magics_session_new_takes_options_before_the_host(ip_remote):
+    """Issue 14, defect 10: `session new --name x server01` did not parse."""
+    ip = ip_remote
+    ip.run_line_magic("rjob", "session new --name x server01")
+    session = get_manager(ip).get_session("x")
+    assert session.host == "server01" and session.state is SessionState.Opened
+    ip.run_line_magic("rjob", "session close x")
