@@ -32,12 +32,28 @@ def check_private(path: str) -> None:
     """Refuse a spool path that is not ours alone (unpickling what it holds is code execution)."""
     info = os.lstat(path)
     if stat_module.S_ISLNK(info.st_mode):
-        raise PermissionError(f"{path} is a symbolic link; refusing to use it")
+        raise PermissionError(
+            f"{path} is a symbolic link; refusing to load anything from it (a link can point anywhere)."
+            f" Fix it with: cp --remove-destination \"$(readlink -f {path})\" {path}"
+        )
     if info.st_uid != os.getuid() or info.st_mode & 0o077:
         raise PermissionError(
             f"{path} is not private (owner uid {info.st_uid}, mode {oct(info.st_mode & 0o777)}); refusing to load"
             f" anything from it. Fix it with: chown $USER {path} && chmod go-rwx {path}"
         )
+
+
+def spool_refusal(spool: str) -> Optional[str]:
+    """Why a job's spool (its directory, or its records) is refused, or None if it is ours alone
+    (or gone: nothing to refuse)."""
+    for path in (spool, os.path.join(spool, "records")):
+        try:
+            check_private(path)
+        except FileNotFoundError:
+            return None
+        except PermissionError as exc:
+            return str(exc)
+    return None
 
 
 def write_private(path: str, data: bytes) -> None:
