@@ -207,3 +207,39 @@ def _plain(text: str) -> str:
     import re
 
     return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+
+
+# -- bad input that got through (issue 14, defect 10) ---------------------------------------
+@pytest.mark.parametrize("line", ["start --thread --out 1bad -- 1", "start --thread --out 'a b' -- 1", "start --thread --out class -- 1"])
+def test_out_that_is_not_a_variable_name_is_refused_before_anything_starts(ip, line):
+    with pytest.raises(UsageError, match="not a Python variable name"):
+        rjob(ip, line)
+    assert get_manager(ip).list() == []
+
+
+@pytest.mark.parametrize("value", ["nan", "-1"])
+def test_wait_refuses_a_timeout_that_is_not_seconds(ip, value):
+    rjob(ip, "start --thread --name w -- 1")
+    with pytest.raises(UsageError, match="timeout must be a number of seconds, 0 or more"):
+        rjob(ip, f"wait w --timeout {value}")
+
+
+@pytest.mark.parametrize("value", ["inf", "1e10"])
+def test_wait_with_an_endless_timeout_waits_until_the_end(ip, value):
+    job = rjob(ip, "start --thread --name w -- 'done'")
+    finished = rjob(ip, f"wait w --timeout {value}")
+    assert list(finished) == [job] and job.state is JobState.Completed
+
+
+def test_arguments_are_read_as_a_shell_reads_them(ip):
+    job = rjob(ip, "start --thread --name 'my job' -- 1")
+    assert job.name == "my job"
+    assert list(rjob(ip, 'wait "my job" --timeout 30')) == [job]
+    assert rjob(ip, "receive 'my job'") == 1
+
+
+def test_ids_win_over_names_so_names_of_digits_are_refused(ip):
+    first = rjob(ip, "start --thread -- 1")
+    with pytest.raises(UsageError, match="names of digits only read as ids"):
+        rjob(ip, "start --thread --name 7 -- 2")
+    assert get_manager(ip).list() == [first]

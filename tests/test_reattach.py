@@ -150,3 +150,94 @@ def test_a_job_another_live_manager_follows_is_not_taken_unless_forced(make_mana
     assert [str(j.instance_id) for j in forced] == [str(job.instance_id)]
     second.stop(forced)
     assert forced[0].state is JobState.Stopped
+
+
+def test_connect_shows_adopted_jobs_running_and_forgets_entries_of_jobs_gone(make_manager, ssh_lab_clean):
+    """Issue 14, defect 8: adopted jobs were NotStarted in the connect table; an entry of a dead
+    kernel whose job is gone from the host stayed in the registry (listed Running) forever."""
+    import json
+    import subprocess
+    import sys
+
+    from jupyter_rjobs.backends.remote import registry
+
+    lab = ssh_lab_clean
+    first = make_manager(ssh_config=lab.ssh_config)
+    job = first.start(COUNT_UP.format(n=300), host="nshost2", detached=True, name="det")
+    assert wait_until(lambda: job.state is JobState.Running, timeout=30)
+    time.sleep(0.5)
+    first.receive(job)  # its Running record is behind the cursor now
+    first.shutdown()
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+    stale = {"instance": "0" * 32, "host": "nshost2", "name": "stale", "state": "Running", "command": "1", "started": 1.0,
+             "kernel_pid": dead}
+    (registry.registry_dir() / f"{stale['instance']}.json").write_text(json.dumps(stale))
+
+    second = make_manager(ssh_config=lab.ssh_config)
+    assert {j.name for j in second.left_jobs()} == {"det", "stale"}
+    adopted = second.connect("nshost2")
+    assert [(j.name, j.state) for j in adopted] == [("det", JobState.Running)]
+    assert second.left_jobs() == []
+    second.stop(adopted[0])
+    second.remove(adopted[0])
+
+
+# -- refused spools (issue 14, defect 4): said in one line, kept as evidence, nothing hangs ---------
+def _within(seconds, call):
+    """What ``call()`` returns or raises, failing the test (not hanging it) if it takes longer."""
+    import concurrent.futures
+
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        return pool.submit(call).result(timeout=seconds)
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _left_detached(make_manager, lab):
+    first = make_manager(ssh_config=lab.ssh_config)
+    job = first.start(COUNT_UP.format(n=5), host="server01", detached=True, cache="remote", name="kept")
+    job.result(timeout=60)  # its records (and value) stay on the host
+    assert job.state is JobState.Completed
+    first.shutdown()
+    return spool_of(lab, job)
+
+
+@pytest.mark.parametrize("how", ["records 0644", "records a symlink", "spool directory 0777"])
+def test_a_refused_spool_is_said_kept_and_nothing_waits(make_manager, ssh_lab_clean, how):
+    from jupyter_rjobs import JobError
+
+    spool = _left_detached(make_manager, ssh_lab_clean)
+    records = spool / "records"
+    if how == "records 0644":
+        records.chmod(0o644)
+    elif how == "records a symlink":
+        records.rename(spool / "records.real")
+        records.symlink_to(spool / "records.real")
+    else:
+        spool.chmod(0o777)
+    second = make_manager(ssh_config=ssh_lab_clean.ssh_config)
+    adopted = _within(60, lambda: second.connect("server01"))
+    assert [j.state for j in adopted] == [JobState.Failed]  # said, not skipped in silence
+    error = str(adopted[0].error)
+    assert "refusing to load" in error and "Fix it with" in error and "\n" not in error
+    _within(60, lambda: second.receive(adopted[0]))  # at once, not after 300 s
+    with pytest.raises(JobError, match="refusing to load"):
+        adopted[0].result(timeout=0)
+    second.remove(adopted[0])
+    time.sleep(1.0)  # a CLEAN, if one were (wrongly) sent, has been handled by now
+    assert os.path.lexists(records) and spool.is_dir()  # the evidence stays
+    shutil.rmtree(spool)
+
+
+def test_receive_of_a_remote_cache_job_whose_spool_was_deleted_returns_at_once(make_manager, ssh_lab_clean):
+    from jupyter_rjobs.core.errors import HostError
+
+    remote = make_manager(ssh_config=ssh_lab_clean.ssh_config)
+    job = remote.start(COUNT_UP.format(n=600), host="server01", cache="remote")
+    assert wait_until(lambda: job.state is JobState.Running, timeout=30)
+    time.sleep(0.5)
+    shutil.rmtree(spool_of(ssh_lab_clean, job))
+    with pytest.raises(HostError, match="job spool is gone on server01"):
+        _within(60, lambda: remote.receive(job))
+    assert wait_until(lambda: job.state is JobState.Failed, timeout=30)

@@ -212,6 +212,14 @@ def test_python_missing_or_too_old(remote, ssh_lab, tmp_path):
     assert remote.list() == []
 
 
+@pytest.mark.parametrize("program", ["true", "echo"])
+def test_python_naming_a_program_that_is_not_python_is_refused(remote, program):
+    """Issue 14, defect 10: `true` gave an IndexError, `echo` "Expecting value"."""
+    with pytest.raises(HostError, match=f"{program} there is not a Python that runs jobs.*--python PATH"):
+        remote.start("1", host="server01", python=program)
+    assert remote.list() == []
+
+
 def test_a_spool_directory_that_is_not_private_is_refused(remote, ssh_lab):
     root = spool_root(ssh_lab)
     remote.start("1", host="server01").result(timeout=30)  # make sure it exists
@@ -241,6 +249,28 @@ def test_a_full_disk_on_the_host_fails_the_job_saying_so(remote, ssh_lab):
             job.result(timeout=30)
         assert job.state is JobState.Failed
         assert wait_until(lambda: not spool_of(ssh_lab, job).exists(), timeout=10)  # nothing half-made stays
+    finally:
+        subprocess.run(["umount", str(jobs_dir)], check=True)
+
+
+def test_a_disk_that_fills_during_a_job_fails_it_saying_so_and_keeps_what_it_wrote(remote, ssh_lab):
+    """Issue 14, defect 9: it said "WorkerDied: worker exited with exit code 0" after 3,692 of 10,000 lines."""
+    jobs_dir = spool_root(ssh_lab) / "jobs"
+    remote.start("1", host="server01").result(timeout=30)  # the agent is installed before the disk fills
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size=256k,mode=0700,uid={ssh_lab.uid}", "rjobs-full", str(jobs_dir)], check=True
+    )
+    try:
+        job = remote.start("for i in range(10_000):\n    print(f'{i:05d}', 'x' * 100, flush=True)", host="server01")
+        with pytest.raises(JobError, match="no space left on the host's disk"):
+            job.result(timeout=60)
+        assert job.state is JobState.Failed and job.error.ename == "HostDiskFull"
+        lines = [line.split()[0] for r in remote.receive(job) if r.kind is RecordKind.STDOUT for line in r.data.splitlines()]
+        assert 0 < len(lines) < 10_000
+        assert lines == [f"{i:05d}" for i in range(len(lines))]  # what it wrote before is kept, in order, whole
+        print(f"{len(lines)} of 10000 lines kept before the disk was full")
+        remote.remove(job)
+        assert wait_until(lambda: not spool_of(ssh_lab, job).exists(), timeout=10)
     finally:
         subprocess.run(["umount", str(jobs_dir)], check=True)
 

@@ -230,3 +230,12 @@ def test_a_thread_a_session_job_leaves_running_never_prints_into_the_next_job(re
     assert leaked == [], f"a later job of the session got another job's output: {leaked}"
     stderr = "".join(r.data for r in remote.receive(first) if r.kind is RecordKind.STDERR)
     assert "(chatter); what they print from now on is dropped" in stderr, stderr
+
+
+def test_magics_session_new_takes_options_before_the_host(ip_remote):
+    """Issue 14, defect 10: `session new --name x server01` did not parse."""
+    ip = ip_remote
+    ip.run_line_magic("rjob", "session new --name x server01")
+    session = get_manager(ip).get_session("x")
+    assert session.host == "server01" and session.state is SessionState.Opened
+    ip.run_line_magic("rjob", "session close x")

@@ -11,9 +11,9 @@ import signal
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .proctree import alive, exit_text
+from .proctree import alive
 from .protocol import GONE, KIND_ERROR, KIND_STATE, NOTICE, RECORD
-from .spool import Scanner, died_records, end_records
+from .spool import Scanner, end_records, ended_records
 
 Send = Callable[[Dict[str, Any], Sequence[Any]], None]
 
@@ -175,7 +175,7 @@ class Forwarder:
     def finish_for(self, job: HostJob) -> None:
         """The job and its supervisor died without saying how it ended: say it for them."""
         what = "the session's interpreter" if job.session else "worker"
-        records = died_records(exit_text(job.exit_status), job.stopping, what)
+        records = ended_records(job.exit_status, job.stopping, what, job.spool)
         try:
             end_records(job.scanner.path, records, job.instance)
         except OSError:  # no room to write it (or no spool): tell the kernel directly

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional
 from .proctree import alive
 from .protocol import spool_problem
 from .session import session_dir
-from .spool import Scanner, check_private, owner_elsewhere, read_cursor, read_json
+from .spool import Scanner, owner_elsewhere, read_cursor, read_json, spool_refusal
 
 
 def list_jobs(jobs_dir: str, sessions_dir: str) -> List[Dict[str, Any]]:
@@ -25,10 +25,12 @@ def list_jobs(jobs_dir: str, sessions_dir: str) -> List[Dict[str, Any]]:
 
 def describe(spool: str, sessions_dir: str) -> Optional[Dict[str, Any]]:
     """One job spool: its meta, how far it got, whether it runs, who forwards it."""
+    refusal = spool_refusal(spool)
+    if refusal is not None:  # said, never skipped in silence, never read
+        return {"instance": os.path.basename(spool), "state": "Refused", "refused": refusal}
     meta = read_json(os.path.join(spool, "meta.json"))
     if meta is None:
         return None
-    check_private(spool)
     problem = spool_problem(meta)
     if problem is not None:  # its records are in a format this agent does not read
         return dict(meta, state="Unknown", reason=f"its spool {problem}", ended=None, last_seq=0,

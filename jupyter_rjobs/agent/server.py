@@ -56,7 +56,7 @@ from .protocol import (
     spool_problem,
     write_frame,
 )
-from .spool import Scanner, check_private, owner_elsewhere, read_cursor, read_json, spool_meta, write_private
+from .spool import Scanner, check_private, owner_elsewhere, read_cursor, read_json, spool_meta, spool_refusal, write_private
 from .supervisor import Spare
 
 
@@ -153,10 +153,10 @@ class Server:
         try:
             if handler is not None:
                 handler(header, buffers)
-        except OSError as exc:
-            self.send({"op": FAILED, "job": header.get("job"), "error": _os_error_text(exc, self.root)})
+        except OSError as exc:  # "for": the kernel deletes what a failed RUN made, never what another request failed on
+            self.send({"op": FAILED, "job": header.get("job"), "for": header.get("op"), "error": _os_error_text(exc, self.root)})
         except Exception as exc:  # noqa: BLE001 - a bad request must not end the server
-            self.send({"op": FAILED, "job": header.get("job"), "error": f"{type(exc).__name__}: {exc}"})
+            self.send({"op": FAILED, "job": header.get("job"), "for": header.get("op"), "error": f"{type(exc).__name__}: {exc}"})
         return True
 
     # -- jobs --------------------------------------------------------------------------------
@@ -207,15 +207,16 @@ class Server:
         job.kill_at = time.monotonic() + grace
 
     def fetch(self, header: Dict[str, Any]) -> None:
-        """Send the records of a job after sequence number ``after``, then FETCHED. With ``limit``
-        (bytes) it stops after about that much, saying ``more`` and the ``offset`` to go on from,
-        so the kernel takes a long spool a part at a time. A corrupt spool: what comes before
-        the bad bytes, then the records that fail the job saying where."""
+        """Send the records of a job after sequence number ``after``, then FETCHED (GONE or REFUSED
+        if its spool is not there, or not ours alone). With ``limit`` (bytes) it stops after about
+        that much, saying ``more`` and the ``offset`` to go on from, so the kernel takes a long spool
+        a part at a time. A corrupt spool: what comes before the bad bytes, then the records that
+        fail the job saying where."""
         instance, after = str(header.get("job", "")), int(header.get("after", 0))
         limit, offset = int(header.get("limit") or 0), int(header.get("offset") or 0)
         spool = self.spool_of(instance)
-        check_private(spool)
-        check_private(os.path.join(spool, "records"))
+        if not self.spool_usable(instance, spool):
+            return
         scanner = Scanner(os.path.join(spool, "records"))
         scanner.offset = offset  # where the last part ended (a frame's start: the spool only grows)
         scanner.last_seq = int(header.get("last") or 0) if offset else 0
@@ -253,18 +254,28 @@ class Server:
         job = self.jobs.get(instance)
         if job is not None:  # still reaped by reap_children (by_pid keeps it)
             self.jobs.drop(job)
-        shutil.rmtree(self.spool_of(instance), ignore_errors=True)
+        spool = self.spool_of(instance)
+        if spool_refusal(spool) is None:  # a refused spool is evidence: never deleted
+            shutil.rmtree(spool, ignore_errors=True)
+
+    def spool_usable(self, instance: str, spool: str) -> bool:
+        """Whether a job's spool is there and ours alone; else the kernel is told (GONE, REFUSED)."""
+        if not os.path.lexists(spool) or not os.path.lexists(os.path.join(spool, "records")):
+            self.send({"op": GONE, "job": instance})
+            return False
+        refusal = spool_refusal(spool)
+        if refusal is not None:
+            self.send({"op": REFUSED, "job": instance, "reason": refusal, "refused": True})
+            return False
+        return True
 
     # -- adopting jobs this server did not start --------------------------------------------
     def attach(self, header: Dict[str, Any]) -> None:
         """Adopt a job by its spool and forward it from sequence number ``after``."""
         instance = str(header["job"])
         spool = self.spool_of(instance)
-        if not os.path.isdir(spool) or not os.path.exists(os.path.join(spool, "records")):
-            self.send({"op": GONE, "job": instance})
+        if not self.spool_usable(instance, spool):
             return
-        check_private(spool)
-        check_private(os.path.join(spool, "records"))
         meta = read_json(os.path.join(spool, "meta.json")) or {}
         problem = spool_problem(meta)
         if problem is not None:  # never misread another format's records

@@ -18,7 +18,7 @@ from .capture import FdCapture
 from .execute import JobStopRequested, run_one
 from .proctree import alive, process_start
 from .protocol import KIND_STATE, read_frame, write_frame
-from .spool import SpoolWriter, check_private, end_records, read_json, read_text, write_private
+from .spool import SpoolWriter, check_private, end_records, ended_records, read_json, read_text, write_private
 
 
 def session_dir(sessions_dir: str, session: str) -> str:
@@ -144,7 +144,22 @@ def serve_session(path: str, fds: FdCapture) -> None:
             run_one(header, buffers, out, fds, module)  # type: ignore[arg-type]
         except JobStopRequested:
             pass  # it came between the job's end and here
+        except OSError:
+            if out.failure is None:
+                raise
         finally:
             running[0] = False
             out.close()
+            if out.failure is not None:  # a full disk: this request fails saying so, the session lives on if it can
+                _end_unwritten(header["spool"], header["job"], out.exit_status())
             os.unlink(current)
+
+
+def _end_unwritten(spool: str, instance: str, status: int) -> None:
+    """End a request whose spool could not be written; if even that fails, the interpreter exits
+    with ``status`` and its supervisor (or the server) says why."""
+    try:
+        end_records(os.path.join(spool, "records"), ended_records(status << 8, False, "the session's interpreter", spool), instance)
+    except OSError:
+        os._exit(status)
+

@@ -6,13 +6,14 @@ unpickles what comes from there. The scanner reads the records with the protocol
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat as stat_module
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .proctree import alive
+from .proctree import alive, exit_text
 from .protocol import (
     FINAL_STATES,
     KIND_ERROR,
@@ -31,12 +32,28 @@ def check_private(path: str) -> None:
     """Refuse a spool path that is not ours alone (unpickling what it holds is code execution)."""
     info = os.lstat(path)
     if stat_module.S_ISLNK(info.st_mode):
-        raise PermissionError(f"{path} is a symbolic link; refusing to use it")
+        raise PermissionError(
+            f"{path} is a symbolic link; refusing to load anything from it (a link can point anywhere)."
+            f" Fix it with: cp --remove-destination \"$(readlink -f {path})\" {path}"
+        )
     if info.st_uid != os.getuid() or info.st_mode & 0o077:
         raise PermissionError(
             f"{path} is not private (owner uid {info.st_uid}, mode {oct(info.st_mode & 0o777)}); refusing to load"
             f" anything from it. Fix it with: chown $USER {path} && chmod go-rwx {path}"
         )
+
+
+def spool_refusal(spool: str) -> Optional[str]:
+    """Why a job's spool (its directory, or its records) is refused, or None if it is ours alone
+    (or gone: nothing to refuse)."""
+    for path in (spool, os.path.join(spool, "records")):
+        try:
+            check_private(path)
+        except FileNotFoundError:
+            return None
+        except PermissionError as exc:
+            return str(exc)
+    return None
 
 
 def write_private(path: str, data: bytes) -> None:
@@ -95,17 +112,30 @@ def owner_elsewhere(spool: str) -> Optional[int]:
     return pid
 
 
+NO_SPACE_EXIT = 75  # a job process's exit status when its spool could not be written: the disk is full
+SPOOL_WRITE_EXIT = 74  # ... could not be written for another reason (said by the job's end records)
+
+
 class SpoolWriter:
-    """The job side of a spool: append-only writes, and a byte on the notify pipe after each."""
+    """The job side of a spool: append-only writes, and a byte on the notify pipe after each.
+    After a write fails (a full disk), every later write fails too: the job cannot go on with
+    its output missing. What it wrote before stays."""
 
     def __init__(self, path: str, notify_fd: int) -> None:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._notify = notify_fd
+        self.failure: Optional[OSError] = None
 
     def write(self, data: Any) -> int:
+        if self.failure is not None:
+            raise OSError(self.failure.errno, f"the job's spool could not be written: {self.failure.strerror}")
         view = memoryview(data).cast("B")
-        while view.nbytes:
-            view = view[os.write(self._fd, view):]
+        try:
+            while view.nbytes:
+                view = view[os.write(self._fd, view):]
+        except OSError as exc:
+            self.failure = exc
+            raise
         if self._notify >= 0:
             try:
                 os.write(self._notify, b"\0")
@@ -115,6 +145,10 @@ class SpoolWriter:
 
     def close(self) -> None:
         os.close(self._fd)
+
+    def exit_status(self) -> int:
+        """The exit status for a job process whose spool failed (its supervisor says how it ended)."""
+        return NO_SPACE_EXIT if self.failure is not None and self.failure.errno in (errno.ENOSPC, errno.EDQUOT) else SPOOL_WRITE_EXIT
 
 
 
@@ -222,6 +256,8 @@ def end_records(path: str, records: Sequence[Tuple[str, Any]], instance: str) ->
         scanner.close()
     if scanner.final is not None:
         return scanner.final
+    if os.path.exists(path) and os.path.getsize(path) > scanner.offset:
+        os.truncate(path, scanner.offset)  # a frame its writer could not finish (a full disk, a kill): never sent
     seq = scanner.last_seq
     writer = SpoolWriter(path, -1)
     try:
@@ -231,6 +267,17 @@ def end_records(path: str, records: Sequence[Tuple[str, Any]], instance: str) ->
     finally:
         writer.close()
     return str(records[-1][1])
+
+
+def ended_records(status: Optional[int], stopping: bool, what: str, spool: str) -> List[Tuple[str, Any]]:
+    """The end records of a job whose process ended with wait ``status`` without saying how."""
+    code = os.WEXITSTATUS(status) if status is not None and os.WIFEXITED(status) else None
+    if code not in (NO_SPACE_EXIT, SPOOL_WRITE_EXIT) or stopping:
+        return died_records(exit_text(status), stopping, what)
+    why = "no space left on the host's disk" if code == NO_SPACE_EXIT else "its spool could not be written"
+    evalue = f"{why} (writing the job's spool {spool}); its output up to there is kept: free some space there and run it again"
+    ename = "HostDiskFull" if code == NO_SPACE_EXIT else "SpoolWriteFailed"
+    return [(KIND_ERROR, {"ename": ename, "evalue": evalue, "traceback": [f"{ename}: {evalue}"]}), (KIND_STATE, "Failed")]
 
 
 def died_records(how: str, stopping: bool, what: str = "worker") -> List[Tuple[str, Any]]:

@@ -14,7 +14,7 @@ from .execute import run_one
 from .proctree import become_subreaper, close_all_but, end_leftovers, exit_text, signal_tree
 from .protocol import read_frame, write_frame
 from .session import serve_session
-from .spool import SpoolWriter, died_records, end_records, read_text, write_private
+from .spool import NO_SPACE_EXIT, SPOOL_WRITE_EXIT, SpoolWriter, end_records, ended_records, read_text, write_private
 
 
 class Spare:
@@ -114,7 +114,13 @@ def _job_process(control_r: int, spool_r: int, notify_w: int, session_dir: Optio
     if frame is not None:  # None: the server ended before it had a job for us
         header, buffers = frame
         out = SpoolWriter(os.path.join(header["spool"], "records"), notify_w)
-        run_one(header, buffers, out, fds)  # type: ignore[arg-type]
+        try:
+            run_one(header, buffers, out, fds)  # type: ignore[arg-type]
+        except OSError:
+            if out.failure is None:
+                raise
+        if out.failure is not None:  # a full disk: its supervisor writes how it ended (or the server says it)
+            os._exit(out.exit_status())
 
 
 def _write_end(spool: str, status: int, stopping: bool, notify_w: int, session_dir: Optional[str]) -> None:
@@ -136,7 +142,8 @@ def _write_end(spool: str, status: int, stopping: bool, notify_w: int, session_d
         path = os.path.join(spool, "records")
         what = "the session's interpreter" if session_dir else "worker"
         try:
-            end_records(path, died_records(exit_text(status), stopping, what), os.path.basename(spool))
+            end_records(path, ended_records(status, stopping, what, spool), os.path.basename(spool))
             os.write(notify_w, b"\0")
         except OSError:
-            pass
+            if os.WIFEXITED(status) and os.WEXITSTATUS(status) in (NO_SPACE_EXIT, SPOOL_WRITE_EXIT):
+                os._exit(os.WEXITSTATUS(status))  # no room for its end either: the server says it, from this status

@@ -20,6 +20,7 @@ from jupyter_rjobs.backends.base import Backend, BackendOptions
 from jupyter_rjobs.backends.remote import options as _remote_options  # noqa: F401 - they register their backends
 from jupyter_rjobs.backends.remote.registry import LeftJob
 from jupyter_rjobs.core.backends import Backends, ManagerSettings
+from jupyter_rjobs.core.checks import checked_name, checked_timeout
 from jupyter_rjobs.core.errors import AmbiguousJobError, JobCodeError, JobNotFoundError, JobStateError, RJobError, UsageProblem
 from jupyter_rjobs.core.events import EventKind, JobEvent, WaitResult
 from jupyter_rjobs.core.job import Job, JobKind, JobState
@@ -162,6 +163,7 @@ class JobManager:
         """
         if self._closed:
             raise RJobError("this job manager is shut down; create a new one")
+        name = checked_name(name)
         backend, made = self._backends.choose(kind, options, option_values)
         locations = backend.locations(made)
         ids_needed = 1 + (len(locations) if len(locations) > 1 else 0)  # a fan-out parent and its children
@@ -295,7 +297,7 @@ class JobManager:
 
         Returns the finished jobs; ``.still_running`` lists the others, ``.timed_out`` says why it returned.
         """
-        targets = self.resolve(jobs)
+        targets, timeout = self.resolve(jobs), checked_timeout(timeout)
         mode = concurrent.futures.FIRST_COMPLETED if any else concurrent.futures.ALL_COMPLETED
         done, pending = concurrent.futures.wait(targets, timeout=timeout, return_when=mode)
         finished = [j for j in targets if j in done]
@@ -340,7 +342,7 @@ class JobManager:
 
         Without ``keep`` a record counts as received once yielded: stopping half way loses nothing unseen.
         """
-        leaves = _leaves_of(self.resolve(jobs))
+        leaves, timeout = _leaves_of(self.resolve(jobs)), checked_timeout(timeout)
         seen = {leaf.id: 0 for leaf in leaves}
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:

@@ -223,7 +223,11 @@ class RemoteOps:
                 followed.append(job)
         known = {str(j.instance_id) for j in self._all_jobs() if j.kind is JobKind.REMOTE}
         sessions = self._adopt_sessions(host, python, listing.get("sessions", []))
+        _registry.forget_missing(host, {str(meta.get("instance")) for meta in listing.get("jobs", [])})
         for meta in listing.get("jobs", []):
+            if meta.get("refused"):
+                followed.extend(self._refused(host, meta, known))
+                continue
             if meta["instance"] in known or meta.get("host") not in (None, host):
                 continue  # followed already, or started on another host that shares this home directory
             if meta.get("attached_elsewhere") and not force:
@@ -232,12 +236,28 @@ class RemoteOps:
                                 instance_id=uuid.UUID(meta["instance"]))
             job.detached = bool(meta.get("detached"))
             job.begin_time = datetime.fromtimestamp(meta.get("started") or 0)
+            if meta.get("state") in ("Running", *(str(s) for s in JobState if s.finished)):  # it began; its
+                # Running record may be behind the cursor (never sent again), its end comes with its records
+                job.set_state(JobState.Running)
             if meta.get("session") in sessions:
                 job.session = sessions[meta["session"]]
                 job.session.jobs.append(job)
             remote.adopt(job, host, python, meta.get("cache") or "kernel", int(meta.get("cursor") or 0), force=force)
             followed.append(job)
         return followed
+
+    def _refused(self, host: str, meta: Mapping[str, Any], known: set[str]) -> list[Job]:
+        """A spool the host refused to read (not ours alone): listed as a Failed job that says so;
+        the spool stays there as it is (evidence), the job here has no runner to delete it."""
+        try:
+            instance = uuid.UUID(str(meta["instance"]))
+        except ValueError:
+            return []
+        if str(instance) in known:
+            return []
+        job = self._manager.add_running_job("", JobKind.REMOTE, location=host, instance_id=instance)
+        job.fail("SpoolRefused", f"{host}: {meta['refused']}")
+        return [job]
 
     def _adopt_sessions(self, host: str, python: str | None, listed: list[dict[str, Any]]) -> dict[str, Session]:
         from jupyter_rjobs.backends.remote.replies import session_state_of

@@ -245,4 +245,4 @@ class LeftJobTable(RowTable):
 
         kernel = f"pid {job.kernel_pid} (running)" if job.kernel_alive else "gone"
         started = datetime.fromtimestamp(job.started).strftime("%Y-%m-%d %H:%M:%S") if job.started else ""
-        return (job.name, job.host, job.state, started, kernel, job.command)
+        return (job.name, job.host, job.shown_state, started, kernel, job.command)

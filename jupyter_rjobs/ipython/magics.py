@@ -4,12 +4,14 @@ calls the manager, and shows the result; bad input is a one-line UsageError."""
 from __future__ import annotations
 
 import dataclasses
+import keyword
 import re
+import shlex
 from typing import Any, Callable
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 
 from jupyter_rjobs.backends.base import registered_backends
 from jupyter_rjobs.backends.namespace import parse_names
@@ -175,13 +177,22 @@ def _usage() -> str:
 
 
 def _parse(func: Callable[[], None], line: str) -> Any:
+    """Arguments read the way a shell reads them (shlex: quotes group words and are removed);
+    options may come before, between or after the positional arguments."""
     line = _bare_flags().sub(r"\1=", line)  # values only with `=`: never eat the next word
     try:
-        return parse_argstring(func, line)
+        return func.parser.parse_intermixed_args(shlex.split(line))  # type: ignore[attr-defined]
     except UsageError:
         raise
     except ValueError as exc:  # unbalanced quotes, say
         raise UsageError(f"cannot read the arguments ({exc}); see %rjob?") from None
+
+
+def _variable_name(value: str | None) -> str | None:
+    """--out's variable: refused before anything starts unless it is a Python name."""
+    if value is not None and (not value.isidentifier() or keyword.iskeyword(value)):
+        raise UsageError(f"--out {value!r} is not a Python variable name; use letters, digits and _, not starting with a digit")
+    return value
 
 
 @magics_class
@@ -219,6 +230,7 @@ class RJobMagics(SessionMagics, HostMagics, Magics):
         if args.push is not None and args.no_push:
             raise UsageError("choose one of --push NAMES and --no-push")
         kind = JobKind.THREAD if args.thread else JobKind.PROCESS if args.process else None
+        _variable_name(args.out)
         push = [] if args.no_push else parse_names(args.push)
         job: Job = self.manager.start(code, kind, name=args.name, push=push, namespace=self.shell.user_ns, **_given_options(args))
         if args.out:
@@ -259,6 +271,7 @@ class RJobMagics(SessionMagics, HostMagics, Magics):
 
     def _do_receive(self, rest: str, cell: str | None) -> Any:
         args = _parse(_receive_args, rest)
+        _variable_name(args.out)
         if args.auto_remove and not args.wait:
             raise UsageError("--auto-remove needs --wait (the jobs must end before they are removed)")
         jobs = self.manager.resolve(args.jobs or None)

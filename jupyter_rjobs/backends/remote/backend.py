@@ -69,6 +69,7 @@ class RemoteRunner(JobRunner):
         self._fetch_reply: dict[str, Any] = {}
         self._corrupt = False  # its spool on the host cannot be read to its end: kept for inspection
         self._fetch_done = threading.Event()
+        self._fetch_problem: str | None = None
         if cache == "remote":
             job.use_stream(lambda on_append: RemoteSpoolStream(job.id, on_append, self, received))
         else:
@@ -158,15 +159,26 @@ class RemoteRunner(JobRunner):
             job.reason = f"job spool is gone on {self.connection.host}"
             if not job.state.finished:
                 job.fail("HostError", f"job spool is gone on {self.connection.host} (was the host rebuilt or its ~/.cache cleared?)")
+            self._fetch_failed(job.reason)
             self.connection.detach(self.instance)
         elif op == protocol.REFUSED:
             job.reason = str(header.get("reason"))
             if header.get("spool_problem"):  # a spool of another format: said, never misread
                 job.reason = f"{job.label}'s spool on {self.connection.host} {header['spool_problem']}"
+            if header.get("refused") and not job.state.finished:  # not ours alone: kept there as it is, never loaded
+                job.fail("SpoolRefused", f"{self.connection.host}: {job.reason}")
+            self._fetch_failed(job.reason)
             self.connection.detach(self.instance)
+        elif op == protocol.FAILED and header.get("for", protocol.RUN) != protocol.RUN:  # nothing to delete: say it
+            self._fetch_failed(f"{self.connection.host}: {header.get('error')}")
         elif op == protocol.FAILED:  # the host could not start it (a full disk, say): nothing of it may stay there
             job.fail("HostError", f"{self.connection.host}: {header.get('error')}")
             self._clean()
+
+    def _fetch_failed(self, problem: str) -> None:
+        """A fetch that waits is answered at once with ``problem`` (never after a timeout)."""
+        self._fetch_problem = problem
+        self._fetch_done.set()
 
     def _ended(self) -> None:
         if self.keeps_spool:
@@ -194,12 +206,12 @@ class RemoteRunner(JobRunner):
     def _fetch_part(self, request: dict[str, Any]) -> tuple[list[Record], dict[str, Any]]:
         after = int(request["after"])
         with self._fetch_lock:
-            self._fetched, self._fetch_reply = [], {}
+            self._fetched, self._fetch_reply, self._fetch_problem = [], {}, None
             self._fetch_done.clear()
             self.connection.send(dict(request, op=protocol.FETCH, job=self.instance))
-            if not self._fetch_done.wait(300) or not self.connection.alive:
+            if not self._fetch_done.wait(300) or not self.connection.alive or self._fetch_problem:
                 self._fetched = None
-                raise HostError(self.connection.host, "the job's records could not be fetched (the connection was lost); try again once it is back")
+                raise HostError(self.connection.host, self._fetch_problem or "the job's records could not be fetched (the connection was lost); try again once it is back")
             records, self._fetched = self._fetched, None
             reply = self._fetch_reply
         return sorted({r.seq: r for r in records if r.seq > after}.values(), key=lambda r: r.seq), reply

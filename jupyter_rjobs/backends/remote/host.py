@@ -213,7 +213,7 @@ class HostConnection:
             raise HostError(self.host, f"no {python} there; install Python 3.9 or newer, or name one with --python PATH")
         if status != 0:
             raise HostError(self.host, f"{python} failed to start ({err.decode(errors='replace').strip()[-200:]})")
-        probe = json.loads(out.decode().strip().splitlines()[-1])
+        probe = _read_probe(self.host, python, out)
         version = tuple(probe["version"])
         self.python_version = ".".join(map(str, version))
         if version[:2] < MIN_PYTHON:
@@ -364,4 +364,18 @@ class HostConnection:
         if self.connection is not None:
             self.connection.close()
 
+
+def _read_probe(host: str, python: str, out: bytes) -> dict[str, Any]:
+    """What the probe printed, or a HostError if ``python`` is not a Python that ran it (``true``
+    prints nothing, ``echo`` its arguments)."""
+    lines = out.decode(errors="replace").strip().splitlines()
+    try:
+        probe = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        probe = None
+    keys = ("version", "dill", "root", "uid", "root_uid", "root_mode", "root_link")
+    if not isinstance(probe, dict) or not all(key in probe for key in keys) or not isinstance(probe["version"], list):
+        said = repr(lines[-1][:80]) if lines else "nothing"
+        raise HostError(host, f"{python} there is not a Python that runs jobs (asked its version, it said {said}); name one with --python PATH")
+    return probe
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-__all__ = ["LeftJob", "registry_dir", "remember", "forget", "left_jobs"]
+__all__ = ["LeftJob", "registry_dir", "remember", "forget", "left_jobs", "forget_missing"]
 
 
 class LeftJob(NamedTuple):
@@ -41,6 +41,14 @@ class LeftJob(NamedTuple):
         except PermissionError:
             return True
         return True
+
+    @property
+    def shown_state(self) -> str:
+        """Its state for a table: what the registry last knew is stale once its kernel is gone
+        (only the host knows; ``%rjob connect HOST`` asks it)."""
+        if self.state in ("Completed", "Failed", "Stopped") or self.kernel_alive:
+            return self.state
+        return f"Unknown (was {self.state})"
 
 
 def registry_dir() -> Path:
@@ -70,6 +78,7 @@ def remember(instance: str, **entry: Any) -> None:
         old: dict[str, Any] = {}
         if "host" not in entry and path.exists():  # an update: keep what the first write said
             old = json.loads(path.read_text() or "{}")
+            old = old if isinstance(old, dict) else {}  # a damaged entry: rewritten whole
         old.update(entry, instance=instance, kernel_pid=entry.get("kernel_pid", old.get("kernel_pid", os.getpid())))
         old.setdefault("started", time.time())
         part = path.with_suffix(f".{os.getpid()}.part")
@@ -89,21 +98,47 @@ def forget(instance: str) -> None:
 
 
 def left_jobs() -> list[LeftJob]:
-    """Every job in the registry, oldest first."""
+    """Every job in the registry, oldest first; an entry of the wrong shape (not written by us,
+    or damaged) is left out, never a crash."""
     found = []
     directory = registry_dir()
     if not directory.is_dir():
         return []
     for path in directory.glob("*.json"):
         try:
-            data = json.loads(path.read_text())
-            found.append(
-                LeftJob(
-                    data["instance"], data["host"], data.get("name", ""), data.get("state", "Unknown"),
-                    data.get("command", ""), float(data.get("started", 0)), int(data.get("kernel_pid", 0)),
-                    bool(data.get("detached")), data.get("session"),
-                )
-            )
-        except (OSError, ValueError, KeyError):
+            entry = _entry(json.loads(path.read_text()))
+        except (OSError, ValueError, RecursionError):
             continue
+        if entry is not None:
+            found.append(entry)
     return sorted(found, key=lambda j: j.started)
+
+
+_MAX_PID = 1 << 22  # Linux's pid_max ceiling: a larger "pid" is not one
+
+
+def _entry(data: Any) -> LeftJob | None:
+    """The entry a registry file holds, or None if its JSON is not the shape remember() writes."""
+    if not isinstance(data, dict):
+        return None
+    found = [data.get(key, default) for key, default in (("instance", None), ("host", None), ("name", ""), ("state", "Unknown"), ("command", ""))]
+    texts = [text for text in found if isinstance(text, str)]
+    if len(texts) != len(found) or not texts[0] or not texts[1]:
+        return None
+    started, pid, session = data.get("started", 0), data.get("kernel_pid"), data.get("session")
+    if isinstance(started, bool) or not isinstance(started, (int, float)) or not 0 <= started < 1e11:
+        return None
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid <= _MAX_PID:
+        return None
+    if session is not None and not isinstance(session, str):
+        return None
+    instance, host, name, state, command = texts
+    return LeftJob(instance, host, name, state, command, float(started), pid, bool(data.get("detached")), session)
+
+
+def forget_missing(host: str, present: set[str]) -> None:
+    """Forget the entries of ``host`` whose job is not there any more (its spool was removed),
+    left by kernels that are gone: nobody else will ever update them."""
+    for job in left_jobs():
+        if job.host == host and job.instance not in present and not job.kernel_alive:
+            forget(job.instance)
