@@ -98,7 +98,7 @@ run_leg() {
         | grep -iE '^(ipython|ipykernel|ipywidgets|jupyter.client|jupyterlab|paramiko|dill|pytest)==' | tr '\n' ' ')"
     # pytest from outside the checkout, so `import jupyter_rjobs` (and `python -m jupyter_rjobs` in
     # the demo test) gets the installed package, not the source tree beside it
-    (cd "$venv" && "$venv/bin/python" -m pytest -c "$repo/pyproject.toml" --rootdir "$repo" -p no:cacheprovider \
+    (cd "$venv" && "$venv/bin/python" -m pytest -c "$repo/pyproject.toml" --rootdir "$repo" -p no:cacheprovider --durations=10 \
         ${select[@]+"${select[@]}"} "$@" "$repo/tests")
 }
 
