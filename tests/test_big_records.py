@@ -243,6 +243,9 @@ def test_a_torn_or_corrupt_spool_delivers_what_came_before(make_manager, lab, ca
     for job in jobs:
         job.result(timeout=60)
     first.shutdown()
+    for job in jobs:  # torn only once nothing of the job can write there any more (its supervisor ends it)
+        pid = json.loads((spool_of(lab, job) / "pid").read_text())["pid"]
+        assert wait_until(lambda pid=pid: not pid_alive(pid), timeout=30)
     cut = {}
     for i, job in enumerate(jobs):
         path = spool_of(lab, job) / "records"

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .proctree import alive
 from .protocol import GONE, KIND_ERROR, KIND_STATE, NOTICE, RECORD
-from .spool import Scanner, end_records, ended_records
+from .spool import NO_SPACE_EXIT, SPOOL_WRITE_EXIT, Scanner, end_records, ended_records
 
 Send = Callable[[Dict[str, Any], Sequence[Any]], None]
 
@@ -144,7 +144,7 @@ class Forwarder:
         self.forward(job)  # whatever it wrote before it ended
         if job.instance not in self.jobs:
             return  # its spool was corrupt: said and dropped
-        if job.scanner.final is None and job.scanner.torn():
+        if job.scanner.final is None and job.scanner.torn() and not _spool_write_failed(job.exit_status):
             self.corrupt(job, torn=True)  # its writers are gone and its last frame is cut short
             return
         if job.scanner.final is None:
@@ -189,3 +189,9 @@ class Forwarder:
             self._send({"op": RECORD, "job": job.instance, "seq": seq, "kind": kind, "time": time.time(), "data": data}, ())
         job.scanner.last_seq = seq
         job.scanner.final = str(records[-1][1])
+
+
+def _spool_write_failed(status: Optional[int]) -> bool:
+    """Whether a job (or its supervisor) exited because its spool could not be written (a full
+    disk): its torn last frame is its own failed write, cut and said by ``finish_for``, not corruption."""
+    return status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) in (NO_SPACE_EXIT, SPOOL_WRITE_EXIT)
