@@ -28,8 +28,9 @@ DEMO_CELLS = [
     "%%rjob start --name forever\nimport time\nwhile True:\n    time.sleep(0.1)",
     "%rjob wait forever --timeout 0.5",
     "%rjob stop forever",
-    "%rjob start --thread --name oops -- 1 / 0",
-    "%rjob receive oops --wait",
+    "%rjob start --thread --name oops --out oops -- 1 / 0",
+    "%rjob wait oops",
+    "print(oops.state, '-', oops.error)   # a job that raises is Failed; receive shows its traceback",
     "%rjob list",
     "%rjob remove --state Completed",
     "%rjob remove --state Failed",
@@ -46,7 +47,7 @@ def demo(pause: float = 0.0) -> int:
         shown = cell.replace("\n", "\n   ...: ")
         print(f"\nIn [{number}]: {shown}")
         result = shell.run_cell(cell, store_history=True)
-        if result.error_in_exec is not None and "1 / 0" not in cell:
+        if result.error_in_exec is not None:
             ok = False
         sys.stdout.flush()
         time.sleep(pause)
