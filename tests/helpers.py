@@ -16,6 +16,14 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
+def unavailable(what: str, reason: str) -> None:
+    """A tier's prerequisite is missing: under CI the test fails (the tier must run there);
+    elsewhere it skips, saying what it needs."""
+    if in_ci():
+        pytest.fail(f"{what} cannot run: {reason}")
+    pytest.skip(f"{what} needs {reason}")
+
+
 def start_tier(start: Callable[[], object], needs: str) -> None:
     """Start a test tier's set-up (a lab of sshds, say). If it fails: under CI the error stands
     (the tier must run there); elsewhere the test skips, saying what it needs and why it failed."""

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import pytest
-from helpers import in_ci
+from helpers import unavailable
 from ssh_config_cases import CASES, Case
 
 from jupyter_rjobs import HostError
@@ -64,9 +64,7 @@ class Oracle:
 
 
 def _unavailable(reason: str) -> None:
-    if in_ci():
-        pytest.fail(f"the ssh_config oracle tests cannot run: {reason}")
-    pytest.skip(f"the ssh_config oracle tests need {reason}")
+    unavailable("the ssh_config oracle tests", reason)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 
 import pytest
-from helpers import in_ci
+from helpers import unavailable
 from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
@@ -33,9 +33,7 @@ def no_hosts_ini(tmp_path, monkeypatch):
 def ssh_client() -> str:
     path = shutil.which("ssh")
     if path is None:
-        if in_ci():
-            pytest.fail("these tests compare with OpenSSH: install its client (ssh)")
-        pytest.skip("these tests compare with OpenSSH; no ssh client on PATH")
+        unavailable("the comparison with OpenSSH", "its client (ssh) on PATH")
     return path
 
 

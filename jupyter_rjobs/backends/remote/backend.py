@@ -78,7 +78,7 @@ class RemoteRunner(JobRunner):
     def info(self) -> dict[str, Any]:
         """What the local registry keeps so that another kernel can find this job again."""
         job = self.job
-        return {"host": job.location, "python": getattr(self.connection, "python", None), "name": job.name,
+        return {"host": job.location, "python": self.connection.python, "name": job.name,
                 "command": job.command, "code": job.code, "cache": self.cache, "detached": job.detached,
                 "session": str(job.session.instance) if job.session is not None else None}
 
@@ -328,7 +328,7 @@ class RemoteBackend(Backend[RemoteOptions, _RemotePrepared]):
             grace = None if self.reconnect_for is None else self.reconnect_for + ORPHAN_MARGIN
             with self._connecting:
                 connection = HostConnection(settings, on_lost=lost, accept_new_host=accept_new, orphan_grace=grace).open()
-            connection.python = python  # type: ignore[attr-defined]
+            connection.python = python
             self._connections[key] = connection
             return connection
 

@@ -149,6 +149,7 @@ class HostConnection:
         self._request_lock = threading.Lock()
         self.connection: SshConnection | None = None
         self.python_version = ""
+        self.python: str | None = None  # the --python it was opened with (None: the host's default)
         self.root = ""
         self._channel: Any = None
         self._writer: _ChannelWriter | None = None
