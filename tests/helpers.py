@@ -8,7 +8,7 @@ from typing import Callable
 
 import pytest
 
-from jupyter_rjobs.agent.proctree import descendants
+from jupyter_rjobs.agent.proctree import descendants, running
 
 
 def in_ci() -> bool:
@@ -38,12 +38,7 @@ def start_tier(start: Callable[[], object], needs: str) -> None:
 
 def pid_alive(pid: int) -> bool:
     """A process exists and is not a zombie (a dead child nobody has reaped yet)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            state = stat.read().rsplit(b")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state not in (b"Z", b"X")
+    return running(pid)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05) -> bool:

@@ -16,23 +16,10 @@ import time
 from typing import Collection, Dict, List, Optional, Set, Tuple
 
 from .capture import FdCapture, Pipe, Sink, is_subreaper, orphan_threads
-from .proctree import descendants, process_start
+from .proctree import descendants, process_start, process_tree, running
 
 TERM_GRACE = 2.0  # seconds a leftover process has between SIGTERM and SIGKILL
 PIPE_GRACE = 1.0  # seconds to read what ended leftovers still had in the job's pipes
-
-
-def _state(pid: int) -> Optional[bytes]:
-    """A process's state letter, or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
-
-
-def _running(pid: int) -> bool:
-    return _state(pid) not in (None, b"Z", b"X")
 
 
 def _has_children() -> bool:
@@ -56,9 +43,7 @@ def left_processes() -> List[int]:
     session left running, and what those started since."""
     if not _has_children():
         return []
-    children: Dict[int, List[int]] = {}
-    for pid in descendants(os.getpid()):
-        children.setdefault(_parent(pid), []).append(pid)
+    children = process_tree()
     kept = {pid for pid, start in _kept if process_start(pid) == start}
     found: List[int] = []
     stack = [os.getpid()]
@@ -70,15 +55,7 @@ def left_processes() -> List[int]:
                 found.append(pid)
                 stack.append(pid)
     _kept.intersection_update((pid, process_start(pid)) for pid, _ in list(_kept))
-    return [pid for pid in found if _running(pid)]
-
-
-def _parent(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return int(stat.read().rsplit(b")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return -1
+    return [pid for pid in found if running(pid)]
 
 
 def _keep(pid: int, children: Dict[int, List[int]]) -> None:
@@ -105,7 +82,7 @@ def end_processes(pids: List[int], grace: float = TERM_GRACE) -> None:
     _signal(pids, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline + 5:
-        left = [pid for pid in descendants(os.getpid()) if _running(pid)]
+        left = [pid for pid in descendants(os.getpid()) if running(pid)]
         if not left:
             break
         if time.monotonic() >= deadline:

@@ -9,8 +9,8 @@ import time
 from typing import Dict, List, Optional
 
 
-def descendants(pid: int) -> List[int]:
-    """Every process below ``pid`` (Linux /proc; elsewhere none are found)."""
+def process_tree() -> Dict[int, List[int]]:
+    """Parent pid -> the pids of its children, from one pass over /proc (empty elsewhere)."""
     children: Dict[int, List[int]] = {}
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
         if not entry.isdigit():
@@ -21,6 +21,21 @@ def descendants(pid: int) -> List[int]:
             children.setdefault(int(fields[1]), []).append(int(entry))
         except (OSError, IndexError, ValueError):
             continue
+    return children
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return False
+
+
+def descendants(pid: int, tree: Optional[Dict[int, List[int]]] = None) -> List[int]:
+    """Every process below ``pid`` (Linux /proc; elsewhere none are found)."""
+    children = process_tree() if tree is None else tree
     found: List[int] = []
     stack = [pid]
     while stack:
