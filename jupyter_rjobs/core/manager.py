@@ -17,6 +17,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
 from jupyter_rjobs.backends import process as _process_backend  # noqa: F401 - they register their backends
 from jupyter_rjobs.backends import thread as _thread_backend  # noqa: F401 - they register their backends
 from jupyter_rjobs.backends.base import Backend, BackendOptions
+from jupyter_rjobs.backends.dask import options as _dask_options  # noqa: F401 - they register their backends
+from jupyter_rjobs.backends.dask.clusters import ClusterRegistry
 from jupyter_rjobs.backends.remote import options as _remote_options  # noqa: F401 - they register their backends
 from jupyter_rjobs.backends.remote.registry import LeftJob
 from jupyter_rjobs.core.backends import Backends, ManagerSettings
@@ -67,6 +69,7 @@ class JobManager:
         # sessions, invoke, disconnect and connect
         self.remote = RemoteOps(self, ssh_config or os.environ.get("JUPYTER_RJOBS_SSH_CONFIG"))
         self._backends = Backends(self)
+        self.clusters = ClusterRegistry()  # the Dask clusters of `--cluster` jobs (dask is imported on first use)
         self._jobs: dict[int, Job] = {}
         self._next_id = 1
         self._lock = threading.RLock()
@@ -484,6 +487,7 @@ class JobManager:
                 job.runner.cleanup()  # remote spools go with the kernel; detached and disconnected ones stay
         for backend in self._backends.made():
             backend.shutdown()
+        self.clusters.shutdown()  # clusters started here go, unless detached
 
     @property
     def closed(self) -> bool:
