@@ -13,12 +13,12 @@ from jupyter_rjobs import Job, JobManager
 # The local registry of remote jobs is per user: tests keep theirs apart from the user's own.
 os.environ["JUPYTER_RJOBS_STATE"] = tempfile.mkdtemp(prefix="rjobs-state-")
 
-pytest_plugins = ["sshfixtures", "pamfixtures"]  # the real-sshd lab (tests/sshlab.py) and its PAM hosts (tests/pamlab.py)
+pytest_plugins = ["sshfixtures", "pamfixtures", "daskfixtures"]  # the real-sshd lab (tests/sshlab.py), its PAM hosts (tests/pamlab.py), a LocalCluster
 
 # The contract suite runs against every kind here.
-ALL_KINDS = ["thread", "process", pytest.param("remote", marks=pytest.mark.ssh)]
+ALL_KINDS = ["thread", "process", pytest.param("remote", marks=pytest.mark.ssh), pytest.param("dask", marks=pytest.mark.dask)]
 # Kinds whose jobs get copies of the notebook's variables (serialized), not the objects.
-SENDING_KINDS = ["process", pytest.param("remote", marks=pytest.mark.ssh)]
+SENDING_KINDS = ["process", pytest.param("remote", marks=pytest.mark.ssh), pytest.param("dask", marks=pytest.mark.dask)]
 REMOTE_HOST = "server01"  # the lab's sshd on loopback
 
 
@@ -60,15 +60,22 @@ def manager(make_manager: Callable[..., JobManager]) -> JobManager:
 class Starter:
     """Starts jobs of one kind on a manager: what the contract suite needs to know of a backend."""
 
-    def __init__(self, manager: JobManager, kind: str, host: str | None = None) -> None:
+    def __init__(self, manager: JobManager, kind: str, host: str | None = None, cluster: Any = None) -> None:
         self.manager = manager
         self.kind = kind
         self.host = host
-        self.location = host or "localhost"
+        self.cluster = cluster.scheduler_address if cluster is not None else None
+        self.location: Any = host or "localhost"
+        if cluster is not None:  # a cluster job's location is the address of the worker it ran on
+            from daskfixtures import worker_addresses
+
+            self.location = worker_addresses(cluster)
 
     def __call__(self, code: str, **options: Any) -> Job:
         if self.host is not None:
             options.setdefault("host", self.host)
+        if self.cluster is not None:
+            options.setdefault("cluster", self.cluster)
         return self.manager.start(code, self.kind, **options)
 
     def __repr__(self) -> str:
@@ -79,6 +86,8 @@ def _starter(request: pytest.FixtureRequest, make_manager: Callable[..., JobMana
     if request.param == "remote":
         lab = request.getfixturevalue("ssh_lab")
         return Starter(make_manager(ssh_config=lab.ssh_config), "remote", host=REMOTE_HOST)
+    if request.param == "dask":
+        return Starter(make_manager(), "dask", cluster=request.getfixturevalue("dask_cluster"))
     return Starter(make_manager(), request.param)
 
 
