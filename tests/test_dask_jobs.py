@@ -1,0 +1,146 @@
+"""Jobs on a real Dask LocalCluster (process workers): streaming while they run, stop (running:
+the job's process tree ends; queued: cancelled), ``--cache remote``, and one-line errors for
+clusters that cannot be used. The contract suite (test_contract.py) runs against the same cluster."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from daskfixtures import need_distributed, worker_addresses
+from helpers import pid_alive, wait_until
+
+from jupyter_rjobs import JobManager, JobState, RecordKind, UsageProblem
+
+pytestmark = pytest.mark.dask
+
+SPAWN_TREE = (
+    "import os, subprocess, time\n"
+    "child = subprocess.Popen(['sleep', '300'])\n"
+    "print(os.getpid(), child.pid, flush=True)\n"
+    "while True:\n"
+    "    time.sleep(0.05)\n"
+)
+
+
+@pytest.fixture
+def cluster_manager(make_manager, dask_cluster):
+    manager = make_manager()
+    manager.cluster_address = dask_cluster.scheduler_address
+    manager.test_cluster = dask_cluster
+    return manager
+
+
+def _start(manager, code, **options):
+    return manager.start(code, cluster=manager.cluster_address, **options)
+
+
+def test_output_streams_while_the_job_runs(cluster_manager, tmp_path):
+    go = tmp_path / "go"
+    job = _start(cluster_manager, f"import os, time\nprint('first', flush=True)\nwhile not os.path.exists({str(go)!r}):\n"
+                                  "    time.sleep(0.02)\nprint('second')\n'done'")
+    seen = []
+    for record in cluster_manager.follow(job):
+        seen.append(record)
+        if record.kind is RecordKind.STDOUT and record.data == "first\n":
+            assert job.state is JobState.Running  # it waits for the file: the record came while it ran
+            go.touch()
+    assert [r.data for r in seen] == ["first\n", "second\n", "done"]
+    assert job.state is JobState.Completed
+    assert job.kind.type_name == "DaskJob"
+    assert job.location == worker_addresses(cluster_manager.test_cluster)  # the worker's address
+
+
+def test_stop_ends_the_running_jobs_process_tree(cluster_manager):
+    job = _start(cluster_manager, SPAWN_TREE)
+    pids = []
+    for record in cluster_manager.follow(job, keep=True):
+        if record.kind is RecordKind.STDOUT:
+            pids = [int(p) for p in record.data.split()]
+            break
+    assert len(pids) == 2 and all(pid_alive(p) for p in pids)
+    cluster_manager.stop(job)
+    assert job.state is JobState.Stopped
+    assert wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=15), [p for p in pids if pid_alive(p)]
+    after = _start(cluster_manager, "'the worker is free again'")  # the task ended: its worker takes the next job
+    assert after.result(timeout=60) == "the worker is free again"
+
+
+def test_stop_of_a_queued_job_cancels_it(cluster_manager, tmp_path):
+    marker = tmp_path / "ran"
+    blockers = [_start(cluster_manager, "import time\nwhile True:\n    time.sleep(0.05)") for _ in range(2)]
+    assert wait_until(lambda: all(b.state is JobState.Running for b in blockers), timeout=60)
+    queued = _start(cluster_manager, f"open({str(marker)!r}, 'w').close()")
+    assert queued.state is JobState.NotStarted  # both single-thread workers are busy
+    cluster_manager.stop(queued)
+    assert queued.state is JobState.Stopped
+    cluster_manager.stop(blockers)
+    assert all(b.state is JobState.Stopped for b in blockers)
+    check = _start(cluster_manager, "'after'")
+    assert check.result(timeout=60) == "after"
+    assert not marker.exists() and cluster_manager.receive(queued) == []
+
+
+def test_an_unknown_cluster_name_is_one_line_and_creates_no_job(manager):
+    need_distributed()
+    with pytest.raises(UsageProblem, match=r"no cluster is named 'nosuch'.*--cluster local") as info:
+        manager.start("1", cluster="nosuch")
+    assert "\n" not in str(info.value) and manager.list() == []
+
+
+def test_an_unreachable_scheduler_is_one_line_and_creates_no_job(manager):
+    need_distributed()
+    manager.clusters.connect_timeout = 2
+    with pytest.raises(UsageProblem, match=r"cannot reach the Dask scheduler at tcp://127.0.0.1:9") as info:
+        manager.start("1", cluster="tcp://127.0.0.1:9")
+    assert "\n" not in str(info.value) and manager.list() == [] and manager.clusters.names() == []
+
+
+def test_importing_jupyter_rjobs_never_imports_dask():
+    code = ("import sys, jupyter_rjobs, jupyter_rjobs.ipython.magics\n"
+            "jupyter_rjobs.JobManager().shutdown()\n"
+            "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed'))\n"
+            "assert not loaded, loaded\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_without_distributed_cluster_says_how_to_install_it():
+    code = textwrap.dedent("""
+        import sys
+        sys.modules['distributed'] = None  # as if it were not installed
+        from jupyter_rjobs import JobManager, UsageProblem
+        manager = JobManager()
+        try:
+            manager.start('1', cluster='local')
+        except UsageProblem as exc:
+            print(exc)
+        finally:
+            manager.shutdown()
+    """)
+    out = subprocess.run([sys.executable, "-c", code], check=True, timeout=120, capture_output=True, text=True).stdout
+    assert out.strip() == "jobs on a Dask cluster need dask distributed: pip install 'jupyter_rjobs[dask]'"
+
+
+def test_a_worker_that_dies_mid_job_fails_it_naming_the_worker(make_manager):
+    need_distributed()
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+        manager = make_manager()
+        job = manager.start("import os, time\nprint(os.getppid(), flush=True)\nwhile True:\n    time.sleep(0.05)",
+                            cluster=cluster.scheduler_address)
+        worker_pid = None
+        for record in manager.follow(job, keep=True):
+            if record.kind is RecordKind.STDOUT:
+                worker_pid = int(record.data)
+                break
+        where = job.location
+        os.kill(worker_pid, signal.SIGKILL)
+        assert wait_until(lambda: job.state.finished, timeout=60)
+        assert job.state is JobState.Failed
+        assert job.error.ename == "WorkerDied" and where in job.error.evalue
+        manager.shutdown()
