@@ -144,3 +144,105 @@ def test_a_worker_that_dies_mid_job_fails_it_naming_the_worker(make_manager):
         assert job.state is JobState.Failed
         assert job.error.ename == "WorkerDied" and where in job.error.evalue
         manager.shutdown()
+
+
+# -- --cache remote ----------------------------------------------------------------------
+def test_cache_remote_keeps_the_value_on_the_cluster_until_received(cluster_manager):
+    from distributed import Client
+
+    job = _start(cluster_manager, "print('hi')\nlist(range(5))", cache="remote", name="kept")
+    assert cluster_manager.wait(job, timeout=60).still_running == []
+    assert job.state is JobState.Completed
+    with Client(cluster_manager.cluster_address, set_as_default=False) as other:
+        names = [str(n) for n in other.list_datasets()]
+        published = [n for n in names if n.startswith("rjobs-value/kept/")]
+        assert published == [f"rjobs-value/kept/{job.instance_id}"]
+        assert other.get_dataset(published[0]).result()[0]  # the value's serialized form is on the cluster
+        records = cluster_manager.receive(job)
+        assert [(r.kind, r.data) for r in records] == [(RecordKind.STDOUT, "hi\n"), (RecordKind.VALUE, [0, 1, 2, 3, 4])]
+        cluster_manager.remove(job)
+        assert wait_until(lambda: published[0] not in [str(n) for n in other.list_datasets()], timeout=30)
+
+
+# -- the magics ----------------------------------------------------------------------------
+def test_magics_start_list_and_close_clusters(ip, dask_cluster, capsys):
+    address = dask_cluster.scheduler_address
+    job = ip.run_cell_magic("rjob", f"start --cluster {address} --name onit", "print('from the cluster')\n6 * 7")
+    assert job.result(timeout=60) == 42
+    table = ip.run_line_magic("rjob", "list")
+    assert "DaskJob" in str(table) and "onit" in str(table) and job.location in str(table)
+    clusters = ip.run_line_magic("rjob", "cluster list")
+    text = str(clusters)
+    assert address in text and "connected" in text
+    assert [r.workers for r in clusters.items] == [2] and clusters.items[0].dashboard_link.startswith("http")
+    assert "dashboard</a>" in clusters._repr_html_()
+    from IPython.core.error import UsageError
+
+    with pytest.raises(UsageError, match="no cluster is named 'nosuch'"):
+        ip.run_line_magic("rjob", "cluster close nosuch")
+    ip.run_line_magic("rjob", f"cluster close {address}")
+    assert "disconnected" in capsys.readouterr().out
+    assert ip.run_line_magic("rjob", "cluster list").items == []
+    assert dask_cluster.status.name == "running"  # not started here: it runs on
+
+
+def test_the_panel_links_to_the_dashboard(ip, dask_cluster):
+    from jupyter_rjobs.ipython.extension import get_manager
+    from jupyter_rjobs.ipython.panel import panel
+
+    manager = get_manager(ip)
+    manager.start("1", cluster=dask_cluster.scheduler_address).result(timeout=60)
+    view = panel(manager)
+    try:
+        view.refresh()
+        assert wait_until(lambda: "dashboard</a>" in view.dashboards.value, timeout=10)
+        assert dask_cluster.dashboard_link.split("/status")[0] in view.dashboards.value
+    finally:
+        view.close()
+        manager.clusters.close(dask_cluster.scheduler_address)
+
+
+# -- detached jobs ------------------------------------------------------------------------
+COUNT = 4 * 50  # more records than the test scheduler keeps per topic (daskfixtures.EVENT_BUFFER)
+
+
+def test_a_detached_job_is_adopted_by_another_manager_with_every_record_once(dask_cluster, tmp_path):
+    from daskfixtures import EVENT_BUFFER
+
+    assert COUNT > EVENT_BUFFER
+    go = tmp_path / "go"
+    first = JobManager()
+    job = first.start(f"import os, time\nfor i in range({COUNT}):\n    print(i, flush=True)\n"
+                      f"while not os.path.exists({str(go)!r}):\n    time.sleep(0.02)\n"
+                      f"for i in range({COUNT}, {2 * COUNT}):\n    print(i, flush=True)\n'end'",
+                      cluster=dask_cluster.scheduler_address, detached=True, name="lasting")
+    assert wait_until(lambda: first.receive(job, keep=True) and len(first.receive(job, keep=True)) >= COUNT, timeout=60)
+    first.shutdown()  # the kernel goes: the detached job runs on
+    second = JobManager()
+    try:
+        second.clusters.find(dask_cluster.scheduler_address)
+        left = second.left_cluster_jobs()
+        assert [(j.name, j.state) for j in left] == [("lasting", "Running")]
+        adopted = second.connect_cluster(dask_cluster.scheduler_address)
+        assert [j.name for j in adopted] == ["lasting"] and adopted[0].detached
+        # what it wrote before, long gone from the scheduler's buffer, comes from the worker's journal while it runs
+        assert wait_until(lambda: len(second.receive(adopted[0], keep=True)) >= COUNT, timeout=60)
+        assert adopted[0].state is JobState.Running
+        go.touch()  # the rest is written while the second manager follows it live
+        records = second.receive(adopted[0], wait=True, timeout=120)
+        assert [r.data for r in records if r.kind is RecordKind.STDOUT] == [f"{i}\n" for i in range(2 * COUNT)]
+        assert records[-1].data == "end" and adopted[0].state is JobState.Completed
+        seqs = [r.seq for r in records]
+        assert seqs == sorted(set(seqs))
+        assert second.connect_cluster(dask_cluster.scheduler_address) == []  # followed already
+        second.remove(adopted)
+        assert second.left_cluster_jobs() == []
+    finally:
+        second.shutdown()
+
+
+def test_more_records_than_the_event_buffer_arrive_once_in_order(cluster_manager):
+    job = _start(cluster_manager, f"for i in range({10 * COUNT}):\n    print(i)\n'end'")
+    records = cluster_manager.receive(job, wait=True, timeout=120)
+    assert [r.data for r in records if r.kind is RecordKind.STDOUT] == [f"{i}\n" for i in range(10 * COUNT)]
+    assert job.state is JobState.Completed

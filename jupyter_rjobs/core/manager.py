@@ -466,6 +466,21 @@ class JobManager:
         """Remote jobs started from other kernels that this one does not follow."""
         return self.remote.left_jobs()
 
+    def connect_cluster(self, cluster: str) -> builtins.list[Job]:
+        """Adopt the detached jobs on a Dask cluster (its name or scheduler address) that this
+        manager does not follow: each record they produced is delivered once, in order."""
+        from jupyter_rjobs.backends.dask.adopt import adopt  # distributed is imported only here
+
+        return adopt(self, cluster)
+
+    def left_cluster_jobs(self) -> builtins.list[LeftJob]:
+        """Detached jobs on the Dask clusters this manager is connected to that it does not follow."""
+        if not self.clusters.names():
+            return []
+        from jupyter_rjobs.backends.dask.adopt import left_jobs
+
+        return left_jobs(self)
+
     # -- shutting down --------------------------------------------------------------------
     def shutdown(self, grace: float | None = 1.0) -> None:
         """Stop every running job and end every worker; no process is left behind. Idempotent."""

@@ -19,6 +19,7 @@ from jupyter_rjobs.core.errors import RJobError
 from jupyter_rjobs.core.job import Job, JobKind, JobState
 from jupyter_rjobs.core.manager import JobManager
 from jupyter_rjobs.core.table import JobDetails, JobTable, LeftJobTable
+from jupyter_rjobs.ipython.cluster_magics import CLUSTER_SUBCOMMANDS, ClusterMagics
 from jupyter_rjobs.ipython.extension import Renderer
 from jupyter_rjobs.ipython.host_magics import HOST_SUBCOMMANDS, HostMagics
 from jupyter_rjobs.ipython.session_magics import SESSION_SUBCOMMANDS, SessionMagics
@@ -95,9 +96,10 @@ def _given_options(args: Any) -> dict[str, Any]:
 @argument("jobs", nargs="*", help="ids or names (wildcards allowed)")
 @argument("--state", help=f"only jobs in this state ({_STATES})")
 @argument("--has-more-data", action="store_true", help="only jobs with output not yet received")
-@argument("--kind", choices=["thread", "process", "remote"], help="only jobs of this kind")
+@argument("--kind", choices=["thread", "process", "remote", "dask"], help="only jobs of this kind")
 @argument("--include-children", action="store_true", help="list child jobs too")
-@argument("--all", action="store_true", help="also the remote jobs left on hosts by other kernels (from the local registry)")
+@argument("--all", action="store_true", help="also the remote jobs left on hosts by other kernels (from the local registry),"
+          " and the detached jobs on the Dask clusters this kernel is connected to")
 def _list_args() -> None:
     """List jobs (Get-Job)."""
 
@@ -162,6 +164,7 @@ _SUBCOMMANDS: dict[str, Callable[[], None]] = {
     **SESSION_SUBCOMMANDS,
     "panel": _panel_args,
     **HOST_SUBCOMMANDS,
+    **CLUSTER_SUBCOMMANDS,
 }
 
 
@@ -196,7 +199,7 @@ def _variable_name(value: str | None) -> str | None:
 
 
 @magics_class
-class RJobMagics(SessionMagics, HostMagics, Magics):
+class RJobMagics(SessionMagics, HostMagics, ClusterMagics, Magics):
     def __init__(self, shell: Any, manager: JobManager) -> None:
         super().__init__(shell)
         self.manager = manager
@@ -243,7 +246,12 @@ class RJobMagics(SessionMagics, HostMagics, Magics):
             from IPython.display import display
 
             display(self._do_list(rest.replace("--all", ""), cell))
-            return LeftJobTable(self.manager.left_jobs(), note="Jobs left on hosts by other kernels: `%rjob connect HOST` adopts them.")
+            left = LeftJobTable(self.manager.left_jobs(), note="Jobs left on hosts by other kernels: `%rjob connect HOST` adopts them.")
+            on_clusters = self.manager.left_cluster_jobs()
+            if not on_clusters:
+                return left
+            display(left)
+            return LeftJobTable(on_clusters, note="Detached jobs on Dask clusters: `%rjob connect --cluster C` adopts them.")
         jobs = self.manager.list(
             args.jobs or None,
             state=args.state,

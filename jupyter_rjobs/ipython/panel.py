@@ -17,6 +17,7 @@ Imported only when a panel is asked for (ipywidgets is heavy). How it stays chea
 
 from __future__ import annotations
 
+import html
 import threading
 from collections.abc import Mapping
 from datetime import datetime
@@ -108,6 +109,7 @@ class JobPanel(widgets.VBox):
         self._clear = button("Clear output", "clear the received output below", width="110px")
         self._clear.on_click(lambda _b: self.clear_output())
         self.summary = widgets.HTML()
+        self.dashboards = widgets.HTML()  # a link to the Dask dashboard of each cluster of `--cluster` jobs
         self.status = widgets.Label()
         self.output = widgets.Output(layout=widgets.Layout(border="1px solid #ddd", max_height="320px", overflow="auto"))
         self._rows_box = widgets.VBox(layout=widgets.Layout(overflow="visible", width="max-content"))
@@ -120,9 +122,9 @@ class JobPanel(widgets.VBox):
             + [widgets.HTML("<b>Progress</b>", layout=widgets.Layout(width="174px", flex="0 0 auto"))],
             layout=widgets.Layout(**ROW_LAYOUT),
         )
-        toolbar = widgets.HBox([self._filter, self._previous, self._next, self.summary, self._clear], layout=widgets.Layout(align_items="center"))
+        toolbar = widgets.HBox([self._filter, self._previous, self._next, self.summary, self._clear, self.dashboards], layout=widgets.Layout(align_items="center"))
         self._static = [
-            self._filter, self._previous, self._next, self._clear, self.summary, self.status, self._sessions_title,
+            self._filter, self._previous, self._next, self._clear, self.summary, self.dashboards, self.status, self._sessions_title,
             *header.children, header, toolbar,
         ]
         return [widgets.HTML(STYLE), toolbar, header, self._rows_box, self._sessions_box, self.status, self.output]
@@ -214,6 +216,17 @@ class JobPanel(widgets.VBox):
         parts = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
         page = f"; page {self._page + 1} of {self._pages}" if self._pages > 1 else ""
         self.summary.value = f"{len(everything)} jobs" + (f" ({parts})" if parts else "") + page
+        self._link_dashboards()
+
+    def _link_dashboards(self) -> None:
+        """A link to the dashboard of each Dask cluster the manager knows (none: nothing shown)."""
+        clusters = getattr(self.manager, "clusters", None)
+        handles = clusters.handles() if clusters is not None else []
+        links = [f'<a href="{html.escape(h.dashboard_link)}" target="_blank" title="the Dask dashboard of cluster {html.escape(h.name)}">'
+                 f"{html.escape(h.name)} dashboard</a>" for h in handles if h.dashboard_link]
+        value = "&nbsp;·&nbsp;".join(links)
+        if self.dashboards.value != value:
+            self.dashboards.value = value
 
     def _draw_sessions(self) -> None:
         """The hook for sessions: when the manager has ``sessions`` (a method returning them, a list or

@@ -63,6 +63,7 @@ def _exit_args() -> None:
 @argument("target", nargs="?", help="a session, or a host: adopts every job this user left there. Default: every host the local registry knows")
 @argument("--force", action="store_true", help="take over jobs another live kernel is attached to")
 @argument("--python", metavar="PATH", help="the Python on the host (default python3)")
+@argument("--cluster", metavar="C", help="adopt the detached jobs on this Dask cluster (its name or scheduler address)")
 def _connect_args() -> None:
     """Re-attach (Connect-PSSession, Receive-PSSession): jobs and sessions let go of, and jobs left on a
     host by any kernel of this user; receive then gives everything nobody received."""
@@ -172,6 +173,11 @@ class SessionMagics:
         from jupyter_rjobs.ipython.magics import _parse
 
         args = _parse(_connect_args, rest)
+        if args.cluster is not None:
+            if args.target is not None:
+                raise UsageError("give a host or session, or --cluster C, not both")
+            jobs = self.manager.connect_cluster(args.cluster)
+            return JobTable(jobs, note=f"Following {len(jobs)} detached job(s) of cluster {args.cluster}; `%rjob receive` gives what they produced.")
         jobs = self.manager.connect(args.target, force=args.force, python=args.python)
         left_elsewhere = [j for j in self.manager.left_jobs() if j.kernel_alive and args.target in (None, j.host)]
         note = f"Following {len(jobs)} job(s); `%rjob receive` gives what nobody received yet."

@@ -140,6 +140,12 @@ class ClusterRegistry:
                 client = self._clients[handle.name] = self._connect(handle.address)
             return client
 
+    def connected(self, handle: ClusterHandle) -> Any:
+        """The client of ``handle`` if one is connected, else None (never connects)."""
+        with self._lock:
+            client = self._clients.get(handle.name)
+        return client if client is not None and client.status == "running" else None
+
     def _connect(self, address: str) -> Any:
         from distributed import Client
 

@@ -18,7 +18,7 @@ from jupyter_rjobs.agent.protocol import FINAL_STATES, KIND_STATE, KIND_VALUE
 from jupyter_rjobs.backends.base import FrameApplier, JobRunner
 from jupyter_rjobs.backends.dask import task
 from jupyter_rjobs.core.job import Job, JobState
-from jupyter_rjobs.core.records import RecordKind
+from jupyter_rjobs.core.records import Record, RecordKind, RecordStream
 
 __all__ = ["DaskRunner", "RemoteValue"]
 
@@ -44,6 +44,14 @@ class RemoteValue:
         return f"<RemoteValue {self.future.key} on the cluster: receive the job, or .fetch()>"
 
 
+class ValueFetchingStream(RecordStream):
+    """The record stream of a ``--cache remote`` job: its value record holds a :class:`RemoteValue`
+    until received; receiving fetches the value from the cluster."""
+
+    def take(self, after: int = 0, keep: bool = False) -> list[Record]:
+        return [r._replace(data=r.data.fetch()) if isinstance(r.data, RemoteValue) else r for r in super().take(after, keep)]
+
+
 class DaskRunner(JobRunner):
     """Follows one job's task: frames in order, exactly once; stop ends the child's process tree."""
 
@@ -53,6 +61,8 @@ class DaskRunner(JobRunner):
         self.key = key
         self.topic = task.topic_of(key)
         self.cache_remote = cache_remote
+        if cache_remote:
+            job.use_stream(lambda on_append: ValueFetchingStream(job.id, on_append))
         self.worker: Optional[str] = None
         self.future: Any = None  # the task's
         self.value_future: Any = None  # --cache remote: the value, kept on the cluster
@@ -125,6 +135,14 @@ class DaskRunner(JobRunner):
             return
         self._apply(frame, [])
 
+    def replay_all(self) -> None:
+        """Fill in from the journal whatever came before this runner listened (an adopted job)."""
+        with self._lock:
+            if self._replaying:
+                return
+            self._replaying = True
+        threading.Thread(target=self._replay, daemon=True, name="rjobs-dask-replay").start()
+
     def _replay(self) -> None:
         """Fill a gap from the journal of the worker that runs the job (if it still runs)."""
         try:
@@ -159,6 +177,9 @@ class DaskRunner(JobRunner):
 
     def _failed(self, exc: BaseException) -> None:
         name = type(exc).__name__
+        if self.client.status in ("closing", "closed"):  # this kernel let go: a detached job runs on there
+            self.job.set_state(JobState.Disconnected if self.job.detached else JobState.Stopped)
+            return
         if name == "CancelledError" or self.job.state in (JobState.Stopping, JobState.Stopped):
             self.job.set_state(JobState.Stopped)
         elif name == "KilledWorker":
@@ -171,8 +192,8 @@ class DaskRunner(JobRunner):
     def _unsubscribe(self) -> None:
         try:
             self.client.unsubscribe_topic(self.topic)
-        except (ValueError, RuntimeError):
-            pass
+        except Exception:
+            log.debug("unsubscribing %s failed", self.topic, exc_info=True)
 
     # -- stopping and cleaning up --------------------------------------------------------
     def terminate(self) -> None:
