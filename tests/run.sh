@@ -5,7 +5,7 @@
 #   newest  the built wheel (not the checkout: what the package forgot to ship fails here),
 #           installed with --upgrade and no pins, so a new upstream release that breaks us fails;
 #   oldest  an editable checkout with the lowest versions pyproject.toml declares (ipython,
-#           ipykernel, ipywidgets, paramiko, dill, jupyter_client), pinned with a constraints file,
+#           ipykernel, ipywidgets, paramiko, dill, jupyter_client, distributed), pinned with a constraints file,
 #           on the oldest Python it declares (3.9) where this machine has one (pyenv's, say).
 #
 # Each leg runs `pip check`, prints the versions it tests, and fails when any test fails.
@@ -25,7 +25,7 @@ legs="${RJOBS_LEGS:-newest oldest}"
 venvs="${RJOBS_VENVS:-$repo/.venvs}"
 python="${PYTHON:-python3}"
 # the versions the oldest leg pins: the lower bounds in pyproject.toml of these distributions
-oldest_of="ipython ipykernel ipywidgets paramiko dill jupyter_client"
+oldest_of="ipython ipykernel ipywidgets paramiko dill jupyter_client distributed"
 
 system_packages="openssh-server openssh-client nftables iproute2 procps libpam-google-authenticator oathtool"
 browser_packages="chromium"
@@ -84,18 +84,18 @@ run_leg() {
             "$venv/bin/python" -m pip wheel -q --no-deps -w "$venv/dist" "$repo"
             local wheel
             wheel=$(ls "$venv"/dist/jupyter_rjobs-*.whl)
-            "$venv/bin/python" -m pip install -q --upgrade --upgrade-strategy eager "$wheel[test]"
+            "$venv/bin/python" -m pip install -q --upgrade --upgrade-strategy eager "$wheel[test,dask]"
             export RJOBS_EXPECT_INSTALL=wheel ;;
         oldest)
             lowest_constraints > "$venv/constraints.txt"
             echo "== pins: $(tr '\n' ' ' < "$venv/constraints.txt")"
-            "$venv/bin/python" -m pip install -q -e "$repo[test]" -c "$venv/constraints.txt"
+            "$venv/bin/python" -m pip install -q -e "$repo[test,dask]" -c "$venv/constraints.txt"
             export RJOBS_EXPECT_INSTALL=editable ;;
         *) echo "unknown leg $leg (newest or oldest)" >&2; exit 2 ;;
     esac
     "$venv/bin/python" -m pip check
     echo "== leg $leg tests: $("$venv/bin/python" -m pip list --format=freeze 2>/dev/null \
-        | grep -iE '^(ipython|ipykernel|ipywidgets|jupyter.client|jupyterlab|paramiko|dill|pytest)==' | tr '\n' ' ')"
+        | grep -iE '^(ipython|ipykernel|ipywidgets|jupyter.client|jupyterlab|paramiko|dill|dask|distributed|pytest)==' | tr '\n' ' ')"
     # pytest from outside the checkout, so `import jupyter_rjobs` (and `python -m jupyter_rjobs` in
     # the demo test) gets the installed package, not the source tree beside it
     (cd "$venv" && "$venv/bin/python" -m pytest -c "$repo/pyproject.toml" --rootdir "$repo" -p no:cacheprovider --durations=10 \

@@ -72,6 +72,8 @@ class DaskBackend(Backend[DaskOptions, _DaskPrepared]):
         runner = DaskRunner(job, client, key, cache_remote=options.cache == "remote")
         runner.subscribe()  # before the task exists: its first frame is heard
         header = dict(prepared.header, filename=f"<rjob {job.id}>")
+        if runner.cache_remote:
+            header["inline"] = 0  # the value stays on the cluster: never in an event
         future = client.submit(task.run_job, key, header, prepared.buffers, key=key, pure=False)
         final = future
         if runner.cache_remote:

@@ -14,7 +14,7 @@ import logging
 import threading
 from typing import Any, Optional
 
-from jupyter_rjobs.agent.protocol import FINAL_STATES, KIND_STATE, KIND_VALUE
+from jupyter_rjobs.agent.protocol import KIND_STATE, KIND_VALUE
 from jupyter_rjobs.backends.base import FrameApplier, JobRunner
 from jupyter_rjobs.backends.dask import task
 from jupyter_rjobs.core.job import Job, JobState
@@ -113,9 +113,8 @@ class DaskRunner(JobRunner):
     def _drain(self, final: bool) -> None:
         while self._applied + 1 in self._pending:
             frame = self._pending[self._applied + 1]
-            ending = frame["kind"] == KIND_VALUE or (frame["kind"] == KIND_STATE and frame["data"] in FINAL_STATES)
-            if ending and not final:
-                return  # the value and the end come from the task's result
+            if not final and frame["kind"] == KIND_VALUE and "inline" not in frame["data"]:
+                return  # a value that is not in its event comes with the task's result, and then the end
             del self._pending[self._applied + 1]
             self._applied += 1
             if not self.job.state.finished:
@@ -130,7 +129,7 @@ class DaskRunner(JobRunner):
             if self.cache_remote:
                 self.job.emit(RecordKind.VALUE, RemoteValue(self.value_future), seq=frame["seq"], when=frame["time"])
                 return
-            fmt, buffers = self._value or (frame["data"]["format"], [])
+            fmt, buffers = self._value or (frame["data"]["format"], frame["data"].get("inline") or [])
             self._apply(dict(frame, data={"format": fmt}), [bytearray(b) for b in buffers])
             return
         self._apply(frame, [])
@@ -161,7 +160,11 @@ class DaskRunner(JobRunner):
             self.offer(frames)
 
     def _done(self, future: Any) -> None:
-        """The task ended (in distributed's callback thread): its result completes the stream."""
+        """The task ended (in distributed's callback thread): its result completes the stream,
+        unless its events did already (they usually come first)."""
+        if self.job.state.finished:
+            self._finished()
+            return
         try:
             result = future.result()
         except Exception as exc:  # noqa: BLE001 - cancelled, a worker that died, a lost scheduler
@@ -173,7 +176,13 @@ class DaskRunner(JobRunner):
         self.offer(result["frames"], final=True)
         if not self.job.state.finished:  # a result without a final frame: cannot happen, but never hang
             self.job.fail("DaskJobError", "the job's task ended without saying how")
+        self._finished()
+
+    def _finished(self) -> None:
+        """Stop listening; a job of this kernel that keeps nothing on the cluster releases its task."""
         self._unsubscribe()
+        if not self.published and self.future is not None:
+            self.future.release()
 
     def _failed(self, exc: BaseException) -> None:
         name = type(exc).__name__

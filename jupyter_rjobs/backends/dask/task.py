@@ -30,6 +30,7 @@ _journals: Dict[str, List[Dict[str, Any]]] = {}  # job key -> its frames so far 
 _running: Dict[str, "_Child"] = {}  # job key -> the child running it
 _stopped: "set[str]" = set()  # keys asked to stop (also before they started here)
 _idle: List["_Child"] = []
+INLINE_VALUE = 64 * 1024  # a value up to this size also travels in its event: the kernel need not fetch the result
 
 
 def topic_of(key: str) -> str:
@@ -109,7 +110,7 @@ def run_job(key: str, header: Dict[str, Any], buffers: List[bytes]) -> Dict[str,
     clean = False
     try:
         write_frame(child.stdin, dict(header, job=0), buffers)
-        value, clean = _relay(child, key, journal, worker, address)
+        value, clean = _relay(child, key, journal, worker, address, int(header.get("inline", INLINE_VALUE)))
     except OSError:
         clean = False
     finally:
@@ -129,8 +130,9 @@ def run_job(key: str, header: Dict[str, Any], buffers: List[bytes]) -> Dict[str,
     return {"frames": journal, "value": value, "worker": address}
 
 
-def _relay(child: _Child, key: str, journal: List[Dict[str, Any]], worker: Any, address: str) -> Tuple[Any, bool]:
-    """Read the child's frames until it is idle again (True) or gone (False)."""
+def _relay(child: _Child, key: str, journal: List[Dict[str, Any]], worker: Any, address: str, inline: int) -> Tuple[Any, bool]:
+    """Read the child's frames until it is idle again (True) or gone (False). A value of at most
+    ``inline`` bytes travels in its event too (0: never, the value stays on the cluster)."""
     topic = topic_of(key)
     value = None
     while True:
@@ -147,6 +149,8 @@ def _relay(child: _Child, key: str, journal: List[Dict[str, Any]], worker: Any, 
             record["worker"] = address
         if record["kind"] == KIND_VALUE:
             value = (head["data"]["format"], [bytes(b) for b in bufs])
+            if sum(len(b) for b in value[1]) <= inline:
+                record["data"] = {"format": value[0], "inline": value[1]}
         with _lock:
             journal.append(record)
         try:
