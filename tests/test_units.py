@@ -135,7 +135,7 @@ def test_states_and_kinds_print_as_powershell_words():
     assert [str(s) for s in JobState] == [
         "NotStarted", "Running", "Completed", "Failed", "Stopping", "Stopped", "Blocked", "Disconnected"
     ]
-    assert [str(k) for k in JobKind] == ["ThreadJob", "BackgroundJob", "RemoteJob"]
+    assert [str(k) for k in JobKind] == ["ThreadJob", "BackgroundJob", "RemoteJob", "DaskJob"]
     assert JobState.parse("completed") is JobState.Completed
     with pytest.raises(ValueError, match="use one of"):
         JobState.parse("Sleeping")

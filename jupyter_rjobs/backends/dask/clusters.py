@@ -149,6 +149,7 @@ class ClusterRegistry:
     def _connect(self, address: str) -> Any:
         from distributed import Client
 
+        check_scheduler(address, self.connect_timeout)  # before a Client: one of another protocol half-connects
         try:
             client = Client(address, timeout=f"{self.connect_timeout}s", set_as_default=False)
         except (OSError, TimeoutError) as exc:
@@ -209,6 +210,28 @@ class ClusterRegistry:
                 handle.close(30.0)
 
 
+def check_scheduler(address: str, timeout: float) -> None:
+    """Ask the scheduler its versions (one message, no Client yet): unreachable, or of other
+    versions than this kernel, is a one-line ClusterError."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distributed.core import rpc
+    from distributed.versions import get_versions
+
+    async def ask() -> Any:
+        async with rpc(address, timeout=timeout) as scheduler:
+            return await asyncio.wait_for(scheduler.versions(), timeout)
+
+    with ThreadPoolExecutor(1) as pool:  # a fresh event loop, whatever loop this thread runs
+        try:
+            theirs = pool.submit(asyncio.run, ask()).result()
+        except (OSError, asyncio.TimeoutError) as exc:
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else f"no answer within {timeout:g} s"
+            raise ClusterError(f"cannot reach the Dask scheduler at {address} ({why}); check the address and that it runs") from None
+    _compare(_key_versions(get_versions()), [("the scheduler", theirs)], address)
+
+
 def check_versions(client: Any, address: str) -> None:
     """distributed's own version check (``get_versions(check=True)``), as one line naming the
     first package whose version differs between here, the scheduler and the workers."""
@@ -219,9 +242,11 @@ def check_versions(client: Any, address: str) -> None:
         except ValueError as exc:
             raise ClusterError(f"the Dask cluster at {address} has other versions than this kernel ({_first_line(exc)});"
                                " install the same versions of dask and distributed on both") from None
-    here = versions["client"]
     places = [("the scheduler", versions["scheduler"]), *((w, v) for w, v in sorted(versions["workers"].items()))]
-    mine = _key_versions(here)
+    _compare(_key_versions(versions["client"]), places, address)
+
+
+def _compare(mine: dict[str, str], places: list[tuple[str, Any]], address: str) -> None:
     for where, theirs in places:
         if not isinstance(theirs, dict):
             continue
