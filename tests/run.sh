@@ -70,6 +70,24 @@ oldest_python() {
     echo "$python"
 }
 
+dask_other=""
+other_dask() {
+    # RJOBS_DASK_OTHER_PYTHON: a Python with other versions of Python and distributed than the leg's
+    # own, whose scheduler the version-mismatch test connects to: the newest leg's venv for the
+    # oldest leg, else a venv of the oldest Python with the lowest distributed (made once per run)
+    local leg="$1"
+    if [ "$leg" = oldest ] && [ -x "$venvs/newest/bin/python" ]; then
+        export RJOBS_DASK_OTHER_PYTHON="$venvs/newest/bin/python"; return
+    fi
+    if [ -z "$dask_other" ]; then
+        dask_other="$venvs/dask-other"
+        rm -rf "$dask_other"
+        "$(oldest_python)" -m venv "$dask_other"
+        "$dask_other/bin/python" -m pip install -q "$(grep -oiE '"distributed>=[^",;]+' pyproject.toml | head -1 | sed -E 's/^"//; s/>=/==/')"
+    fi
+    export RJOBS_DASK_OTHER_PYTHON="$dask_other/bin/python"
+}
+
 run_leg() {
     local leg="$1"; shift
     local venv="$venvs/$leg"
@@ -94,6 +112,7 @@ run_leg() {
         *) echo "unknown leg $leg (newest or oldest)" >&2; exit 2 ;;
     esac
     "$venv/bin/python" -m pip check
+    other_dask "$leg"
     echo "== leg $leg tests: $("$venv/bin/python" -m pip list --format=freeze 2>/dev/null \
         | grep -iE '^(ipython|ipykernel|ipywidgets|jupyter.client|jupyterlab|paramiko|dill|dask|distributed|pytest)==' | tr '\n' ' ')"
     # pytest from outside the checkout, so `import jupyter_rjobs` (and `python -m jupyter_rjobs` in

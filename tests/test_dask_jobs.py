@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 
 import pytest
 from daskfixtures import need_distributed, worker_addresses
-from helpers import pid_alive, wait_until
+from helpers import pid_alive, unavailable, wait_until
 
 from jupyter_rjobs import JobManager, JobState, RecordKind, UsageProblem
 
@@ -246,3 +247,34 @@ def test_more_records_than_the_event_buffer_arrive_once_in_order(cluster_manager
     records = cluster_manager.receive(job, wait=True, timeout=120)
     assert [r.data for r in records if r.kind is RecordKind.STDOUT] == [f"{i}\n" for i in range(10 * COUNT)]
     assert job.state is JobState.Completed
+
+
+def test_a_version_mismatch_is_one_line_and_creates_no_job(manager, tmp_path):
+    """A real scheduler of other versions (RJOBS_DASK_OTHER_PYTHON: tests/run.sh makes one)."""
+    need_distributed()
+    other = os.environ.get("RJOBS_DASK_OTHER_PYTHON")
+    if not other:
+        unavailable("the Dask version-mismatch test", "RJOBS_DASK_OTHER_PYTHON, a Python with another distributed (tests/run.sh sets it)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = open(tmp_path / "scheduler.log", "wb")
+    scheduler = subprocess.Popen([other, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                  "--dashboard-address", ":0"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        assert wait_until(lambda: _accepts(port), timeout=60), (tmp_path / "scheduler.log").read_text()
+        with pytest.raises(UsageProblem, match=r"version mismatch with the Dask cluster at tcp://127.0.0.1:\d+: \w+ \S+ here, \S+ on the scheduler") as info:
+            manager.start("1", cluster=f"tcp://127.0.0.1:{port}")
+        assert "\n" not in str(info.value) and manager.list() == [] and manager.clusters.names() == []
+    finally:
+        os.killpg(scheduler.pid, signal.SIGTERM)
+        scheduler.wait(30)
+        log.close()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
