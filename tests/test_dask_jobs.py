@@ -217,7 +217,8 @@ def test_a_detached_job_is_adopted_by_another_manager_with_every_record_once(das
                       f"while not os.path.exists({str(go)!r}):\n    time.sleep(0.02)\n"
                       f"for i in range({COUNT}, {2 * COUNT}):\n    print(i, flush=True)\n'end'",
                       cluster=dask_cluster.scheduler_address, detached=True, name="lasting")
-    assert wait_until(lambda: first.receive(job, keep=True) and len(first.receive(job, keep=True)) >= COUNT, timeout=60)
+    assert wait_until(lambda: len(first.receive(job, keep=True)) >= COUNT, timeout=60)
+    received_first = first.receive(job)  # what this kernel received is not delivered again to the next
     first.shutdown()  # the kernel goes: the detached job runs on
     second = JobManager()
     try:
@@ -226,11 +227,12 @@ def test_a_detached_job_is_adopted_by_another_manager_with_every_record_once(das
         assert [(j.name, j.state) for j in left] == [("lasting", "Running")]
         adopted = second.connect_cluster(dask_cluster.scheduler_address)
         assert [j.name for j in adopted] == ["lasting"] and adopted[0].detached
-        # what it wrote before, long gone from the scheduler's buffer, comes from the worker's journal while it runs
-        assert wait_until(lambda: len(second.receive(adopted[0], keep=True)) >= COUNT, timeout=60)
-        assert adopted[0].state is JobState.Running
+        # unreceived records written before, long gone from the scheduler's buffer, come from the worker's journal
+        unreceived = COUNT - len(received_first)
+        assert wait_until(lambda: len(second.receive(adopted[0], keep=True)) >= unreceived, timeout=60)
+        assert wait_until(lambda: adopted[0].state is JobState.Running, timeout=60)
         go.touch()  # the rest is written while the second manager follows it live
-        records = second.receive(adopted[0], wait=True, timeout=120)
+        records = received_first + second.receive(adopted[0], wait=True, timeout=120)
         assert [r.data for r in records if r.kind is RecordKind.STDOUT] == [f"{i}\n" for i in range(2 * COUNT)]
         assert records[-1].data == "end" and adopted[0].state is JobState.Completed
         seqs = [r.seq for r in records]
@@ -238,7 +240,9 @@ def test_a_detached_job_is_adopted_by_another_manager_with_every_record_once(das
         assert second.connect_cluster(dask_cluster.scheduler_address) == []  # followed already
         second.remove(adopted)
         assert second.left_cluster_jobs() == []
-    finally:
+    finally:  # a failed run must not leave its detached job to the tests after it
+        second.connect_cluster(dask_cluster.scheduler_address)
+        second.remove(second.list(), force=True)
         second.shutdown()
 
 

@@ -29,7 +29,7 @@ def test_a_second_kernel_adopts_a_detached_job_with_every_record_once(dask_clust
     first = KernelSession()
     try:
         first.run("%load_ext jupyter_rjobs")
-        first.run(f"%%rjob start --cluster {address} --detached --name lasting\n{code}")
+        first.run(f"%%rjob start --cluster {address} --detached --name lasting-in-a-kernel\n{code}")
         assert wait_until(wrote.exists, timeout=60)
         first.shutdown()
     finally:
@@ -39,12 +39,12 @@ def test_a_second_kernel_adopts_a_detached_job_with_every_record_once(dask_clust
         second.run("%load_ext jupyter_rjobs")
         listed = stream_text(second.run(f"%rjob connect --cluster {address}"))
         table = "".join(o.text for o in second.last.outputs)
-        assert "lasting" in table and "DaskJob" in table, (listed, table)
+        assert "lasting-in-a-kernel" in table and "DaskJob" in table, (listed, table)
         go.touch()
-        outputs = second.run("%rjob receive lasting --wait", timeout=120)
+        outputs = second.run("%rjob receive lasting-in-a-kernel --wait", timeout=120)
         assert stream_text(outputs) == "".join(f"{i}\n" for i in range(2 * COUNT))
         assert "'end'" in "".join(o.text for o in outputs if o.msg_type == "execute_result")
-        second.run("%rjob remove lasting")
+        second.run("%rjob remove lasting-in-a-kernel")
     finally:
         second.close()
 

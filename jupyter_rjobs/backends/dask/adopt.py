@@ -55,7 +55,9 @@ def _adopt_one(manager: JobManager, client: Any, key: str, name: str, data: dict
                                   location=client.scheduler.address, instance_id=instance)
     job.detached = True
     runner = DaskRunner(job, client, key, cache_remote=meta.get("cache") == "remote")
-    runner.published = [n for n in (meta.get("value_dataset"), name) if n]
+    ack = f"rjobs-ack/{instance}"
+    runner.received_before = int(client.get_dataset(ack, default=0))
+    runner.published = [n for n in (meta.get("value_dataset"), name, ack if runner.received_before else None) if n]
     final = future
     if runner.cache_remote:
         runner.value_future = client.get_dataset(meta["value_dataset"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from jupyter_rjobs.agent.protocol import KIND_STATE, KIND_VALUE
 from jupyter_rjobs.backends.base import FrameApplier, JobRunner
@@ -44,12 +44,20 @@ class RemoteValue:
         return f"<RemoteValue {self.future.key} on the cluster: receive the job, or .fetch()>"
 
 
-class ValueFetchingStream(RecordStream):
-    """The record stream of a ``--cache remote`` job: its value record holds a :class:`RemoteValue`
-    until received; receiving fetches the value from the cluster."""
+class DaskStream(RecordStream):
+    """The record stream of a detached or ``--cache remote`` job: what is received (without keep)
+    of a detached job is acknowledged on the cluster, so a kernel that adopts it later gets only
+    the rest; a value kept on the cluster (a :class:`RemoteValue`) is fetched when received."""
+
+    def __init__(self, job_id: int, on_append: Callable[[Record], None], runner: DaskRunner) -> None:
+        super().__init__(job_id, on_append)
+        self._runner = runner
 
     def take(self, after: int = 0, keep: bool = False) -> list[Record]:
-        return [r._replace(data=r.data.fetch()) if isinstance(r.data, RemoteValue) else r for r in super().take(after, keep)]
+        records = super().take(after, keep)
+        if records and not keep and self._runner.job.detached:
+            self._runner.ack(records[-1].seq)
+        return [r._replace(data=r.data.fetch()) if isinstance(r.data, RemoteValue) else r for r in records]
 
 
 class DaskRunner(JobRunner):
@@ -61,8 +69,9 @@ class DaskRunner(JobRunner):
         self.key = key
         self.topic = task.topic_of(key)
         self.cache_remote = cache_remote
-        if cache_remote:
-            job.use_stream(lambda on_append: ValueFetchingStream(job.id, on_append))
+        self.received_before = 0  # an adopted job: what a kernel before received (not delivered again)
+        if cache_remote or job.detached:
+            job.use_stream(lambda on_append: DaskStream(job.id, on_append, self))
         self.worker: Optional[str] = None
         self.future: Any = None  # the task's
         self.value_future: Any = None  # --cache remote: the value, kept on the cluster
@@ -122,6 +131,8 @@ class DaskRunner(JobRunner):
 
     def _apply_frame(self, frame: dict[str, Any]) -> None:
         kind = frame["kind"]
+        if frame["seq"] <= self.received_before and kind != KIND_STATE:
+            return  # received in a kernel before this one
         if kind == KIND_STATE and frame["data"] == "Running":
             self.worker = frame.get("worker") or self.worker
             self.job.location = self.worker or self.job.location
@@ -222,6 +233,17 @@ class DaskRunner(JobRunner):
             running = {}
         if self.future is not None and not any(v is True for v in running.values()) and self.worker is None:
             self.client.cancel([self.future], force=True)
+
+    def ack(self, seq: int) -> None:
+        """Note on the cluster how far this detached job was received (``rjobs-ack/<id>``)."""
+        name = f"rjobs-ack/{self.key[len('rjob-'):]}"
+        try:
+            self.client.publish_dataset(seq, name=name, override=True)
+        except Exception:  # noqa: BLE001 - a cluster that is gone: a later kernel gets these records again
+            log.debug("acknowledging %s failed", self.key, exc_info=True)
+            return
+        if name not in self.published:
+            self.published.append(name)
 
     def cleanup(self) -> None:
         """Removed: unpublish its datasets and release its futures (the value kept on the cluster too)."""
