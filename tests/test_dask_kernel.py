@@ -37,6 +37,9 @@ def test_a_second_kernel_adopts_a_detached_job_with_every_record_once(dask_clust
     second = KernelSession()
     try:
         second.run("%load_ext jupyter_rjobs")
+        second.run(f"%rjob list --all --cluster {address}")
+        left = "".join(o.text for o in second.last.outputs)
+        assert "lasting-in-a-kernel" in left and "Running" in left and "connect --cluster" in left, left
         listed = stream_text(second.run(f"%rjob connect --cluster {address}"))
         table = "".join(o.text for o in second.last.outputs)
         assert "lasting-in-a-kernel" in table and "DaskJob" in table, (listed, table)

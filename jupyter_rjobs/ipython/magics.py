@@ -100,6 +100,7 @@ def _given_options(args: Any) -> dict[str, Any]:
 @argument("--include-children", action="store_true", help="list child jobs too")
 @argument("--all", action="store_true", help="also the remote jobs left on hosts by other kernels (from the local registry),"
           " and the detached jobs on the Dask clusters this kernel is connected to")
+@argument("--cluster", metavar="C", help="with --all: also look on this Dask cluster (a name or scheduler address)")
 def _list_args() -> None:
     """List jobs (Get-Job)."""
 
@@ -242,10 +243,14 @@ class RJobMagics(SessionMagics, HostMagics, ClusterMagics, Magics):
 
     def _do_list(self, rest: str, cell: str | None) -> Any:
         args = _parse(_list_args, rest)
+        if args.cluster is not None and not args.all:
+            raise UsageError("--cluster goes with --all: %rjob list --all --cluster C")
         if args.all:
             from IPython.display import display
 
-            display(self._do_list(rest.replace("--all", ""), cell))
+            if args.cluster is not None:
+                self.manager.clusters.find(args.cluster)
+            display(self._do_list(_without_flag(rest, "--all", "--cluster"), cell))
             left = LeftJobTable(self.manager.left_jobs(), note="Jobs left on hosts by other kernels: `%rjob connect HOST` adopts them.")
             on_clusters = self.manager.left_cluster_jobs()
             if not on_clusters:
@@ -342,6 +347,22 @@ class RJobMagics(SessionMagics, HostMagics, ClusterMagics, Magics):
         except ImportError as exc:
             raise UsageError(f"the panel needs ipywidgets ({exc}); install it: pip install ipywidgets") from None
         return JobPanel(self.manager, interval=args.interval or 0.25, shell=self.shell)
+
+
+def _without_flag(rest: str, *flags: str) -> str:
+    """The arguments without these flags (and the value of one that takes one)."""
+    words, out = shlex.split(rest), []
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+            continue
+        name = word.split("=", 1)[0]
+        if name in flags:
+            skip = name == "--cluster" and "=" not in word
+            continue
+        out.append(word)
+    return shlex.join(out)
 
 
 def _why_stopping(job: Job) -> str:

@@ -239,7 +239,7 @@ class DaskRunner(JobRunner):
         name = f"rjobs-ack/{self.key[len('rjob-'):]}"
         try:
             self.client.publish_dataset(seq, name=name, override=True)
-        except Exception:  # noqa: BLE001 - a cluster that is gone: a later kernel gets these records again
+        except Exception:
             log.debug("acknowledging %s failed", self.key, exc_info=True)
             return
         if name not in self.published:
