@@ -187,15 +187,21 @@ def test_magics_start_list_and_close_clusters(ip, dask_cluster, capsys):
     assert dask_cluster.status.name == "running"  # not started here: it runs on
 
 
-def test_the_panel_links_to_the_dashboard(ip, dask_cluster):
+def test_the_panel_shows_cluster_jobs_and_links_to_the_dashboard(ip, dask_cluster):
     from jupyter_rjobs.ipython.extension import get_manager
     from jupyter_rjobs.ipython.panel import panel
 
     manager = get_manager(ip)
-    manager.start("1", cluster=dask_cluster.scheduler_address).result(timeout=60)
-    view = panel(manager)
+    job = manager.start("1", cluster=dask_cluster.scheduler_address, name="in-the-panel")
+    job.result(timeout=60)
+    view = panel(manager, interval=0.05)
     try:
         view.refresh()
+
+        def row_of_job():
+            return next((r for r in view._rows[: view._rows_in_use] if r.job is job), None)
+
+        assert wait_until(lambda: row_of_job() is not None and "data-state='Completed'" in row_of_job().cells["State"].value, timeout=10)
         assert wait_until(lambda: "dashboard</a>" in view.dashboards.value, timeout=10)
         assert dask_cluster.dashboard_link.split("/status")[0] in view.dashboards.value
     finally:

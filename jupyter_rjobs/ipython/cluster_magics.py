@@ -15,7 +15,7 @@ __all__ = ["ClusterMagics", "CLUSTER_SUBCOMMANDS", "ClusterTable"]
 
 
 @magic_arguments(name="rjob cluster")
-@argument("action", choices=["list", "close", "new"], help="list: the clusters; close NAME: close one")
+@argument("action", choices=["list", "close"], help="list: the clusters; close NAME: close one")
 @argument("name", nargs="?", help="the cluster to close (a name or scheduler address of `%%rjob cluster list`)")
 def _cluster_args() -> None:
     """The Dask clusters of `--cluster` jobs: `%rjob cluster list` shows each one's name, scheduler
@@ -55,9 +55,6 @@ class ClusterMagics:
         args = _parse(_cluster_args, rest)
         if args.action == "list":
             return ClusterTable(self.manager.clusters.rows())
-        if args.action == "new":
-            raise UsageError("`%rjob cluster new --hosts ...` is not available yet; start a scheduler and workers yourself"
-                             " and use --cluster tcp://HOST:PORT")
         if not args.name:
             raise UsageError("name the cluster to close: %rjob cluster close NAME (see %rjob cluster list)")
         handle = self.manager.clusters.close(args.name)

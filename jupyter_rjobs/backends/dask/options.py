@@ -41,9 +41,9 @@ class DaskOptions(BackendOptions):
         None, flag="--cluster", metavar="C",
         help="run on a Dask cluster: local (a LocalCluster started once per kernel), a scheduler address tcp://H:P, or a cluster's name")
     cache: str = option("kernel", flag="--cache", choices=("kernel", "remote"),
-                        help="where a remote job's output is kept until received (default kernel)")
+                        help="where a remote job's output is kept until received (default kernel); of a cluster job, its value")
     detached: bool = option(False, flag="--detached",
-                            help="a remote job that outlives this kernel; `%%rjob connect HOST` adopts it in another")
+                            help="a job that outlives this kernel; `%%rjob connect HOST` (a cluster job: `--cluster C`) adopts it in another")
 
     def __post_init__(self) -> None:
         if self.cache not in ("kernel", "remote"):

@@ -68,13 +68,13 @@ class _Child:
 
 
 def _acquire() -> _Child:
+    child: Optional[_Child] = None
     with _lock:
-        while _idle:
+        while _idle and child is None:
             child = _idle.pop()
-            if child.alive:
-                break
-        else:
-            child = None
+            if not child.alive:
+                child.close()  # reaped: no zombie left
+                child = None
     if child is None:
         child = _Child()
     if not _idle:

@@ -35,11 +35,11 @@ class RemoteOptions(BackendOptions):
         None, flag="--host", metavar="HOSTS",
         help="run on SSH hosts: [user@]host[:port] or ~/.ssh/config aliases, a,b,c for several (Invoke-Command -AsJob)")
     cache: str = option("kernel", flag="--cache", choices=("kernel", "remote"),
-                        help="where a remote job's output is kept until received (default kernel)")
+                        help="where a remote job's output is kept until received (default kernel); of a cluster job, its value")
     python: Union[str, None] = option(None, flag="--python", metavar="PATH", help="the Python to run on the hosts (default python3)")
     accept_new_host: AcceptNewHost = option(False, flag="--accept-new-host", metavar="HOSTS", bare=True, help=ACCEPT_NEW_HELP)
     detached: bool = option(False, flag="--detached",
-                            help="a remote job that outlives this kernel; `%%rjob connect HOST` adopts it in another")
+                            help="a job that outlives this kernel; `%%rjob connect HOST` (a cluster job: `--cluster C`) adopts it in another")
     session: Union[Session, int, str, None] = option(
         None, flag="--session", metavar="S", help="run in this session's interpreter, on its host (its variables live on)")
 
@@ -52,7 +52,7 @@ class RemoteOptions(BackendOptions):
             return
         if not host_list(self.host):
             if self.cache != "kernel" or self.python or self.accept_new_host or self.detached:
-                raise UsageProblem("--cache, --python, --detached and --accept-new-host are for remote jobs; add --host HOST")
+                raise UsageProblem("--cache, --python, --detached and --accept-new-host are for remote jobs; add --host HOST (--cache and --detached: or --cluster C)")
             raise UsageProblem("a remote job needs a host: give --host HOST (or several: --host a,b,c)")
 
     @property
