@@ -70,22 +70,25 @@ oldest_python() {
     echo "$python"
 }
 
-dask_other=""
 other_dask() {
     # RJOBS_DASK_OTHER_PYTHON: a Python with other versions of Python and distributed than the leg's
-    # own, whose scheduler the version-mismatch test connects to: the newest leg's venv for the
-    # oldest leg, else a venv of the oldest Python with the lowest distributed (made once per run)
-    local leg="$1"
+    # own, whose scheduler the version-mismatch test connects to. The oldest leg takes the newest
+    # leg's venv (or a venv of $PYTHON with the newest distributed); the newest leg a venv of the
+    # oldest Python with the lowest distributed pyproject.toml allows.
+    local leg="$1" other="$venvs/dask-other-$1" interpreter requirement
     if [ "$leg" = oldest ] && [ -x "$venvs/newest/bin/python" ]; then
         export RJOBS_DASK_OTHER_PYTHON="$venvs/newest/bin/python"; return
     fi
-    if [ -z "$dask_other" ]; then
-        dask_other="$venvs/dask-other"
-        rm -rf "$dask_other"
-        "$(oldest_python)" -m venv "$dask_other"
-        "$dask_other/bin/python" -m pip install -q "$(grep -oiE '"distributed>=[^",;]+' pyproject.toml | head -1 | sed -E 's/^"//; s/>=/==/')"
+    if [ "$leg" = oldest ]; then
+        interpreter="$python"; requirement="distributed"
+    else
+        interpreter="$(oldest_python)"
+        requirement="$(grep -oiE '"distributed>=[^",;]+' pyproject.toml | head -1 | sed -E 's/^"//; s/>=/==/')"
     fi
-    export RJOBS_DASK_OTHER_PYTHON="$dask_other/bin/python"
+    rm -rf "$other"
+    "$interpreter" -m venv "$other"
+    "$other/bin/python" -m pip install -q "$requirement"
+    export RJOBS_DASK_OTHER_PYTHON="$other/bin/python"
 }
 
 run_leg() {
