@@ -190,9 +190,10 @@ class DaskRunner(JobRunner):
         self._finished()
 
     def _finished(self) -> None:
-        """Stop listening; a job of this kernel that keeps nothing on the cluster releases its task."""
+        """Stop listening; a job that is not detached releases its task (a ``--cache remote``
+        job's value is a future of its own, kept until the job is removed)."""
         self._unsubscribe()
-        if not self.published and self.future is not None:
+        if not self.job.detached and self.future is not None:
             self.future.release()
 
     def _failed(self, exc: BaseException) -> None:
