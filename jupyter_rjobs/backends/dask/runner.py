@@ -94,7 +94,7 @@ class DaskRunner(JobRunner):
 
     def _on_event(self, event: Any) -> None:
         """An event of the job's topic (in the client's event loop: quick, never blocking)."""
-        self.offer([event[1]])
+        self.offer(event[1])  # the frames the task published together
 
     def offer(self, frames: list[dict[str, Any]], final: bool = False) -> None:
         """Apply ``frames`` in sequence order: duplicates dropped, a gap filled from the journal."""

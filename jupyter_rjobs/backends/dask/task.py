@@ -11,6 +11,7 @@ it has ended. ``stop_job`` (run on the workers by ``Client.run``) ends the child
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -131,32 +132,46 @@ def run_job(key: str, header: Dict[str, Any], buffers: List[bytes]) -> Dict[str,
 
 
 def _relay(child: _Child, key: str, journal: List[Dict[str, Any]], worker: Any, address: str, inline: int) -> Tuple[Any, bool]:
-    """Read the child's frames until it is idle again (True) or gone (False). A value of at most
-    ``inline`` bytes travels in its event too (0: never, the value stays on the cluster)."""
+    """Read the child's frames until it is idle again (True) or gone (False). Frames are published
+    as soon as the pipe has no more, several in one event when they come together. A value of at
+    most ``inline`` bytes travels in its event too (0: never, the value stays on the cluster)."""
     topic = topic_of(key)
     value = None
-    while True:
-        frame = read_frame(child.stdout)
-        if frame is None:
-            return value, False
-        head, bufs = frame
-        if head.get("op") == IDLE:
-            return value, True
-        if head.get("op") != RECORD:
-            continue
-        record = {"seq": head["seq"], "kind": head["kind"], "data": head.get("data"), "time": head.get("time") or 0.0}
-        if record["kind"] == KIND_STATE and record["data"] == "Running":
-            record["worker"] = address
-        if record["kind"] == KIND_VALUE:
-            value = (head["data"]["format"], [bytes(b) for b in bufs])
-            if sum(len(b) for b in value[1]) <= inline:
-                record["data"] = {"format": value[0], "inline": value[1]}
-        with _lock:
-            journal.append(record)
-        try:
-            worker.log_event(topic, record)
-        except TypeError:
-            pass  # not msgpack-able: the kernel gets it from the journal or the result
+    batch: List[Dict[str, Any]] = []
+    try:
+        while True:
+            frame = read_frame(child.stdout)
+            if frame is None:
+                return value, False
+            head, bufs = frame
+            if head.get("op") == IDLE:
+                return value, True
+            if head.get("op") != RECORD:
+                continue
+            record = {"seq": head["seq"], "kind": head["kind"], "data": head.get("data"), "time": head.get("time") or 0.0}
+            if record["kind"] == KIND_STATE and record["data"] == "Running":
+                record["worker"] = address
+            if record["kind"] == KIND_VALUE:
+                value = (head["data"]["format"], [bytes(b) for b in bufs])
+                if sum(len(b) for b in value[1]) <= inline:
+                    record["data"] = {"format": value[0], "inline": value[1]}
+            with _lock:
+                journal.append(record)
+            batch.append(record)
+            if not select.select([child.stdout], [], [], 0)[0]:
+                _publish(worker, topic, batch)
+                batch = []
+    finally:
+        _publish(worker, topic, batch)
+
+
+def _publish(worker: Any, topic: str, frames: List[Dict[str, Any]]) -> None:
+    if not frames:
+        return
+    try:
+        worker.log_event(topic, frames)
+    except TypeError:
+        pass  # not msgpack-able: the kernel gets them from the journal or the result
 
 
 def _ended_early(journal: List[Dict[str, Any]], address: str, code: int, stopped: bool) -> None:
