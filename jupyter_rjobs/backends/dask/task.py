@@ -31,6 +31,7 @@ _journals: Dict[str, List[Dict[str, Any]]] = {}  # job key -> its frames so far 
 _running: Dict[str, "_Child"] = {}  # job key -> the child running it
 _stopped: "set[str]" = set()  # keys asked to stop (also before they started here)
 _idle: List["_Child"] = []
+_warming: List[int] = []  # not empty while a job process is being started ahead of need
 INLINE_VALUE = 64 * 1024  # a value up to this size also travels in its event: the kernel need not fetch the result
 
 
@@ -78,20 +79,28 @@ def _acquire() -> _Child:
                 child = None
     if child is None:
         child = _Child()
-    if not _idle:
+    with _lock:
+        start = not _idle and not _warming
+        if start:
+            _warming.append(1)
+    if start:
         threading.Thread(target=warm, daemon=True, name="rjobs-warm").start()
     return child
 
 
 def warm() -> int:
-    """Keep one job process ready on this worker; returns how many are idle."""
-    with _lock:
-        if _idle:
+    """Keep one job process ready on this worker (one is started at a time); returns how many are idle."""
+    try:
+        with _lock:
+            if _idle:
+                return len(_idle)
+        child = _Child()
+        with _lock:
+            _idle.append(child)
             return len(_idle)
-    child = _Child()
-    with _lock:
-        _idle.append(child)
-        return len(_idle)
+    finally:
+        with _lock:
+            _warming.clear()
 
 
 def run_job(key: str, header: Dict[str, Any], buffers: List[bytes]) -> Dict[str, Any]:
