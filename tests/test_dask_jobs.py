@@ -65,10 +65,19 @@ def test_stop_ends_the_running_jobs_process_tree(cluster_manager):
             break
     assert len(pids) == 2 and all(pid_alive(p) for p in pids)
     cluster_manager.stop(job)
-    assert job.state is JobState.Stopped
+    assert wait_until(lambda: job.state is JobState.Stopped, timeout=30)
     assert wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=15), [p for p in pids if pid_alive(p)]
     after = _start(cluster_manager, "'the worker is free again'")  # the task ended: its worker takes the next job
     assert after.result(timeout=60) == "the worker is free again"
+
+
+def test_a_job_that_ignores_sigterm_is_killed_after_the_grace_period(cluster_manager):
+    job = _start(cluster_manager, "import os, signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                                  "print(os.getpid(), flush=True)\nwhile True:\n    time.sleep(0.05)")
+    pid = next(int(r.data) for r in cluster_manager.follow(job, keep=True) if r.kind is RecordKind.STDOUT)
+    cluster_manager.stop(job, grace=1.0)
+    assert wait_until(lambda: job.state is JobState.Stopped, timeout=30)
+    assert wait_until(lambda: not pid_alive(pid), timeout=15)
 
 
 def test_stop_of_a_queued_job_cancels_it(cluster_manager, tmp_path):

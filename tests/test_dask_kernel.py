@@ -58,7 +58,8 @@ def test_a_kernel_that_shuts_down_closes_the_local_cluster_it_started():
     try:
         session.run("%load_ext jupyter_rjobs")
         session.run("%%rjob start --cluster local --name where\nimport os\nos.getppid()", timeout=120)
-        worker_pid = session.value("get_ipython().run_line_magic('rjob', 'wait where') and __import__('jupyter_rjobs').ipython.extension.get_manager().get('where').result()")
+        session.run("from jupyter_rjobs.ipython.extension import get_manager")
+        worker_pid = session.value("get_manager().get('where').result(timeout=120)", timeout=150)
         assert pid_alive(worker_pid)
         session.shutdown()
     finally:
