@@ -179,6 +179,14 @@ def test_magics_start_list_and_close_clusters(ip, dask_cluster, capsys):
     address = dask_cluster.scheduler_address
     job = ip.run_cell_magic("rjob", f"start --cluster {address} --name onit", "print('from the cluster')\n6 * 7")
     assert job.result(timeout=60) == 42
+    kept = ip.run_cell_magic("rjob", f"start --cluster {address} --cache remote --name kept-by-magic", "[1, 2]")
+    assert str(kept.kind) == "DaskJob" and kept.stream.__class__.__name__ == "DaskStream"  # --cache went to the cluster job
+    assert ip.run_line_magic("rjob", "wait kept-by-magic --timeout 60") is not None
+    assert ip.run_line_magic("rjob", "receive kept-by-magic") == [1, 2]
+    from IPython.core.error import UsageError
+
+    with pytest.raises(UsageError, match=r"--cluster C.*--host HOST|--host HOST.*--cluster C"):  # whichever kind claims --cache
+        ip.run_cell_magic("rjob", "start --cache remote", "1")
     table = ip.run_line_magic("rjob", "list")
     assert "DaskJob" in str(table) and "onit" in str(table) and job.location in str(table)
     clusters = ip.run_line_magic("rjob", "cluster list")
@@ -186,7 +194,6 @@ def test_magics_start_list_and_close_clusters(ip, dask_cluster, capsys):
     assert address in text and "connected" in text
     assert [r.workers for r in clusters.items] == [2] and clusters.items[0].dashboard_link.startswith("http")
     assert "dashboard</a>" in clusters._repr_html_()
-    from IPython.core.error import UsageError
 
     with pytest.raises(UsageError, match="no cluster is named 'nosuch'"):
         ip.run_line_magic("rjob", "cluster close nosuch")

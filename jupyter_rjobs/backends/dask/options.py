@@ -49,6 +49,8 @@ class DaskOptions(BackendOptions):
         if self.cache not in ("kernel", "remote"):
             raise UsageProblem(f"--cache is kernel or remote, not {self.cache!r}")
         if not self.cluster or not str(self.cluster).strip():
+            if self.cache != "kernel" or self.detached:
+                raise UsageProblem("--cache and --detached are for remote jobs (add --host HOST) and cluster jobs (add --cluster C)")
             raise UsageProblem("a cluster job needs a cluster: give --cluster local, --cluster tcp://HOST:PORT or --cluster NAME")
         require_distributed()
 
