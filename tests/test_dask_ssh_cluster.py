@@ -132,6 +132,13 @@ def test_an_unknown_host_key_is_refused_and_nothing_starts(lab: SshLab, dask_pyt
     assert "10.231.3.2" not in known.read_text()  # nothing accepted without the opt-in
 
 
+def test_starting_clusters_over_ssh_imports_no_dask_in_the_kernel() -> None:
+    code = ("import sys, jupyter_rjobs, jupyter_rjobs.backends.dask.ssh_cluster\n"
+            "print([m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 def test_bad_arguments_are_one_line_usage_errors(lab: SshLab) -> None:
     from jupyter_rjobs.core.errors import UsageProblem
 
@@ -163,9 +170,9 @@ def start_in_a_kernel(lab: SshLab, dask_python: str, detached: bool) -> tuple[su
 
 
 def test_a_kernel_killed_takes_its_cluster_with_it(lab: SshLab, dask_python: str) -> None:
-    kernel, description = start_in_a_kernel(lab, dask_python, detached=False)
-    try:
-        assert len([cmd for _, cmd in dask_processes(lab) if "distributed.cli.dask_" in cmd]) >= 4
+    kernel, _ = start_in_a_kernel(lab, dask_python, detached=False)
+    try:  # a scheduler, and a worker on each of the two hosts
+        assert len([cmd for _, cmd in dask_processes(lab) if " -m distributed.cli.dask_" in cmd]) == 3
     finally:
         kernel.send_signal(signal.SIGKILL)
         kernel.wait()
@@ -181,7 +188,7 @@ def test_a_detached_cluster_outlives_its_kernel_and_another_closes_it(lab: SshLa
     kernel.wait()
     # the supervisors leave once their channels are gone; the scheduler and workers stay
     assert wait_until(lambda: supervisors(lab) == [], timeout=30)
-    assert len([cmd for _, cmd in dask_processes(lab) if "distributed.cli.dask_" in cmd]) == 3
+    assert len([cmd for _, cmd in dask_processes(lab) if " -m distributed.cli.dask_" in cmd]) == 3
     with Client(description["address"], timeout=30) as client:
         assert client.submit(sum, [1, 2, 3]).result(timeout=60) == 6
         assert len(client.scheduler_info()["workers"]) == 2

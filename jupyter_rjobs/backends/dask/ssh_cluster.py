@@ -27,7 +27,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from jupyter_rjobs.backends.dask.ssh_process import HostProcess, supervisor_command
 from jupyter_rjobs.backends.remote.options import host_list
@@ -186,6 +186,13 @@ class SshCluster:
             if status != 0:
                 said = err.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
                 raise HostError(host.spec, f"stopping the Dask process there failed ({said[0][-200:]}); close again")
+
+
+if TYPE_CHECKING:
+    from jupyter_rjobs.backends.dask.handle import ClusterHandle
+
+    def _is_a_cluster_handle(cluster: SshCluster) -> ClusterHandle:  # mypy checks SshCluster keeps the protocol
+        return cluster
 
 
 def start_ssh_cluster(
