@@ -15,7 +15,7 @@ Hosts (aliases in ``lab.hosts``):
   on ``rj-vI`` only); nothing else is forwarded.
 - ``behind1`` (``behind_jump=True``): sshd on 10.231.100.2 port 22 in namespace ``rj-hb``, linked
   ONLY to ``rj-h1`` (veth ``rj-vb`` 10.231.100.1 in rj-h1 / ``rj-vbp``); reachable only through
-  ``ProxyJump nshost1``.
+  ``ProxyJump nshost1``. It reaches nshost1's addresses (a route via 10.231.100.1), nothing else.
 
 Needs root, /usr/sbin/sshd, ssh-keygen, iproute2 with ``ip netns`` (and nft for ``partition``);
 otherwise ``start()`` raises ``LabUnavailable(reason)``. Every remote command runs as a dedicated
@@ -675,6 +675,9 @@ class SshLab:
             self._netns_add(ns)
             # both ends created inside rj-h1, then one moved: nothing of it ever touches the root namespace
             self._veth(jump_ns, dev, ns, BEHIND_NET)
+            # behind1 reaches nshost1's addresses (a Dask worker there joins a scheduler on nshost1);
+            # rj-h1 forwards nothing, so behind1 stays reachable only from rj-h1
+            _run(["ip", "-n", ns, "route", "add", SUBNET, "via", f"10.231.{BEHIND_NET}.1"])
 
     @staticmethod
     def _veth(outer_ns: Optional[str], dev: str, inner_ns: str, net: int) -> None:

@@ -94,6 +94,25 @@ def test_a_cluster_on_three_hosts_runs_a_fan_out_and_close_leaves_nothing(lab: S
     cluster.close()  # closing again is a no-op
 
 
+def test_a_host_behind_a_jump_host_serves_and_a_detached_cluster_closes_from_its_kernel(lab: SshLab, dask_python: str) -> None:
+    from distributed import Client, get_worker
+
+    cluster = start_ssh_cluster(["nshost1", "behind1"], name="jumped", python=dask_python, ssh_config=lab.ssh_config,
+                                detached=True, timeout=180)
+    try:
+        assert {w.host for w in cluster.workers} == {"nshost1", "behind1"}
+        behind = next(w for w in cluster.workers if w.host == "behind1")
+        assert behind.address.startswith("tcp://10.231.100.2:")  # reached only through ProxyJump nshost1
+        logs = list(Path(lab.home, ".cache/jupyter_rjobs/dask").glob("jumped-*.log"))
+        assert len(logs) == 3 and all(oct(p.stat().st_mode & 0o777) == "0o600" for p in logs)
+        with Client(cluster.address, timeout=30) as client:
+            assert client.submit(lambda: str(get_worker().address), workers=[behind.address]).result(timeout=60) == behind.address
+    finally:
+        cluster.close(timeout=60)
+    assert dask_processes(lab) == []
+    assert not any(Path(lab.home, ".cache/jupyter_rjobs/dask").glob("jumped-*.log"))
+
+
 def test_a_host_whose_python_lacks_distributed_is_named_and_nothing_starts(lab: SshLab, dask_python: str, tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     hosts_ini = tmp_path / "hosts.ini"  # each host's configured Python: nshost2's lacks distributed

@@ -284,7 +284,7 @@ def _start(name: str, members: list[_Host], processes: list[HostProcess], per_ho
         _launch(member, "workers", processes, detached, tag, [
             "-m", "distributed.cli.dask_worker", address, "--nworkers", str(per_host), "--name", member.spec,
             "--no-dashboard", "--death-timeout", str(WORKER_DEATH_TIMEOUT),
-        ]).started(deadline)
+        ], hint=f" (does this host reach the scheduler at {address}?)").started(deadline)
     joined = _wait_for_workers(first, address, len(members) * per_host, processes, deadline)
     host = address.rsplit("//", 1)[-1].rsplit(":", 1)[0]
     dashboard = f"http://{host}:{found['dashboard']}/status" if found.get("dashboard") else None
@@ -292,13 +292,13 @@ def _start(name: str, members: list[_Host], processes: list[HostProcess], per_ho
 
 
 def _launch(member: _Host, role: str, processes: list[HostProcess], detached: bool, tag: str, argv: list[str],
-            **extra: Any) -> HostProcess:
+            hint: str = "", **extra: Any) -> HostProcess:
     assert member.connection is not None
     spec: dict[str, Any] = {"mode": "run", "argv": [member.settings.python, *argv], "detached": detached,
                             "grace": STOP_GRACE, **extra}
     if detached:
-        spec["log"] = f"~/.cache/jupyter_rjobs/dask/{tag}-{role}.log"
-    process = HostProcess(member.spec, role, member.connection, member.settings.python, spec)
+        spec["log"] = f"~/.cache/jupyter_rjobs/dask/{tag}-{role}-{_safe(member.spec)}.log"  # homes may be shared
+    process = HostProcess(member.spec, role, member.connection, member.settings.python, spec, hint)
     processes.append(process)
     return process
 

@@ -40,9 +40,11 @@ def supervisor_command(python: str, spec: dict[str, Any]) -> str:
 class HostProcess:
     """A supervised Dask process on ``host``; ``role`` says which (for messages)."""
 
-    def __init__(self, host: str, role: str, connection: SshConnection, python: str, spec: dict[str, Any]) -> None:
+    def __init__(self, host: str, role: str, connection: SshConnection, python: str, spec: dict[str, Any],
+                 hint: str = "") -> None:
         self.host = host
         self.role = role
+        self.hint = hint  # what to check when it does not start
         self.detached = bool(spec.get("detached"))
         self.log = spec.get("log")
         self.pid = 0
@@ -109,7 +111,7 @@ class HostProcess:
                         return message
                 if self._ended:
                     self._stderr_settle()
-                    raise HostError(self.host, f"the Dask {self.role} there did not start: {self.why()}")
+                    raise HostError(self.host, f"the Dask {self.role} there did not start: {self.why()}{self.hint}")
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     said = f" (it said: {self._stderr[-1].strip()[-200:]})" if self._stderr else ""
