@@ -71,7 +71,7 @@ def test_a_cluster_on_three_hosts_runs_a_fan_out_and_close_leaves_nothing(lab: S
     cluster = start_ssh_cluster(",".join(HOSTS), name="lab", workers_per_host=2, python=dask_python,
                                 ssh_config=lab.ssh_config, timeout=180)
     try:
-        assert cluster.name == "lab" and cluster.started_here and not cluster.detached
+        assert cluster.name == "lab" and cluster.started_here and not cluster.detached and cluster.alive
         assert cluster.hosts == HOSTS and cluster.python == {h: dask_python for h in HOSTS}
         assert cluster.address.startswith("tcp://10.231.1.2:")  # on the first host, by the address we reached it at
         assert sorted(w.host for w in cluster.workers) == sorted(HOSTS * 2)
@@ -89,7 +89,7 @@ def test_a_cluster_on_three_hosts_runs_a_fan_out_and_close_leaves_nothing(lab: S
         assert landed == set(HOSTS), places
     finally:
         cluster.close(timeout=60)
-    assert cluster.closed
+    assert cluster.closed and not cluster.alive
     assert dask_processes(lab) == []  # schedulers, workers, their children and the supervisors: all gone
     cluster.close()  # closing again is a no-op
 

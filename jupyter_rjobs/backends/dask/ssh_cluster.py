@@ -109,6 +109,12 @@ class SshCluster:
         state = "closed" if self.closed else f"{len(self.workers)} workers"
         return f"<SshCluster {self.name!r} {self.address} on {','.join(self.hosts)}: {state}>"
 
+    @property
+    def alive(self) -> bool:
+        """Whether every Dask process this kernel started still runs under its supervisor (False
+        once closed, or when one ended: it crashed, or its connection was lost)."""
+        return not self.closed and bool(self._processes) and not any(p.ended for p in self._processes)
+
     def describe(self) -> dict[str, Any]:
         """What another kernel needs to close this (detached) cluster: JSON-able."""
         return {
