@@ -134,6 +134,16 @@ def test_a_start_given_up_leaves_nothing_behind(lab: SshLab, dask_python: str) -
     assert dask_processes(lab) == []
 
 
+def test_a_host_that_cannot_reach_the_scheduler_is_named_and_nothing_is_left(lab: SshLab, dask_python: str) -> None:
+    # behind1 reaches only nshost1's addresses: a scheduler on nshost2 is out of its reach
+    with pytest.raises(HostError) as caught:
+        start_ssh_cluster(["nshost2", "behind1"], name="far", python=dask_python, ssh_config=lab.ssh_config, timeout=20)
+    message = str(caught.value)
+    assert message.startswith("behind1: ") and "reach the scheduler at tcp://10.231.2.2:" in message, message
+    assert "\n" not in message
+    assert dask_processes(lab) == []  # the scheduler on nshost2, the workers and the waiter: all ended
+
+
 def test_a_missing_python_is_named(lab: SshLab) -> None:
     with pytest.raises(HostError, match=r"^nshost1: no /nonexistent/python3 there; .*--python PATH$"):
         start_ssh_cluster(["nshost1"], name="x", python="/nonexistent/python3", ssh_config=lab.ssh_config)

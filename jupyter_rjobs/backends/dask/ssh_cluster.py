@@ -55,10 +55,12 @@ _WAITER = (  # ends with its channel (stdin's end), so a start given up leaves n
     "from distributed import Client\n"
     "address, count, timeout = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])\n"
     "with Client(address, timeout=timeout or 60, set_as_default=False) as client:\n"
-    "    client.wait_for_workers(count, timeout=timeout)\n"
+    "    try:\n        client.wait_for_workers(count, timeout=timeout)\n        complete = True\n"
+    "    except Exception:\n        complete = False\n"  # it says who joined: the kernel names who did not
     "    try:\n        info = client.scheduler_info(n_workers=-1)\n"
     "    except TypeError:\n        info = client.scheduler_info()\n"
-    "print(json.dumps([{'address': a, 'name': str(w.get('name'))} for a, w in info['workers'].items()]))\n"
+    "workers = [{'address': a, 'name': str(w.get('name'))} for a, w in info['workers'].items()]\n"
+    "print(json.dumps({'complete': complete, 'workers': workers}))\n"
 )
 
 
@@ -291,10 +293,25 @@ def _start(name: str, members: list[_Host], processes: list[HostProcess], per_ho
             "-m", "distributed.cli.dask_worker", address, "--nworkers", str(per_host), "--name", member.spec,
             "--no-dashboard", "--death-timeout", str(WORKER_DEATH_TIMEOUT),
         ], hint=f" (does this host reach the scheduler at {address}?)").started(deadline)
-    joined = _wait_for_workers(first, address, len(members) * per_host, processes, deadline)
+    complete, joined = _wait_for_workers(first, address, len(members) * per_host, processes, deadline)
+    workers = [_worker(w, members) for w in joined]
+    if not complete:
+        _name_the_missing(members, processes, workers, per_host, address)
     host = address.rsplit("//", 1)[-1].rsplit(":", 1)[0]
     dashboard = f"http://{host}:{found['dashboard']}/status" if found.get("dashboard") else None
-    return SshCluster(name, address, dashboard, detached, members, processes, [_worker(w, members) for w in joined])
+    return SshCluster(name, address, dashboard, detached, members, processes, workers)
+
+
+def _name_the_missing(members: list[_Host], processes: list[HostProcess], workers: list[WorkerInfo], per_host: int,
+                      address: str) -> None:
+    """Raise for the first host whose workers did not all join, with what they said."""
+    for member in members:
+        if sum(w.host == member.spec for w in workers) < per_host:
+            said = next((p.why() for p in processes if p.host == member.spec and p.role == "workers"), "")
+            said = "" if said.startswith("it ") else f" ({said})"
+            raise HostError(member.spec, f"its Dask workers did not join the scheduler in time{said};"
+                            f" does this host reach the scheduler at {address}?")
+    raise HostError(members[0].spec, f"not every worker joined the scheduler at {address} in time; try again")
 
 
 def _launch(member: _Host, role: str, processes: list[HostProcess], detached: bool, tag: str, argv: list[str],
@@ -310,9 +327,10 @@ def _launch(member: _Host, role: str, processes: list[HostProcess], detached: bo
 
 
 def _wait_for_workers(first: _Host, address: str, count: int, processes: list[HostProcess],
-                      deadline: float | None) -> list[dict[str, str]]:
+                      deadline: float | None) -> tuple[bool, list[dict[str, str]]]:
     """Ask the scheduler (from its own host, with the host's distributed) until ``count`` workers
-    joined; a worker process that ends meanwhile fails the start, saying why."""
+    joined or the deadline passed: (whether all did, those that did). A worker process that
+    ends meanwhile fails the start, saying why."""
     assert first.connection is not None
     left = None if deadline is None else max(1.0, deadline - time.monotonic())
     command = f"{shlex.quote(first.settings.python)} -c {shlex.quote(_WAITER)} {shlex.quote(address)} {count} {shlex.quote(json.dumps(left))}"
@@ -330,8 +348,8 @@ def _wait_for_workers(first: _Host, address: str, count: int, processes: list[Ho
         if channel.recv_exit_status() != 0:
             said = err.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
             raise HostError(first.spec, f"the workers did not all join the scheduler ({said[0][-200:]})")
-        joined: list[dict[str, str]] = json.loads(out.decode().strip().splitlines()[-1])
-        return joined
+        said = json.loads(out.decode().strip().splitlines()[-1])
+        return bool(said["complete"]), list(said["workers"])
     finally:
         channel.close()
 
