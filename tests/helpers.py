@@ -52,3 +52,20 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: f
 
 def process_tree_of(pid: int) -> list[int]:
     return [pid, *descendants(pid)]
+
+
+def leaves_a_printing_child(*, before: str = "", value: str = "child.pid") -> str:
+    """Job code that leaves a child printing ``leak1`` .. ``leak8`` every 0.3 s, and ends only once
+    the child has printed its first line (it touches a file after each line). A job that ended at
+    once could, under load, end its child before the child had printed anything. ``before`` runs
+    first; ``value`` is the job's value."""
+    return (
+        "import os, subprocess, tempfile, time\n"
+        + before
+        + "marker = os.path.join(tempfile.mkdtemp(), 'printed')\n"
+        "loop = 'for i in 1 2 3 4 5 6 7 8; do echo leak$i; touch \"$0\"; sleep 0.3; done'\n"
+        "child = subprocess.Popen(['sh', '-c', loop, marker])\n"
+        "while not os.path.exists(marker):\n"
+        "    time.sleep(0.01)\n"
+        + value
+    )

@@ -10,7 +10,7 @@
 #
 # Each leg runs `pip check`, prints the versions it tests, and fails when any test fails.
 # As root it installs the system packages the tiers need (OpenSSH server and client, nftables,
-# iproute2, PAM's TOTP module and oathtool, Chromium). Without root it says, in one line, which tiers
+# iproute2, PAM's TOTP module and oathtool, python3-venv for the SSH hosts' Dask Python, Chromium). Without root it says, in one line, which tiers
 # it skips and why, and runs the rest.
 #
 #   RJOBS_LEGS="newest"      run one leg only (default: "newest oldest")
@@ -27,7 +27,7 @@ python="${PYTHON:-python3}"
 # the versions the oldest leg pins: the lower bounds in pyproject.toml of these distributions
 oldest_of="ipython ipykernel ipywidgets paramiko dill jupyter_client distributed"
 
-system_packages="openssh-server openssh-client nftables iproute2 procps libpam-google-authenticator oathtool"
+system_packages="openssh-server openssh-client nftables iproute2 procps libpam-google-authenticator oathtool python3-venv"
 browser_packages="chromium"
 select=()
 if [ "$(id -u)" = 0 ]; then

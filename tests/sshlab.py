@@ -10,10 +10,12 @@ Hosts (aliases in ``lab.hosts``):
 
 - ``server01``: sshd on 127.0.0.1 and a free high port, in the root network namespace.
 - ``nshost1`` .. ``nshostN``: sshd on 10.231.I.2 port 22 inside namespace ``rj-hI``, linked to the
-  root namespace by the veth pair ``rj-vI`` (10.231.I.1) / ``rj-vIp`` (10.231.I.2).
+  root namespace by the veth pair ``rj-vI`` (10.231.I.1) / ``rj-vIp`` (10.231.I.2). They reach
+  each other through the root namespace (a route to 10.231.0.0/16 via 10.231.I.1, and forwarding
+  on ``rj-vI`` only); nothing else is forwarded.
 - ``behind1`` (``behind_jump=True``): sshd on 10.231.100.2 port 22 in namespace ``rj-hb``, linked
   ONLY to ``rj-h1`` (veth ``rj-vb`` 10.231.100.1 in rj-h1 / ``rj-vbp``); reachable only through
-  ``ProxyJump nshost1``.
+  ``ProxyJump nshost1``. It reaches nshost1's addresses (a route via 10.231.100.1), nothing else.
 
 Needs root, /usr/sbin/sshd, ssh-keygen, iproute2 with ``ip netns`` (and nft for ``partition``);
 otherwise ``start()`` raises ``LabUnavailable(reason)``. Every remote command runs as a dedicated
@@ -663,11 +665,19 @@ class SshLab:
             ns, dev = f"{NS_PREFIX}{i}", f"{LINK_PREFIX}{i}"
             self._netns_add(ns)
             self._veth(None, dev, ns, i)
+            # the namespace hosts reach each other (a Dask cluster spans them) through the root
+            # namespace, which forwards only what arrives on their own links (not behind1's)
+            _run(["ip", "-n", ns, "route", "add", SUBNET, "via", f"10.231.{i}.1"])
+            with open(f"/proc/sys/net/ipv4/conf/{dev}/forwarding", "w") as f:
+                f.write("1")
         if self.behind_jump:
             ns, jump_ns, dev = f"{NS_PREFIX}b", f"{NS_PREFIX}1", f"{LINK_PREFIX}b"
             self._netns_add(ns)
             # both ends created inside rj-h1, then one moved: nothing of it ever touches the root namespace
             self._veth(jump_ns, dev, ns, BEHIND_NET)
+            # behind1 reaches nshost1's addresses (a Dask worker there joins a scheduler on nshost1);
+            # rj-h1 forwards nothing, so behind1 stays reachable only from rj-h1
+            _run(["ip", "-n", ns, "route", "add", SUBNET, "via", f"10.231.{BEHIND_NET}.1"])
 
     @staticmethod
     def _veth(outer_ns: Optional[str], dev: str, inner_ns: str, net: int) -> None:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import shlex
 import signal
 import subprocess
 import sys
 
 import pytest
-from helpers import pid_alive, process_tree_of, wait_until
+from helpers import leaves_a_printing_child, pid_alive, process_tree_of, wait_until
 
 from jupyter_rjobs import JobError, JobState, RecordKind
 
@@ -140,22 +139,8 @@ def test_a_process_that_dies_with_its_parent_takes_its_workers_along(tmp_path):
         owner.wait()
 
 
-def _leaves_a_child(marker) -> str:
-    """A job that leaves a child printing every 0.3 s. It ends only once the child has printed its
-    first line (the child touches ``marker`` after it): under load, a job that ended at once could
-    end its child before that child had printed anything."""
-    loop = f"for i in 1 2 3 4 5 6 7 8; do echo leak$i; touch {shlex.quote(str(marker))}; sleep 0.3; done"
-    return (
-        "import os, subprocess, time\n"
-        f"child = subprocess.Popen(['sh', '-c', {loop!r}])\n"
-        f"while not os.path.exists({str(marker)!r}):\n"
-        "    time.sleep(0.01)\n"
-        "child.pid"
-    )
-
-
-def test_a_child_a_job_leaves_behind_ends_with_it_and_its_output_stays_in_that_job(manager, tmp_path):
-    job = manager.start(_leaves_a_child(tmp_path / "printed"), "process")
+def test_a_child_a_job_leaves_behind_ends_with_it_and_its_output_stays_in_that_job(manager):
+    job = manager.start(leaves_a_printing_child(), "process")
     child = job.result(timeout=30)
     others = [manager.start("import time\ntime.sleep(1.5)", "process") for _ in range(4)]
     for other in others:

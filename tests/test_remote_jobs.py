@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import wait_until
+from helpers import leaves_a_printing_child, wait_until
 from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
@@ -370,9 +370,7 @@ def test_progress_from_a_remote_job_reaches_the_kernel(remote):
 
 def test_what_a_remote_job_leaves_running_ends_with_it_and_its_output_stays_its(remote, ssh_lab):
     job = remote.start(
-        "import subprocess\nsubprocess.Popen(['sleep', '600'])\n"
-        "subprocess.Popen(['sh', '-c', 'for i in 1 2 3 4 5 6 7 8; do echo leak$i; sleep 0.3; done'])\n"
-        "'done'",
+        leaves_a_printing_child(before="subprocess.Popen(['sleep', '600'])\n", value="'done'"),
         host="server01",
     )
     assert job.result(timeout=60) == "done"
