@@ -125,7 +125,7 @@ class ClusterRegistry:
 
     def _connect_new(self, address: str) -> ClusterHandle:
         handle = AddressHandle(address)
-        client = self._connect(address)  # nothing is registered unless it connects and its versions match
+        client = self._connect(address, ship=True)  # nothing is registered unless it connects and its versions match
         handle.dashboard_link = _dashboard_of(client)
         self._handles[handle.name] = handle
         self._clients[handle.name] = client
@@ -133,11 +133,14 @@ class ClusterRegistry:
 
     # -- clients --------------------------------------------------------------------------
     def client(self, handle: ClusterHandle) -> Any:
-        """The ``distributed.Client`` connected to ``handle``'s scheduler (connected on first use)."""
+        """The ``distributed.Client`` connected to ``handle``'s scheduler (connected on first use;
+        workers that lack this kernel's jupyter_rjobs get it, except a LocalCluster's, which share
+        this Python)."""
         with self._lock:
             client = self._clients.get(handle.name)
             if client is None or client.status in ("closed", "closing"):
-                client = self._clients[handle.name] = self._connect(handle.address)
+                client = self._connect(handle.address, ship=not isinstance(handle, LocalClusterHandle))
+                self._clients[handle.name] = client
             return client
 
     def connected(self, handle: ClusterHandle) -> Any:
@@ -146,16 +149,24 @@ class ClusterRegistry:
             client = self._clients.get(handle.name)
         return client if client is not None and client.status == "running" else None
 
-    def _connect(self, address: str) -> Any:
+    def _connect(self, address: str, ship: bool = False) -> Any:
         from distributed import Client
 
         check_scheduler(address, self.connect_timeout)  # before a Client: one of another protocol half-connects
+        from distributed.versions import VersionMismatchWarning
+
         try:
-            client = Client(address, timeout=f"{self.connect_timeout}s", set_as_default=False)
+            with warnings.catch_warnings():  # a mismatch that matters is ours to say, in one line (check_versions)
+                warnings.simplefilter("ignore", VersionMismatchWarning)
+                client = Client(address, timeout=f"{self.connect_timeout}s", set_as_default=False)
         except (OSError, TimeoutError) as exc:
             raise ClusterError(f"cannot reach the Dask scheduler at {address} ({_first_line(exc)}); check the address and that it runs") from None
         try:
             check_versions(client, address)
+            if ship:
+                from jupyter_rjobs.backends.dask.ship import ensure_package
+
+                ensure_package(client)
         except BaseException:
             client.close()
             raise
