@@ -66,6 +66,7 @@ class DaskRunner(JobRunner):
     def __init__(self, job: Job, client: Any, key: str, cache_remote: bool = False) -> None:
         super().__init__(job)
         self.client = client
+        self.cluster_address = str(client.scheduler.address)
         self.key = key
         self.topic = task.topic_of(key)
         self.cache_remote = cache_remote
@@ -248,11 +249,11 @@ class DaskRunner(JobRunner):
 
     def cleanup(self) -> None:
         """Removed: unpublish its datasets and release its futures (the value kept on the cluster too)."""
-        for name in self.published:
+        for name in self.published if self.client.status == "running" else ():  # a closed client: the cluster keeps nothing of ours
             try:
                 self.client.unpublish_dataset(name)
-            except (KeyError, OSError, RuntimeError):
-                pass
+            except Exception:
+                log.debug("unpublishing %s failed", name, exc_info=True)
         self.published = []
         for future in (self.value_future, self.future):
             if future is not None:
@@ -260,4 +261,4 @@ class DaskRunner(JobRunner):
         self.value_future = self.future = None
 
     def info(self) -> dict[str, Any]:
-        return {"cluster": self.client.scheduler.address, "key": self.key, "worker": self.worker}
+        return {"cluster": self.cluster_address, "key": self.key, "worker": self.worker}
