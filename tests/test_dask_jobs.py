@@ -89,7 +89,7 @@ def test_stop_of_a_queued_job_cancels_it(cluster_manager, tmp_path):
     cluster_manager.stop(queued)
     assert queued.state is JobState.Stopped
     cluster_manager.stop(blockers)
-    assert all(b.state is JobState.Stopped for b in blockers)
+    assert wait_until(lambda: all(b.state is JobState.Stopped for b in blockers), timeout=30)
     check = _start(cluster_manager, "'after'")
     assert check.result(timeout=60) == "after"
     assert not marker.exists() and cluster_manager.receive(queued) == []

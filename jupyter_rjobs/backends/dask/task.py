@@ -136,7 +136,9 @@ def run_job(key: str, header: Dict[str, Any], buffers: List[bytes]) -> Dict[str,
         code = child.proc.wait()
         child.close()
         if not journal or journal[-1]["kind"] != KIND_STATE or journal[-1]["data"] not in FINAL_STATES:
+            before = len(journal)
             _ended_early(journal, address, code, stopped)
+            _publish(worker, topic_of(key), journal[before:])  # the end comes at once, not with the result
     return {"frames": journal, "value": value, "worker": address}
 
 
