@@ -17,7 +17,6 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
 from jupyter_rjobs.backends import process as _process_backend  # noqa: F401 - they register their backends
 from jupyter_rjobs.backends import thread as _thread_backend  # noqa: F401 - they register their backends
 from jupyter_rjobs.backends.base import Backend, BackendOptions
-from jupyter_rjobs.backends.dask import options as _dask_options  # noqa: F401 - they register their backends
 from jupyter_rjobs.backends.dask.clusters import ClusterRegistry
 from jupyter_rjobs.backends.remote import options as _remote_options  # noqa: F401 - they register their backends
 from jupyter_rjobs.backends.remote.registry import LeftJob
@@ -31,6 +30,10 @@ from jupyter_rjobs.core.remote_ops import RemoteOps
 from jupyter_rjobs.core.sessions import Session, SessionState
 
 __all__ = ["JobManager", "JobEvent", "EventKind", "WaitResult", "JobSpec"]
+
+# Registered after the remote backend on purpose: --cache and --detached are options of both, and
+# given without --cluster or --host they go to remote jobs (the first kind whose options take them).
+from jupyter_rjobs.backends.dask import options as _dask_options  # noqa: F401
 
 log = logging.getLogger(__name__)
 
