@@ -391,14 +391,21 @@ def _os_error_text(exc: OSError, root: str) -> str:
 
 
 def _provide_package_stub() -> None:
-    """On a host without jupyter_rjobs, `from jupyter_rjobs import progress, display` works in jobs."""
+    """Jobs' `from jupyter_rjobs import progress, display` reach this agent's capture: on a host
+    without jupyter_rjobs a stub package gives them; where jupyter_rjobs is installed too (this
+    machine's local agent, a host that has it) its ``jupyter_rjobs.agent.capture`` is this agent's
+    own module (else a job's progress would go to a second copy that captures nothing)."""
     import importlib.util
+
+    from . import capture
 
     if importlib.util.find_spec("jupyter_rjobs") is None:
         stub = types.ModuleType("jupyter_rjobs")
         stub.progress = progress  # type: ignore[attr-defined]
         stub.display = display  # type: ignore[attr-defined]
         sys.modules["jupyter_rjobs"] = stub
+    elif __package__ != "jupyter_rjobs.agent":  # the agent's zip (rjobs_agent), not the installed package
+        sys.modules.setdefault("jupyter_rjobs.agent.capture", capture)
 
 
 def serve_main(root: str, orphan_grace: Optional[float] = None) -> None:

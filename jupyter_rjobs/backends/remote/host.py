@@ -1,6 +1,7 @@
-"""A host's SSH connection and the agent server on it, shared by every job and session there.
+"""A host's connection and the agent server on it, shared by every job and session there.
 
-First contact checks the host's Python, uploads the agent (and dill, if the host lacks it) into a
+The connection is a :class:`~.transport.Transport`: SSH to a host, or a local pipe for
+``localhost`` (this machine, no sshd); everything else here is the same for both. First contact checks the host's Python, uploads the agent (and dill, if the host lacks it) into a
 private, versioned cache directory, and starts the server (``serve_main`` in agent/server.py). Frames
 for a job go to its runner; replies to requests (a listing, a session's state) to whoever waits.
 """
@@ -26,6 +27,7 @@ from jupyter_rjobs.agent import protocol
 from jupyter_rjobs.agent.protocol import read_frame, write_frame
 from jupyter_rjobs.backends.remote.ssh.connection import AcceptNewHost, HostSettings, SshConnection
 from jupyter_rjobs.backends.remote.ssh.errors import CONNECTION_ERRORS, describe
+from jupyter_rjobs.backends.remote.transport import Channel, LocalTransport, Transport, is_local_host
 from jupyter_rjobs.core.errors import HostError
 
 __all__ = ["HostConnection", "FrameTarget"]
@@ -105,7 +107,7 @@ class _ChannelReader:
     """A file-like ``readinto`` over a paramiko channel, for read_frame: small reads are served
     from a buffer (a frame's head, its JSON), large ones go straight into the caller's memory."""
 
-    def __init__(self, channel: Any) -> None:
+    def __init__(self, channel: Channel) -> None:
         self._channel = channel
         self._buffer = b""
 
@@ -124,7 +126,7 @@ class _ChannelReader:
 
 
 class _ChannelWriter:
-    def __init__(self, channel: Any) -> None:
+    def __init__(self, channel: Channel) -> None:
         self._channel = channel
 
     def write(self, data: Any) -> int:
@@ -147,11 +149,11 @@ class HostConnection:
         self._on_lost = on_lost
         self._replies: dict[str, tuple[threading.Event, list[dict[str, Any]]]] = {}
         self._request_lock = threading.Lock()
-        self.connection: SshConnection | None = None
+        self.connection: Transport | None = None
         self.python_version = ""
         self.python: str | None = None  # the --python it was opened with (None: the host's default)
         self.root = ""
-        self._channel: Any = None
+        self._channel: Channel | None = None
         self._writer: _ChannelWriter | None = None
         self._send_lock = threading.Lock()
         self._runners: dict[str, FrameTarget] = {}
@@ -163,7 +165,7 @@ class HostConnection:
     # -- first contact ------------------------------------------------------------------
     def open(self) -> HostConnection:
         try:
-            self.connection = SshConnection(self.settings, self._accept_new_host).open()
+            self.connection = self._open_transport()
         except CONNECTION_ERRORS as exc:  # whatever the ssh layer did not name itself: still one line
             raise HostError(self.host, f"the SSH connection failed ({describe(exc)}); check that the host is up and runs sshd") from None
         try:
@@ -178,12 +180,20 @@ class HostConnection:
                     raise HostError(self.host, f"{problem}; remove {agent_dir} there and connect again")
         except CONNECTION_ERRORS as exc:
             self.close()
+            if isinstance(self.connection, LocalTransport):
+                raise HostError(self.host, f"the local agent could not be started ({describe(exc)}); try again") from None
             raise HostError(self.host, f"the SSH connection broke while starting the agent there ({describe(exc)}); try again"
                             " (if it says the host refused a channel, sshd there allows no sessions: MaxSessions)") from None
         except BaseException:
             self.close()
             raise
         return self
+
+    def _open_transport(self) -> Transport:
+        """A local pipe for ``localhost`` (this machine, no SSH), else an SSH connection."""
+        if is_local_host(self.host):
+            return LocalTransport().open()
+        return SshConnection(self.settings, self._accept_new_host).open()
 
     def _start_agent(self, agent_dir: str, python_path: str) -> str | None:
         """Start the agent's server from its zip; None once it said hello in our protocol, else what is wrong."""
@@ -202,7 +212,8 @@ class HostConnection:
         """End the agent's server (its reader thread sees a replaced channel: nothing is lost)."""
         channel, self._channel, self._writer = self._channel, None, None
         try:
-            channel.close()
+            if channel is not None:
+                channel.close()
         except Exception:  # noqa: BLE001
             pass
 
@@ -282,7 +293,7 @@ class HostConnection:
     def detach(self, instance: str) -> None:
         self._runners.pop(instance, None)
 
-    def _read(self, channel: Any) -> None:
+    def _read(self, channel: Channel) -> None:
         reader = _ChannelReader(channel)
         try:
             while True:

@@ -145,6 +145,8 @@ class SshConnection:
     ``StrictHostKeyChecking accept-new`` never reaches its jumps.
     """
 
+    kind = "SSH connection"  # what it is, in messages (see transport.Transport, which this implements)
+
     def __init__(self, settings: HostSettings, accept_new_host: AcceptNewHost | AcceptNew = False) -> None:
         self.accept = AcceptNew.of(accept_new_host)
         if not settings.accept_new and self.accept.applies(settings.alias, settings):
