@@ -167,7 +167,8 @@ class RemoteOps:
         """Let go of a session, a host or a job, which go on running there (and outlive the kernel)."""
         session = self._find_session(target)
         if session is not None:
-            jobs = [j for j in session.jobs if j.runner is not None]
+            present = {id(j) for j in self._all_jobs()}  # not those removed already (an invoke's)
+            jobs = [j for j in session.jobs if j.runner is not None and id(j) in present]
             for job in jobs:
                 job.detached = True
                 _runner(job).release()
