@@ -105,6 +105,41 @@ def test_a_local_detached_job_and_session_outlive_a_killed_kernel(local_home, tm
     assert wait_until(lambda: not agent_processes(root), 30), f"left running: {agent_processes(root)}"
 
 
+@pytest.mark.kernel
+def test_jupyters_restart_that_kills_the_kernels_process_group_spares_local_detached_work(local_home, tmp_path):
+    """Restart Kernel (jupyter_client's restart_kernel(now=True)) SIGKILLs the kernel's whole process
+    group: the local agent, in a session of its own, is not in it."""
+    root = os.path.join(local_home, ".cache", "jupyter_rjobs")
+    gate = str(tmp_path / "gate")
+    kernel = KernelSession()
+    try:
+        kernel.run("%load_ext jupyter_rjobs")
+        kernel.run(
+            "%%rjob start --detached --name survivor\n"
+            f"import os, time\nwhile not os.path.exists({gate!r}):\n    time.sleep(0.02)\nfor i in range(10):\n    print(i, flush=True)\n'done'"
+        )
+        kernel.run("%rjob session new localhost --name s")
+        kernel.run("%%rjob invoke --session s\nkept = 'alive'")
+        kernel.run("%rjob disconnect s")
+        old_pid = kernel.kernel_pid
+        kernel.km.restart_kernel(now=True)
+        kernel.client.wait_for_ready(timeout=60)
+        assert kernel.km.provisioner.process.pid != old_pid
+        open(gate, "w").close()
+        kernel.run("%load_ext jupyter_rjobs")
+        kernel.run("%rjob connect s")
+        assert kernel.value("get_ipython().run_line_magic('rjob', 'invoke --session s -- kept')") == "alive"
+        kernel.run("%rjob connect localhost")
+        outputs = kernel.run("%rjob receive survivor --wait", timeout=60)
+        assert [int(n) for n in stream_text(outputs).split()] == list(range(10))
+        kernel.run("%rjob remove survivor")
+        kernel.run("%rjob session close s")
+    finally:
+        kernel.shutdown()
+        kernel.close()
+    assert wait_until(lambda: not agent_processes(root), 30), f"left running: {agent_processes(root)}"
+
+
 # -- the plain manager ------------------------------------------------------------------
 def test_the_local_transport_runs_commands_and_pipes(local_home):
     transport = LocalTransport().open()
