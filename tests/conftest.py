@@ -87,13 +87,24 @@ def _starter(request: pytest.FixtureRequest, make_manager: Callable[..., JobMana
 
 
 @pytest.fixture
-def local_home(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+def local_home(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A HOME of its own for the local agent (its spool root is ~/.cache/jupyter_rjobs, as on a host),
-    so tests never touch the user's own; the local agent started by the test inherits it."""
+    so tests never touch the user's own; the local agent started by the test inherits it. A test
+    that failed half-way leaves no agent process behind (each names this HOME in its command line)."""
+    import signal
+
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
     monkeypatch.setenv("HOME", str(home))
-    return str(home)
+    yield str(home)
+    marker = str(home).encode()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if entry.isdigit() and marker in f.read():
+                    os.kill(int(entry), signal.SIGKILL)
+        except OSError:
+            continue
 
 
 @pytest.fixture(params=ALL_KINDS)

@@ -110,7 +110,7 @@ def test_jupyters_restart_that_kills_the_kernels_process_group_spares_local_deta
     """Restart Kernel (jupyter_client's restart_kernel(now=True)) SIGKILLs the kernel's whole process
     group: the local agent, in a session of its own, is not in it."""
     root = os.path.join(local_home, ".cache", "jupyter_rjobs")
-    gate = str(tmp_path / "gate")
+    gate, pid_file = str(tmp_path / "gate"), str(tmp_path / "plain.pid")
     kernel = KernelSession()
     try:
         kernel.run("%load_ext jupyter_rjobs")
@@ -121,10 +121,16 @@ def test_jupyters_restart_that_kills_the_kernels_process_group_spares_local_deta
         kernel.run("%rjob session new localhost --name s")
         kernel.run("%%rjob invoke --session s\nkept = 'alive'")
         kernel.run("%rjob disconnect s")
+        kernel.run("%rjob session new localhost --name t")  # not disconnected: it ends with its kernel
+        doomed = [kernel.value("get_ipython().run_line_magic('rjob', 'invoke --session t -- __import__(\"os\").getpid()')")]
+        kernel.run(f"%%rjob start --host localhost --name plain\nimport os, time\nopen({pid_file!r}, 'w').write(str(os.getpid()))\ntime.sleep(600)")
+        doomed.append(read_pid(pid_file))
         old_pid = kernel.kernel_pid
         kernel.km.restart_kernel(now=True)
         kernel.client.wait_for_ready(timeout=60)
         assert kernel.km.provisioner.process.pid != old_pid
+        # the agent's server was not in the killed group: it saw its pipe end and ended the non-detached work
+        assert wait_until(lambda: not any(pid_alive(pid) for pid in doomed), 30), [pid for pid in doomed if pid_alive(pid)]
         open(gate, "w").close()
         kernel.run("%load_ext jupyter_rjobs")
         kernel.run("%rjob connect s")
@@ -132,8 +138,9 @@ def test_jupyters_restart_that_kills_the_kernels_process_group_spares_local_deta
         kernel.run("%rjob connect localhost")
         outputs = kernel.run("%rjob receive survivor --wait", timeout=60)
         assert [int(n) for n in stream_text(outputs).split()] == list(range(10))
-        kernel.run("%rjob remove survivor")
+        kernel.run("%rjob remove survivor plain")  # plain: adopted Stopped (its spool says how it ended)
         kernel.run("%rjob session close s")
+        assert not os.listdir(os.path.join(root, "jobs"))
     finally:
         kernel.shutdown()
         kernel.close()
