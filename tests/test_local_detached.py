@@ -230,6 +230,12 @@ def test_a_non_detached_job_on_localhost_ends_with_its_kernel(local_home, tmp_pa
     assert wait_until(lambda: not agent_processes(root), 30), f"left running: {agent_processes(root)}"
 
 
+def test_host_show_localhost_says_it_is_the_local_agent(ip, capsys):
+    ip.run_line_magic("rjob", "host show localhost")
+    out = capsys.readouterr().out
+    assert "local agent" in out and "no SSH" in out and sys.executable in out
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

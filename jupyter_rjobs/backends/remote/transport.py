@@ -80,11 +80,15 @@ class LocalChannel:
 
     def sendall(self, data: bytes) -> None:
         stdin = self.process.stdin
-        if stdin is None:
+        try:
+            fd = stdin.fileno() if stdin is not None else -1
+        except ValueError:  # closed (the connection was closed meanwhile)
+            fd = -1
+        if fd < 0:
             raise BrokenPipeError("the local agent's stdin is closed")
         view = memoryview(data).cast("B")
         while view:
-            written = os.write(stdin.fileno(), view)
+            written = os.write(fd, view)
             view = view[written:]
 
     def recv_stderr_ready(self) -> bool:
