@@ -63,7 +63,7 @@ def test_a_local_detached_job_and_session_outlive_a_killed_kernel(local_home, tm
         deadline = time.monotonic() + 60
         while len(seen.split()) < 20:  # the first half (the job waits for the gate after it)
             assert time.monotonic() < deadline, f"only {seen!r} arrived"
-            seen += stream_text(first.run("%rjob receive survivor"))
+            seen += stream_text(first.run("%rjob receive survivor\nimport time; time.sleep(0.05)"))  # a poll interval
         assert [int(n) for n in seen.split()] == list(range(20))
         first.run("%rjob disconnect s")
         os.kill(first.kernel_pid, signal.SIGKILL)
@@ -201,7 +201,7 @@ def test_a_non_detached_job_on_localhost_ends_with_its_kernel(local_home, tmp_pa
     script = (
         "import os, sys, time\nfrom jupyter_rjobs import JobManager\nm = JobManager()\n"
         f"m.start({loop.format(kept)!r}, detached=True)\nm.start({loop.format(ended)!r}, host='localhost')\n"
-        "print('started', flush=True)\ntime.sleep(600)"
+        "m.new_session('localhost', name='t')\nprint('started', flush=True)\ntime.sleep(600)"
     )
     kernel = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
     try:
@@ -213,6 +213,8 @@ def test_a_non_detached_job_on_localhost_ends_with_its_kernel(local_home, tmp_pa
         assert pid_alive(kept_pid), "the detached job ended with its kernel"
         manager = JobManager()
         try:
+            with pytest.raises(UsageProblem, match=r"session 't' is gone from localhost \(closed, or its interpreter ended\)"):
+                manager.connect("t")  # not disconnected: it ended with its kernel
             jobs = {job.detached: job for job in manager.connect("localhost")}
             assert sorted(jobs) == [False, True]
             assert wait_until(lambda: jobs[False].state is JobState.Stopped, 30), jobs[False]  # its spool says how it ended

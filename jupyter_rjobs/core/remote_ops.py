@@ -273,7 +273,9 @@ class RemoteOps:
             jobs = [meta for meta in listing.get("jobs", []) if meta.get("session") == entry.instance]
             self._adopt_jobs(entry.host, entry.python, jobs, {entry.instance: session}, force=force)
             return session
-        raise SessionNotFoundError(name, [s.name for s in self.sessions()])
+        hosts = ", ".join(sorted({entry.host for entry in left}))
+        raise UsageProblem(f"session {name!r} is gone from {hosts} (closed, or its interpreter ended); its entry is forgotten,"
+                           f" so `%rjob connect {name}` again means the host {name}")
 
     def _refused(self, host: str, meta: Mapping[str, Any], known: set[str]) -> list[Job]:
         """A spool the host refused to read (not ours alone): listed as a Failed job that says so;
