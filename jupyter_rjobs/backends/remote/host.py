@@ -1,9 +1,11 @@
 """A host's connection and the agent server on it, shared by every job and session there.
 
 The connection is a :class:`~.transport.Transport`: SSH to a host, or a local pipe for
-``localhost`` (this machine, no sshd); everything else here is the same for both. First contact checks the host's Python, uploads the agent (and dill, if the host lacks it) into a
-private, versioned cache directory, and starts the server (``serve_main`` in agent/server.py). Frames
-for a job go to its runner; replies to requests (a listing, a session's state) to whoever waits.
+``localhost`` (this machine, no sshd); everything else here is the same for both. First contact
+checks the host's Python, uploads the agent (and dill, if the host lacks it) into a private,
+versioned cache directory (on localhost: a local copy, once per version), and starts the server
+(``serve_main`` in agent/server.py). Frames for a job go to its runner; replies to requests (a
+listing, a session's state) to whoever waits.
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ def _dill_zip() -> bytes:
 
 
 class _ChannelReader:
-    """A file-like ``readinto`` over a paramiko channel, for read_frame: small reads are served
+    """A file-like ``readinto`` over a channel (SSH or local pipe), for read_frame: small reads are served
     from a buffer (a frame's head, its JSON), large ones go straight into the caller's memory."""
 
     def __init__(self, channel: Channel) -> None:

@@ -38,7 +38,7 @@ class RemoteOptions(BackendOptions):
              " localhost is this machine's local agent, without SSH")
     cache: str = option("kernel", flag="--cache", choices=("kernel", "remote"),
                         help="where a remote job's output is kept until received (default kernel)")
-    python: Union[str, None] = option(None, flag="--python", metavar="PATH", help="the Python to run on the hosts (default python3)")
+    python: Union[str, None] = option(None, flag="--python", metavar="PATH", help="the Python to run on the hosts (default python3; on localhost the kernel's own)")
     accept_new_host: AcceptNewHost = option(False, flag="--accept-new-host", metavar="HOSTS", bare=True, help=ACCEPT_NEW_HELP)
     detached: bool = option(False, flag="--detached",
                             help="a job that outlives this kernel (without --host: on this machine, under the local agent);"
