@@ -201,9 +201,11 @@ def test_a_non_detached_job_on_localhost_ends_with_its_kernel(local_home, tmp_pa
     root = os.path.join(local_home, ".cache", "jupyter_rjobs")
     kept, ended = str(tmp_path / "kept.pid"), str(tmp_path / "ended.pid")
     loop = "import os, time\nopen({!r}, 'w').write(str(os.getpid()))\nwhile True:\n    time.sleep(0.05)"
+    # the doomed job prints without pause: the agent may find its kernel gone by a broken pipe first
+    noisy = "import os\nopen({!r}, 'w').write(str(os.getpid()))\nwhile True:\n    print('x' * 100, flush=True)"
     script = (
         "import os, sys, time\nfrom jupyter_rjobs import JobManager\nm = JobManager()\n"
-        f"m.start({loop.format(kept)!r}, detached=True)\nm.start({loop.format(ended)!r}, host='localhost')\n"
+        f"m.start({loop.format(kept)!r}, detached=True)\nm.start({noisy.format(ended)!r}, host='localhost')\n"
         "m.new_session('localhost', name='t')\nprint('started', flush=True)\ntime.sleep(600)"
     )
     kernel = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)

@@ -102,13 +102,23 @@ class Server:
         write_frame(self.out, header, buffers)
 
     def loop(self) -> None:
-        """Serve until the kernel goes (the jobs go on: their spools keep everything)."""
+        """Serve until the kernel goes (the jobs go on: their spools keep everything). The kernel is
+        gone when its requests end, or when what we send it finds no reader (a broken pipe: a
+        kernel killed while its jobs were printing, before the end of its requests is read)."""
         for path in (self.root, self.jobs_dir, self.sessions_dir):
             if not os.path.isdir(path):
                 os.mkdir(path, 0o700)
             check_private(path)
         self.selector.register(self.inp.fileno(), selectors.EVENT_READ, None)
-        self.send({"op": HELLO, "version": PROTOCOL_VERSION, "python": sys.version.split()[0], "pid": os.getpid()})
+        try:
+            self.send({"op": HELLO, "version": PROTOCOL_VERSION, "python": sys.version.split()[0], "pid": os.getpid()})
+            self.serve()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.orphaned()
+
+    def serve(self) -> None:
+        """Requests and forwarding, until the kernel's requests end."""
         next_sweep = time.monotonic()
         while True:
             events = self.selector.select(0.05)
@@ -116,7 +126,6 @@ class Server:
             for key, _ in events:
                 if key.data is None:
                     if not self.on_request():
-                        self.orphaned()
                         return
                 else:
                     self.jobs.woken(key.data)
