@@ -28,7 +28,7 @@ from jupyter_rjobs.backends.remote import registry as _registry
 from jupyter_rjobs.backends.remote.host import HostConnection
 from jupyter_rjobs.backends.remote.options import RemoteOptions
 from jupyter_rjobs.backends.remote.replies import refuse_version_bound
-from jupyter_rjobs.backends.remote.ssh.connection import AcceptNewHost, HostSettings, resolve_host
+from jupyter_rjobs.backends.remote.ssh.config import HostSettings, resolve_host
 from jupyter_rjobs.backends.remote.ssh.prompt import prompts_disabled
 from jupyter_rjobs.backends.remote.streams import AckingStream, RemoteSpoolStream
 from jupyter_rjobs.backends.remote.transport import is_local_host
@@ -38,6 +38,7 @@ from jupyter_rjobs.core.records import Record
 from jupyter_rjobs.core.sessions import Session, SessionState
 
 if TYPE_CHECKING:
+    from jupyter_rjobs.backends.remote.ssh.known_hosts import AcceptNewHost
     from jupyter_rjobs.core.remote_ops import RemoteOps
 
 __all__ = ["RemoteBackend", "RemoteRunner"]

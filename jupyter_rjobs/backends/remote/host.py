@@ -22,15 +22,17 @@ import tempfile
 import threading
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from jupyter_rjobs import agent
 from jupyter_rjobs.agent import protocol
 from jupyter_rjobs.agent.protocol import read_frame, write_frame
-from jupyter_rjobs.backends.remote.ssh.connection import AcceptNewHost, HostSettings, SshConnection
-from jupyter_rjobs.backends.remote.ssh.errors import CONNECTION_ERRORS, describe
+from jupyter_rjobs.backends.remote.ssh.config import HostSettings
 from jupyter_rjobs.backends.remote.transport import Channel, LocalTransport, Transport, is_local_host
 from jupyter_rjobs.core.errors import HostError
+
+if TYPE_CHECKING:
+    from jupyter_rjobs.backends.remote.ssh.known_hosts import AcceptNewHost
 
 __all__ = ["HostConnection", "FrameTarget"]
 
@@ -166,10 +168,7 @@ class HostConnection:
 
     # -- first contact ------------------------------------------------------------------
     def open(self) -> HostConnection:
-        try:
-            self.connection = self._open_transport()
-        except CONNECTION_ERRORS as exc:  # whatever the ssh layer did not name itself: still one line
-            raise HostError(self.host, f"the SSH connection failed ({describe(exc)}); check that the host is up and runs sshd") from None
+        self.connection = self._open_transport()
         try:
             agent_dir, python_path = self._install()
             problem = self._start_agent(agent_dir, python_path)
@@ -180,11 +179,11 @@ class HostConnection:
                 problem = self._start_agent(agent_dir, python_path)
                 if problem is not None:
                     raise HostError(self.host, f"{problem}; remove {agent_dir} there and connect again")
-        except CONNECTION_ERRORS as exc:
+        except self._broken as exc:
             self.close()
             if isinstance(self.connection, LocalTransport):
-                raise HostError(self.host, f"the local agent could not be started ({describe(exc)}); try again") from None
-            raise HostError(self.host, f"the SSH connection broke while starting the agent there ({describe(exc)}); try again"
+                raise HostError(self.host, f"the local agent could not be started ({self._describe(exc)}); try again") from None
+            raise HostError(self.host, f"the SSH connection broke while starting the agent there ({self._describe(exc)}); try again"
                             " (if it says the host refused a channel, sshd there allows no sessions: MaxSessions)") from None
         except BaseException:
             self.close()
@@ -192,10 +191,25 @@ class HostConnection:
         return self
 
     def _open_transport(self) -> Transport:
-        """A local pipe for ``localhost`` (this machine, no SSH), else an SSH connection."""
+        """A local pipe for ``localhost`` (this machine, no SSH), else an SSH connection (paramiko
+        is imported only then)."""
         if is_local_host(self.host):
             return LocalTransport().open()
-        return SshConnection(self.settings, self._accept_new_host).open()
+        from jupyter_rjobs.backends.remote.ssh.connection import SshConnection
+
+        connection = SshConnection(self.settings, self._accept_new_host)
+        try:
+            return connection.open()
+        except connection.errors as exc:  # whatever the ssh layer did not name itself: still one line
+            raise HostError(self.host, f"the SSH connection failed ({connection.describe(exc)}); check that the host is up and runs sshd") from None
+
+    @property
+    def _broken(self) -> tuple[type[BaseException], ...]:
+        """What the transport raises when it breaks."""
+        return self.connection.errors if self.connection is not None else (OSError, EOFError)
+
+    def _describe(self, exc: BaseException) -> str:
+        return self.connection.describe(exc) if self.connection is not None else str(exc)
 
     def _start_agent(self, agent_dir: str, python_path: str) -> str | None:
         """Start the agent's server from its zip; None once it said hello in our protocol, else what is wrong."""
@@ -282,8 +296,8 @@ class HostConnection:
         with self._send_lock:
             try:
                 write_frame(self._writer, header, buffers)
-            except CONNECTION_ERRORS as exc:
-                raise HostError(self.host, f"the connection is broken ({describe(exc)}); it reconnects by itself, or use %rjob connect") from None
+            except self._broken as exc:
+                raise HostError(self.host, f"the connection is broken ({self._describe(exc)}); it reconnects by itself, or use %rjob connect") from None
 
     def attach(self, instance: str, runner: FrameTarget) -> None:
         self._runners[instance] = runner

@@ -44,12 +44,15 @@ class Channel(Protocol):
 
 class Transport(Protocol):
     """What HostConnection needs from the way to a host: start a command and talk to it through
-    its streams, run one to its end, and close. ``kind`` names it in messages."""
+    its streams, run one to its end, and close; ``kind`` names it in messages, ``errors`` are what
+    it raises when it breaks, ``describe`` says one of them in one line."""
 
     kind: str
+    errors: tuple[type[BaseException], ...]  # what its operations raise when it breaks
 
     @property
     def alive(self) -> bool: ...
+    def describe(self, exc: BaseException) -> str: ...
     def exec(self, command: str) -> Channel: ...
     def run(self, command: str, stdin: bytes = b"", timeout: float | None = 60.0) -> tuple[int, bytes, bytes]: ...
     def close(self) -> None: ...
@@ -119,6 +122,7 @@ class LocalTransport:
     """This machine, as a host: commands run by ``/bin/sh`` as this user, in sessions of their own."""
 
     kind = "local pipe"
+    errors: tuple[type[BaseException], ...] = (OSError, EOFError)
 
     def __init__(self) -> None:
         self._closed = False
@@ -130,6 +134,11 @@ class LocalTransport:
     @property
     def alive(self) -> bool:
         return not self._closed
+
+    @staticmethod
+    def describe(exc: BaseException) -> str:
+        text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        return " ".join(str(text).split())
 
     def exec(self, command: str) -> LocalChannel:
         channel = LocalChannel(command)
