@@ -122,3 +122,15 @@ def test_the_sessions_notebook_keeps_variables_and_re_attaches(executed: Callabl
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert all(f"tick {i}" in text for i in range(10))
     assert "[s1@server01]" in text
+
+
+@pytest.mark.kernel
+def test_the_local_sessions_notebook_keeps_the_table_and_receives_the_rest(executed: Callable[[Path], Any]) -> None:
+    outputs = outputs_of(executed(NOTEBOOK_DIR / "05-local-sessions-survive-the-kernel.ipynb"))
+    values = [o["data"].get("text/plain", "") for o in outputs if o.output_type == "execute_result"]
+    assert any("1,000,000 rows, table[1234] = 1522756" in v for v in values), values  # the session's table, after connect
+    assert "285" in values  # a cell run in the entered session
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert [line for line in text.splitlines() if line.startswith("step")] == [f"step {i}" for i in range(5)]  # each once
+    assert "'finished while nobody watched'" in values
+    assert "[data@localhost]" in text and "Closed session data on localhost" in text
