@@ -11,8 +11,9 @@ How it stays out of the way:
 
 - One :class:`CardHub` per manager: the manager's ONE listener for every card and ONE thread that
   redraws them. A listener call only notes the record in the card's tail and marks it dirty;
-  the thread redraws dirty cards at most once per ``interval`` seconds (a burst of output is one
-  redraw) and, while some card's job runs, once a second for the elapsed times. No polling.
+  the thread redraws dirty cards at most once per ``interval`` seconds, or per ``PER_CARD`` seconds
+  a live card when there are many (a burst of output is one redraw), and, while some card's job
+  runs, about once a second for the elapsed times. No polling.
 - A redraw sets widget traits (comm messages, which front ends route by comm id): nothing is
   printed, so nothing lands in another cell's output.
 - Its mime bundle has text/plain and text/html (the one-row job table of the time it was drawn)
@@ -42,10 +43,11 @@ from jupyter_rjobs.ipython.card_tail import Tail, outcome_text
 from jupyter_rjobs.ipython.panel_rows import ACTIVE_STATES, button, elapsed_text, state_html
 from jupyter_rjobs.ipython.render import OutputTarget, Renderer, render_records
 
-__all__ = ["CardHub", "JobCard", "card_bundle", "card_of", "hub_of"]
+__all__ = ["CardHub", "JobCard", "card_bundle", "card_of", "hub_of", "settle_all"]
 
-INTERVAL = 0.25  # seconds: a card is redrawn at most this often (the shared throttle)
-TICK = 1.0  # seconds: the elapsed times of running jobs move on this often
+INTERVAL = 0.25  # seconds: a card is redrawn at most this often (the shared throttle) ...
+PER_CARD = 0.01  # ... or, with many live cards, this much per card (100 cards: once a second)
+TICK = 1.0  # seconds: the elapsed times of running jobs move on this often (must be above INTERVAL)
 STYLE = """<style>
 .rjob-card{border:1px solid #ccc;border-radius:4px;padding:4px 6px;margin:2px 0;max-width:900px}
 .rjob-card .rjob-card-head{white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
@@ -55,10 +57,11 @@ STYLE = """<style>
 .rjob-card .rjob-card-gone{display:none;color:#c62828;font-weight:bold}
 .rjob-card.jupyter-widgets-disconnected .rjob-card-gone{display:block}
 .rjob-card.jupyter-widgets-disconnected button{pointer-events:none;opacity:0.4}
+.rjob-card.jupyter-widgets-disconnected::before,.rjob-card .jupyter-widgets-disconnected::before{content:none;display:none}
 .rjob-spin{display:inline-block;animation:rjob-spin 1s linear infinite}
 @keyframes rjob-spin{from{transform:rotate(0deg)}to{transform:rotate(360deg)}}
 </style>"""
-GONE = "<div class='rjob-card-gone'>The kernel restarted: this card no longer updates; its job ended with the old kernel.</div>"
+GONE = "<div class='rjob-card-gone'>The kernel restarted: this card no longer updates, and its buttons do nothing.</div>"
 
 
 class CardHub:
@@ -74,6 +77,7 @@ class CardHub:
         self._dirty: set[int] = set()  # ids of the cards' jobs to redraw
         self._unsubscribe: Any = None
         self._thread: threading.Thread | None = None
+        self._ended: list[JobCard] = []  # cards drawn final by the thread, to send again from a cell (settle)
 
     @property
     def live(self) -> list[JobCard]:
@@ -130,7 +134,7 @@ class CardHub:
                         self._thread = None  # nothing to update: no thread until a card is added
                         return
                     ticking = any(card.job.state in ACTIVE_STATES for card in self._cards.values())
-                    if not self._wake.wait(TICK if ticking else None):
+                    if not self._wake.wait(max(0.05, TICK - self.interval) if ticking else None):
                         break  # a tick: the elapsed times of running jobs
                 dirty, self._dirty = self._dirty, set()
                 cards = {id(card): card for card in self._cards.values()}
@@ -138,7 +142,7 @@ class CardHub:
             for card in cards.values():
                 if card.job.id in dirty or card.job.state in ACTIVE_STATES:
                     self._draw(card, now)
-            if self._closing.wait(self.interval):  # the throttle: events meanwhile are coalesced
+            if self._closing.wait(max(self.interval, PER_CARD * len(cards))):  # the throttle: events meanwhile are coalesced
                 return
 
     def _draw(self, card: JobCard, now: datetime) -> None:
@@ -149,6 +153,23 @@ class CardHub:
         self.redraws += 1
         if card.final:
             self.discard(card)  # it stops updating
+            with self._wake:
+                self._ended.append(card)
+
+    def settle(self) -> None:
+        """After each cell (post_execute, the kernel's main thread): send the final drawing of the cards
+        that ended meanwhile once more, now as part of that cell. A front end applies widget updates
+        from any thread, but a client that records widget state per cell (nbclient, papermill) keeps
+        only those sent while a cell runs, so a notebook run by it is saved with its cards' last state."""
+        with self._wake:
+            ended, self._ended = self._ended, []
+            live = {id(card): card for card in self._cards.values()}.values()
+        for card in ended:
+            card.resend()
+        for card in live:
+            if card.job.state.finished or card.removed:  # ended, not drawn yet (the throttle): drawn now
+                card.draw()
+                self.discard(card)
 
     def close(self) -> None:
         """Stop listening and end the thread (the cards stay as drawn). Idempotent."""
@@ -177,6 +198,14 @@ def hub_of(manager: JobManager) -> CardHub:
         return hub
 
 
+def settle_all() -> None:
+    """:meth:`CardHub.settle` for every manager's cards (the post_execute hook)."""
+    with _hubs_lock:
+        hubs = list(_hubs.values())
+    for hub in hubs:
+        hub.settle()
+
+
 class JobCard(JobActions, widgets.VBox):
     """One job's live card. Made by :func:`card_bundle` when ``%%rjob start`` shows its job."""
 
@@ -186,6 +215,7 @@ class JobCard(JobActions, widgets.VBox):
         self.final = False  # drawn in its final state: no more updates
         self.removed = False
         self._shell = shell
+        self._draw_lock = threading.RLock()
         self._init_actions()
         labels = {child.id: child.location for child in job.leaves() if child is not job}
         self.tail = Tail(lines, labels)
@@ -194,6 +224,7 @@ class JobCard(JobActions, widgets.VBox):
         self._bar = widgets.FloatProgress(min=0.0, max=1.0, layout=widgets.Layout(width="240px", display="none"))
         self._body = widgets.HTML()
         self.status = widgets.Label()
+        self.status.add_class("rjob-card-status")
         self.output = widgets.Output(layout=widgets.Layout(display="none", max_height="240px", overflow="auto"))
         self._output_lock = threading.Lock()
         self._buttons = {
@@ -219,6 +250,10 @@ class JobCard(JobActions, widgets.VBox):
 
     # -- drawing (the hub's thread, or the caller's) -----------------------------------
     def draw(self, now: datetime | None = None) -> None:
+        with self._draw_lock:  # the hub's thread, a click, a cell's end (settle)
+            self._draw(now)
+
+    def _draw(self, now: datetime | None) -> None:
         job = self.job
         state = job.state
         done = state.finished or self.removed
@@ -236,6 +271,11 @@ class JobCard(JobActions, widgets.VBox):
         if self.removed:
             self.say(f"{job.label} was removed")
         self.final = done
+
+    def resend(self) -> None:
+        """Send the card's drawing again (as it is: nothing is redrawn)."""
+        for widget in (self._head, self._bar, self._body, self.status, *self._buttons.values()):
+            widget.send_state()
 
     def _head_html(self, state: JobState, now: datetime | None) -> str:
         job = self.job

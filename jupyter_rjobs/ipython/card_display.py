@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 import threading
 import weakref
 from typing import Any
@@ -45,13 +46,36 @@ def _format(shell: Any, job: Job) -> dict[str, Any] | None:
         return None
 
 
+def _settle(result: Any = None) -> None:
+    """post_execute: cards that ended while the cell ran are sent once more, as part of it (card.settle_all)."""
+    card = sys.modules.get("jupyter_rjobs.ipython.card")  # no card was ever made: nothing to do
+    if card is not None:
+        card.settle_all()
+
+
+_settle._rjobs_callback = True  # type: ignore[attr-defined]
+
+
 def install(shell: Any) -> None:
     formatter = getattr(getattr(shell, "display_formatter", None), "mimebundle_formatter", None)
     if formatter is not None:
         formatter.for_type(Job, functools.partial(_format, shell))
+    if hasattr(shell, "events"):
+        _unregister(shell)
+        shell.events.register("post_execute", _settle)
 
 
 def uninstall(shell: Any) -> None:
     formatter = getattr(getattr(shell, "display_formatter", None), "mimebundle_formatter", None)
     if formatter is not None:
         formatter.pop(Job, None)
+    if hasattr(shell, "events"):
+        _unregister(shell)
+
+
+def _unregister(shell: Any) -> None:
+    """Remove this module's post_execute callback, also one an older copy registered (%reload_ext)."""
+    callbacks = shell.events.callbacks["post_execute"]
+    for callback in list(callbacks):
+        if getattr(callback, "_rjobs_callback", False) or getattr(getattr(callback, "__wrapped__", None), "_rjobs_callback", False):
+            callbacks.remove(callback)
