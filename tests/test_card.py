@@ -154,3 +154,21 @@ def test_a_fan_out_card_shows_one_line_per_child(fan_kind: JobKind, make_manager
         assert job.state is JobState.Completed and "value: {" in body
     finally:
         card.close()
+
+
+def test_a_card_shows_a_progress_bar_only_once_the_job_reports_progress(manager: JobManager) -> None:
+    quiet = JobCard(manager.start("1", "thread"), manager)
+    go = threading.Event()
+    job = manager.start(WAIT_FOR_GO + "from jupyter_rjobs import progress\nprogress(1, 4, 'one')\n"
+                        "while not done.is_set():\n    time.sleep(0.01)", "thread", namespace={"go": go, "done": (done := threading.Event())})
+    card = JobCard(job, manager)
+    try:
+        assert card._bar.layout.display == "none" and wait_until(lambda: quiet.final, 30) and quiet._bar.layout.display == "none"
+        go.set()
+        assert wait_until(lambda: card._bar.layout.display == "" and card._bar.value == 0.25, 30)
+        assert card._bar.description == "25%"
+        done.set()
+        assert wait_until(lambda: card.final, 30) and card._bar.bar_style == "success"
+    finally:
+        card.close()
+        quiet.close()

@@ -183,6 +183,8 @@ class CardHub:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(10)
+        with self._wake:
+            self._thread = None  # a card added later starts a new one
 
 
 _hubs: weakref.WeakKeyDictionary[JobManager, CardHub] = weakref.WeakKeyDictionary()
