@@ -37,23 +37,25 @@ class Tail:
     def prime(self, records: Iterable[Record]) -> None:
         """Take in the records the job had before the card listened (``Job.peek``), then those fed
         meanwhile, in order and each once, whichever came first."""
-        with self._lock:
+        with self._lock:  # one step: a record fed meanwhile waits, then comes after these
             held, self._held = self._held or [], None
-            ordered = sorted([*records, *held], key=lambda r: (r.job_id, r.seq))
-        self.feed(ordered)
+            self._take_in(sorted([*records, *held], key=lambda r: (r.job_id, r.seq)))
 
     def feed(self, records: Iterable[Record]) -> bool:
         """Take in records (each one once: a record seen already is skipped); whether anything shown changed."""
-        changed = False
         with self._lock:
             if self._held is not None:
                 self._held.extend(records)
                 return False
-            for record in records:
-                if record.seq <= self._seen.get(record.job_id, 0):
-                    continue
-                self._seen[record.job_id] = record.seq
-                changed = self._take(record) or changed
+            return self._take_in(records)
+
+    def _take_in(self, records: Iterable[Record]) -> bool:
+        changed = False
+        for record in records:
+            if record.seq <= self._seen.get(record.job_id, 0):
+                continue
+            self._seen[record.job_id] = record.seq
+            changed = self._take(record) or changed
         return changed
 
     def _take(self, record: Record) -> bool:
