@@ -9,6 +9,10 @@ the kernel restarted. Screenshots go to tests/artifacts (paths printed).
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,25 @@ def _notebook(path: Path) -> Path:
     notebook.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
     nbformat.write(notebook, path)
     return path
+
+
+def _kill_kernel(lab: Lab) -> None:
+    """SIGKILL the notebook's kernel (a crash, an out-of-memory kill): the server restarts it by itself."""
+    with urllib.request.urlopen(f"{lab.url}/api/sessions?token={lab.token}", timeout=10) as response:
+        sessions = json.load(response)
+    assert len(sessions) == 1, sessions
+    needle = f"kernel-{sessions[0]['kernel']['id']}.json".encode()
+    pids = [int(entry) for entry in os.listdir("/proc") if entry.isdigit() and needle in _cmdline(entry)]
+    assert len(pids) == 1, pids
+    os.kill(pids[0], signal.SIGKILL)
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read()
+    except OSError:
+        return b""
 
 
 def _restart_kernel(page: Any) -> None:
@@ -113,7 +136,10 @@ def _drive(page: Any, lab: Lab, app: str, expect: Any) -> None:
     assert "forever" not in (other.text_content() or "")
     _screenshot(page, worker, f"browser-card-{app}.png")
 
-    _restart_kernel(page)
+    if app == "lab":
+        _restart_kernel(page)  # Kernel, Restart Kernel
+    else:
+        _kill_kernel(lab)  # a crash: the server restarts the kernel by itself
     expect(worker.locator(".rjob-card-gone")).to_be_visible(timeout=60_000)
     expect(worker.locator(".rjob-card-gone")).to_contain_text("kernel restarted")
     _screenshot(page, worker, f"browser-card-{app}-after-restart.png")
