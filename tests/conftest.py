@@ -15,10 +15,11 @@ os.environ["JUPYTER_RJOBS_STATE"] = tempfile.mkdtemp(prefix="rjobs-state-")
 
 pytest_plugins = ["sshfixtures", "pamfixtures", "daskfixtures"]  # the real-sshd lab (tests/sshlab.py), its PAM hosts (tests/pamlab.py), a LocalCluster
 
-# The contract suite runs against every kind here.
-ALL_KINDS = ["thread", "process", pytest.param("remote", marks=pytest.mark.ssh), pytest.param("dask", marks=pytest.mark.dask)]
+# The contract suite runs against every kind here ("localhost": remote jobs on this machine's
+# local agent, through a local pipe instead of SSH: the same agent, server and spool).
+ALL_KINDS = ["thread", "process", pytest.param("remote", marks=pytest.mark.ssh), "localhost", pytest.param("dask", marks=pytest.mark.dask)]
 # Kinds whose jobs get copies of the notebook's variables (serialized), not the objects.
-SENDING_KINDS = ["process", pytest.param("remote", marks=pytest.mark.ssh), pytest.param("dask", marks=pytest.mark.dask)]
+SENDING_KINDS = ["process", pytest.param("remote", marks=pytest.mark.ssh), "localhost", pytest.param("dask", marks=pytest.mark.dask)]
 REMOTE_HOST = "server01"  # the lab's sshd on loopback
 
 
@@ -88,7 +89,31 @@ def _starter(request: pytest.FixtureRequest, make_manager: Callable[..., JobMana
         return Starter(make_manager(ssh_config=lab.ssh_config), "remote", host=REMOTE_HOST)
     if request.param == "dask":
         return Starter(make_manager(), "dask", cluster=request.getfixturevalue("dask_cluster"))
+    if request.param == "localhost":
+        request.getfixturevalue("local_home")
+        return Starter(make_manager(), "remote", host="localhost")
     return Starter(make_manager(), request.param)
+
+
+@pytest.fixture
+def local_home(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A HOME of its own for the local agent (its spool root is ~/.cache/jupyter_rjobs, as on a host),
+    so tests never touch the user's own; the local agent started by the test inherits it. A test
+    that failed half-way leaves no agent process behind (each names this HOME in its command line)."""
+    import signal
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    monkeypatch.setenv("HOME", str(home))
+    yield str(home)
+    marker = str(home).encode()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if entry.isdigit() and marker in f.read():
+                    os.kill(int(entry), signal.SIGKILL)
+        except OSError:
+            continue
 
 
 @pytest.fixture(params=ALL_KINDS)

@@ -10,6 +10,7 @@ elsewhere the test is skipped saying why.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -81,16 +82,18 @@ def _answers(url: str) -> bool:
         return False
 
 
-@pytest.fixture
-def lab(browser_ready: None, tmp_path: Path) -> Iterator[Lab]:
-    """JupyterLab on 127.0.0.1 with a token, every Jupyter directory temporary, the notebook copied in."""
+@contextlib.contextmanager
+def serve(tmp_path: Path, notebooks: list[Path], app: str = "lab") -> Iterator[Lab]:
+    """JupyterLab (``app="lab"``) or Notebook 7 (``"notebook"``) on 127.0.0.1 with a token, every Jupyter
+    directory temporary, the notebooks copied in; stopped (with its kernels) at the end."""
     dirs = {name: tmp_path / name for name in ("root", "config", "data", "runtime", "settings", "workspaces", "ipython")}
     for path in dirs.values():
-        path.mkdir()
+        path.mkdir(parents=True)
     notification = dirs["settings"] / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     notification.parent.mkdir(parents=True)
     notification.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
-    shutil.copy(REPO / "notebooks" / "04-panel.ipynb", dirs["root"])
+    for notebook in notebooks:
+        shutil.copy(notebook, dirs["root"])
     env = dict(
         os.environ,
         JUPYTER_CONFIG_DIR=str(dirs["config"]), JUPYTER_DATA_DIR=str(dirs["data"]), JUPYTER_RUNTIME_DIR=str(dirs["runtime"]),
@@ -98,9 +101,9 @@ def lab(browser_ready: None, tmp_path: Path) -> Iterator[Lab]:
         IPYTHONDIR=str(dirs["ipython"]),
     )
     port, token = _free_port(), secrets.token_hex(16)
-    log = tmp_path / "jupyterlab.log"
+    log = tmp_path / f"jupyter-{app}.log"
     command = [
-        sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
+        sys.executable, "-m", "jupyter", app, "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
         f"--ServerApp.token={token}", f"--ServerApp.root_dir={dirs['root']}", "--ServerApp.port_retries=0", "--allow-root",
     ]
     with open(log, "wb") as log_file:
@@ -110,7 +113,7 @@ def lab(browser_ready: None, tmp_path: Path) -> Iterator[Lab]:
         deadline = time.monotonic() + 90
         while not _answers(f"{url}/api/status?token={token}"):
             if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"JupyterLab did not start (exit {server.poll()}):\n{log.read_text()[-3000:]}")
+                pytest.fail(f"jupyter {app} did not start (exit {server.poll()}):\n{log.read_text()[-3000:]}")
             time.sleep(0.2)
         yield Lab(url, token, dirs["root"], log)
     finally:
@@ -120,6 +123,13 @@ def lab(browser_ready: None, tmp_path: Path) -> Iterator[Lab]:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait(10)
+
+
+@pytest.fixture
+def lab(browser_ready: None, tmp_path: Path) -> Iterator[Lab]:
+    """JupyterLab with a copy of notebooks/04-panel.ipynb."""
+    with serve(tmp_path, [REPO / "notebooks" / "04-panel.ipynb"]) as server:
+        yield server
 
 
 def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:

@@ -24,6 +24,7 @@ from user_sees import assert_user_sees_no_noise, from_notebook
 NOTEBOOK_DIR = Path(__file__).parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 ERROR_TAG = "shows-job-error"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 
 def _param(path: Path) -> Any:
@@ -91,12 +92,9 @@ def test_the_quickstart_shows_what_it_says(executed: Callable[[Path], Any]) -> N
 @pytest.mark.kernel
 def test_the_panel_notebook_shows_a_panel_and_progress(executed: Callable[[Path], Any]) -> None:
     notebook = executed(NOTEBOOK_DIR / "04-panel.ipynb")
-    views = [
-        o["data"]["application/vnd.jupyter.widget-view+json"]
-        for o in outputs_of(notebook)
-        if o.output_type == "execute_result" and "application/vnd.jupyter.widget-view+json" in o["data"]
-    ]
-    assert len(views) == 1 and views[0]["model_id"]
+    panel_cell = next(cell for cell in notebook.cells if cell.cell_type == "code" and "%rjob panel" in cell.source)
+    views = [o["data"].get(WIDGET_VIEW) for o in panel_cell.outputs if o.output_type == "execute_result"]
+    assert len(views) == 1 and views[0]["model_id"]  # the panel (each %%rjob start cell shows its job's card)
     tables = [o["data"]["text/plain"] for o in outputs_of(notebook) if o.output_type == "execute_result" and "Progress" in o["data"]["text/plain"]]
     rows = {line.split()[1]: line for line in tables[-1].splitlines()[2:]}
     assert "100%" in rows["counting"] and "100%" in rows["with-tqdm"] and "Running" in rows["long-runner"]
@@ -122,3 +120,50 @@ def test_the_sessions_notebook_keeps_variables_and_re_attaches(executed: Callabl
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert all(f"tick {i}" in text for i in range(10))
     assert "[s1@server01]" in text
+
+
+@pytest.mark.kernel
+def test_the_local_sessions_notebook_keeps_the_table_and_receives_the_rest(executed: Callable[[Path], Any]) -> None:
+    outputs = outputs_of(executed(NOTEBOOK_DIR / "06-local-sessions-survive-the-kernel.ipynb"))
+    values = [o["data"].get("text/plain", "") for o in outputs if o.output_type == "execute_result"]
+    assert any("1,000,000 rows, table[1234] = 1522756" in v for v in values), values  # the session's table, after connect
+    assert "285" in values  # a cell run in the entered session
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert [line for line in text.splitlines() if line.startswith("step")] == [f"step {i}" for i in range(5)]  # each once
+    assert "'finished while nobody watched'" in values
+    assert "[data@localhost]" in text and "Closed session data on localhost" in text
+
+
+@pytest.mark.kernel
+def test_the_card_notebook_shows_cards_and_receive_still_gets_everything(executed: Callable[[Path], Any]) -> None:
+    notebook = executed(NOTEBOOK_DIR / "05-job-card.ipynb")
+    starts = [cell for cell in notebook.cells if cell.cell_type == "code" and cell.source.startswith("%%rjob start")]
+    shown = [[o["data"] for o in cell.outputs if o.output_type == "execute_result"] for cell in starts]
+    assert [WIDGET_VIEW in data[0] for data in shown] == [True, True, False]  # two cards, then --no-card's table
+    assert all("PSJobTypeName" in data[0]["text/plain"] and "<table" in data[0]["text/html"] for data in shown)
+    state = notebook.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]  # as nbclient saved it
+    values = " ".join(str(model["state"].get("value", "")) for model in state.values())
+    assert "data-state='Completed'" in values and "step 10" in values and "value: 499999500000" in values
+    assert "FileNotFoundError: [Errno 2] No such file or directory: &#x27;no-such-data.csv&#x27;" in values
+    receive = next(cell for cell in notebook.cells if cell.source.startswith("%rjob receive crunch"))
+    text = "".join(o.get("text", "") for o in receive.outputs if o.output_type == "stream")
+    assert text.startswith("".join(f"step {i}\n" for i in range(1, 11)))  # the card only looked (then: the progress line)
+    free = next(cell for cell in notebook.cells if "this cell runs while" in cell.source)
+    assert [o.get("text") for o in free.outputs] == ["this cell runs while crunch runs\n"]
+
+
+@pytest.mark.kernel
+def test_nbconvert_shows_a_card_without_widget_state_as_the_table(tmp_path: Path) -> None:
+    from nbconvert import HTMLExporter
+
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("%load_ext jupyter_rjobs"),
+        nbformat.v4.new_code_cell("%%rjob start --thread --name exported\n6 * 7"),
+    ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+        NotebookClient(notebook, timeout=120, kernel_name="python3", store_widget_state=False,
+                       resources={"metadata": {"path": str(tmp_path)}}).execute()
+    assert WIDGET_VIEW in notebook.cells[1].outputs[0]["data"]  # a card in the notebook ...
+    html, _ = HTMLExporter().from_notebook_node(notebook)
+    assert "rjob-table" in html and "exported" in html and "ThreadJob" in html  # ... the table in the HTML

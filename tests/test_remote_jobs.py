@@ -354,7 +354,7 @@ def test_magics_remote_bad_input(ip_remote):
         ip.run_line_magic("rjob", "start --host 127.0.0.1:1 -- 1")
     with pytest.raises(UsageError, match="leave out --thread"):
         ip.run_line_magic("rjob", "start --thread --host server01 -- 1")
-    with pytest.raises(UsageError, match="are for remote jobs"):
+    with pytest.raises(UsageError, match="are for jobs under the agent: add --host"):
         ip.run_line_magic("rjob", "start --cache remote -- 1")
     with pytest.raises(UsageError, match="named twice"):
         ip.run_line_magic("rjob", "start --host server01,server01 -- 1")

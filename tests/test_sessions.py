@@ -147,7 +147,7 @@ def test_magics_session_bad_input_creates_nothing(ip_remote):
     with pytest.raises(UsageError, match="not both"):
         ip.run_cell_magic("rjob", "start --session s1 --host server01", "1")
     with pytest.raises(UsageError, match="add --host"):
-        ip.run_cell_magic("rjob", "start --detached", "1")
+        ip.run_cell_magic("rjob", "start --cache remote", "1")  # (--detached alone runs on this machine's local agent)
     assert manager.sessions() == [] and manager.list() == []
 
 

@@ -102,13 +102,23 @@ class Server:
         write_frame(self.out, header, buffers)
 
     def loop(self) -> None:
-        """Serve until the kernel goes (the jobs go on: their spools keep everything)."""
+        """Serve until the kernel goes (the jobs go on: their spools keep everything). The kernel is
+        gone when its requests end, or when what we send it finds no reader (a broken pipe: a
+        kernel killed while its jobs were printing, before the end of its requests is read)."""
         for path in (self.root, self.jobs_dir, self.sessions_dir):
             if not os.path.isdir(path):
                 os.mkdir(path, 0o700)
             check_private(path)
         self.selector.register(self.inp.fileno(), selectors.EVENT_READ, None)
-        self.send({"op": HELLO, "version": PROTOCOL_VERSION, "python": sys.version.split()[0], "pid": os.getpid()})
+        try:
+            self.send({"op": HELLO, "version": PROTOCOL_VERSION, "python": sys.version.split()[0], "pid": os.getpid()})
+            self.serve()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.orphaned()
+
+    def serve(self) -> None:
+        """Requests and forwarding, until the kernel's requests end."""
         next_sweep = time.monotonic()
         while True:
             events = self.selector.select(0.05)
@@ -116,7 +126,6 @@ class Server:
             for key, _ in events:
                 if key.data is None:
                     if not self.on_request():
-                        self.orphaned()
                         return
                 else:
                     self.jobs.woken(key.data)
@@ -391,14 +400,21 @@ def _os_error_text(exc: OSError, root: str) -> str:
 
 
 def _provide_package_stub() -> None:
-    """On a host without jupyter_rjobs, `from jupyter_rjobs import progress, display` works in jobs."""
+    """Jobs' `from jupyter_rjobs import progress, display` reach this agent's capture: on a host
+    without jupyter_rjobs a stub package gives them; where jupyter_rjobs is installed too (this
+    machine's local agent, a host that has it) its ``jupyter_rjobs.agent.capture`` is this agent's
+    own module (else a job's progress would go to a second copy that captures nothing)."""
     import importlib.util
+
+    from . import capture
 
     if importlib.util.find_spec("jupyter_rjobs") is None:
         stub = types.ModuleType("jupyter_rjobs")
         stub.progress = progress  # type: ignore[attr-defined]
         stub.display = display  # type: ignore[attr-defined]
         sys.modules["jupyter_rjobs"] = stub
+    elif __package__ != "jupyter_rjobs.agent":  # the agent's zip (rjobs_agent), not the installed package
+        sys.modules.setdefault("jupyter_rjobs.agent.capture", capture)
 
 
 def serve_main(root: str, orphan_grace: Optional[float] = None) -> None:

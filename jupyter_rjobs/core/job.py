@@ -223,6 +223,14 @@ class Job(Future[Any]):
         """The latest progress the job reported (``{"current", "total", "message"}``), or None."""
         return self._progress
 
+    def peek(self, last: int | None = None) -> list[Record]:
+        """The job's unreceived records held in the kernel (the last ``last``), for a look that is not a
+        receive: ``receive`` still returns every one of them. A parent: its leaves' records, by time."""
+        if not self.children:
+            return self.stream.peek(last)
+        records = sorted((r for leaf in self.leaves() for r in leaf.stream.peek(last)), key=lambda r: r.time)
+        return records if last is None else records[-last:] if last > 0 else []
+
     @property
     def has_more_data(self) -> bool:
         if self.children:

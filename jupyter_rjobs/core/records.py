@@ -98,6 +98,14 @@ class RecordStream:
                 self._records = [r for r in self._records if r.seq <= after]
             return records
 
+    def peek(self, last: int | None = None) -> list[Record]:
+        """A look, not a receive: the unreceived records this stream holds here (the last ``last`` of
+        them), the cursor left where it is. Never fetches: a stream whose records are elsewhere
+        (a host's spool) shows only what has come into the kernel."""
+        with self._lock:
+            records = self._records if last is None else self._records[-last:] if last > 0 else []
+            return list(records)
+
     def iter_take(self, after: int = 0, keep: bool = False) -> Iterator[Record]:
         """``take`` as an iterator: a stream whose records are elsewhere (a host's spool) fetches
         them a part at a time instead of all at once."""

@@ -76,6 +76,7 @@ class RemoteOps:
             with self._lock:
                 self._sessions.pop(session_id, None)
             raise
+        _registry.remember_session(str(session.instance), host, session.name, python)
         return session
 
     def close_session(self, spec: Session | int | str) -> Session:
@@ -89,6 +90,7 @@ class RemoteOps:
                 self._remote.close_session(session)
             finally:
                 session.state = SessionState.Closed
+        _registry.forget_session(str(session.instance))
         with self._lock:
             self._sessions.pop(session.id, None)
         return session
@@ -165,7 +167,8 @@ class RemoteOps:
         """Let go of a session, a host or a job, which go on running there (and outlive the kernel)."""
         session = self._find_session(target)
         if session is not None:
-            jobs = [j for j in session.jobs if j.runner is not None]
+            present = {id(j) for j in self._all_jobs()}  # not those removed already (an invoke's)
+            jobs = [j for j in session.jobs if j.runner is not None and id(j) in present]
             for job in jobs:
                 job.detached = True
                 _runner(job).release()
@@ -192,6 +195,8 @@ class RemoteOps:
         left there from any kernel (adopted here; receive then gives all nobody received).
         Without ``target``: every host the local registry knows jobs on. Returns the jobs followed."""
         session = self._find_session(target)
+        if session is None and target is not None:
+            session = self._adopt_left_session(str(target), force=force)
         if session is not None:
             connection = self._remote.connection(session.host, session.python)
             self.refresh_session(session)
@@ -221,10 +226,16 @@ class RemoteOps:
             if job.location == host:
                 _runner(job).reattach(connection, force=force)
                 followed.append(job)
-        known = {str(j.instance_id) for j in self._all_jobs() if j.kind is JobKind.REMOTE}
         sessions = self._adopt_sessions(host, python, listing.get("sessions", []))
         _registry.forget_missing(host, {str(meta.get("instance")) for meta in listing.get("jobs", [])})
-        for meta in listing.get("jobs", []):
+        return followed + self._adopt_jobs(host, python, listing.get("jobs", []), sessions, force=force)
+
+    def _adopt_jobs(self, host: str, python: str | None, listed: list[dict[str, Any]], sessions: Mapping[str, Session],
+                    *, force: bool) -> list[Job]:
+        """Follow the jobs of a host's listing that this kernel does not (left by any kernel)."""
+        known = {str(j.instance_id) for j in self._all_jobs() if j.kind is JobKind.REMOTE}
+        followed = []
+        for meta in listed:
             if meta.get("refused"):
                 followed.extend(self._refused(host, meta, known))
                 continue
@@ -242,9 +253,29 @@ class RemoteOps:
             if meta.get("session") in sessions:
                 job.session = sessions[meta["session"]]
                 job.session.jobs.append(job)
-            remote.adopt(job, host, python, meta.get("cache") or "kernel", int(meta.get("cursor") or 0), force=force)
+            self._remote.adopt(job, host, python, meta.get("cache") or "kernel", int(meta.get("cursor") or 0), force=force)
             followed.append(job)
         return followed
+
+    def _adopt_left_session(self, name: str, *, force: bool) -> Session | None:
+        """The session named ``name`` that some kernel of this user opened (the registry says on which
+        host), adopted here with its jobs; None if the registry knows none (then ``name`` is a host)."""
+        left = [s for s in _registry.left_sessions() if s.name == name]
+        if not left:
+            return None
+        for entry in left:
+            listing = self._remote.listing(entry.host, entry.python)
+            listed = [i for i in listing.get("sessions", []) if i.get("session") == entry.instance and i.get("host") in (None, entry.host)]
+            if not listed:
+                _registry.forget_session(entry.instance)  # closed, or its interpreter's directory is gone
+                continue
+            session = self._adopt_sessions(entry.host, entry.python, listed)[entry.instance]
+            jobs = [meta for meta in listing.get("jobs", []) if meta.get("session") == entry.instance]
+            self._adopt_jobs(entry.host, entry.python, jobs, {entry.instance: session}, force=force)
+            return session
+        hosts = ", ".join(sorted({entry.host for entry in left}))
+        raise UsageProblem(f"session {name!r} is gone from {hosts} (closed, or its interpreter ended); its entry is forgotten,"
+                           f" so `%rjob connect {name}` again means the host {name}")
 
     def _refused(self, host: str, meta: Mapping[str, Any], known: set[str]) -> list[Job]:
         """A spool the host refused to read (not ours alone): listed as a Failed job that says so;
@@ -277,6 +308,7 @@ class RemoteOps:
                     session = self._sessions[session_id] = Session(session_id, name, host, python, uuid.UUID(instance))
                 by_instance[instance] = session
             session.state, session.reason = session_state_of(info)
+            _registry.remember_session(instance, host, session.name, python)
         return by_instance
 
     def left_jobs(self) -> list[_registry.LeftJob]:

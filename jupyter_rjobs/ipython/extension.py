@@ -11,6 +11,7 @@ from typing import Any
 
 from jupyter_rjobs.agent.capture import current_sink, install_routing
 from jupyter_rjobs.core.manager import JobManager
+from jupyter_rjobs.ipython import card_display as _card_display
 from jupyter_rjobs.ipython import prompt as _ipython_prompt
 from jupyter_rjobs.ipython.render import CellRenderer as Renderer  # the one renderer of records (_render.py); this name for its callers
 
@@ -42,6 +43,7 @@ def load(shell: Any) -> None:
     shell.register_magics(RJobMagics(shell, manager))
     _ipython_prompt.install(shell)  # login questions (password, one-time code) asked in the notebook
     _route_display(shell)
+    _card_display.install(shell)  # %%rjob start shows its job as a live card
     _unregister_callbacks(shell)  # %reload_ext: never twice
     shell.events.register("pre_run_cell", _route_before_cell)
     manager.prewarm()
@@ -66,6 +68,7 @@ def _enter_host(shell: Any, manager: JobManager, host: str) -> None:
 
 def unload(shell: Any) -> None:
     _ipython_prompt.uninstall(shell)
+    _card_display.uninstall(shell)
     with _lock:
         manager = _managers.pop(shell, None)
     if manager is not None:

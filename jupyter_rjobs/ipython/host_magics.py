@@ -3,11 +3,13 @@ into RJobMagics; a thin layer over ``resolve_host``."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from jupyter_rjobs.backends.remote.ssh.config import resolve_host, settings_lines
+from jupyter_rjobs.backends.remote.transport import is_local_host
 
 __all__ = ["HostMagics", "HOST_SUBCOMMANDS"]
 
@@ -33,5 +35,9 @@ class HostMagics:
         from jupyter_rjobs.ipython.magics import _parse
 
         args = _parse(_host_args, rest)
+        if is_local_host(args.alias):
+            print(f"localhost is this machine's local agent, reached through a pipe (no SSH, ssh_config not read)\n"
+                  f"python {sys.executable} (or --python)")
+            return
         settings = resolve_host(args.alias, ssh_config=self.manager.ssh_config)
         print("\n".join(settings_lines(settings)))

@@ -12,6 +12,7 @@ from typing import Any, Callable
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
+from traitlets import Bool, Int
 
 from jupyter_rjobs.backends.base import registered_backends
 from jupyter_rjobs.backends.namespace import parse_names
@@ -36,6 +37,7 @@ _STATES = ", ".join(s.value for s in JobState)
 @argument("--push", metavar="NAMES", help="send exactly these notebook variables to a process job: a,b")
 @argument("--no-push", action="store_true", help="send no notebook variables")
 @argument("--out", metavar="VAR", help="also store the Job object in this variable")
+@argument("--no-card", action="store_true", help="show the job as the one-row table, not as a live card (see %%config RJobMagics.card)")
 def _start_args() -> None:
     """Start the cell (or, in line form, the code after `--`) as a job; returns at once.
 
@@ -201,6 +203,13 @@ def _variable_name(value: str | None) -> str | None:
 
 @magics_class
 class RJobMagics(SessionMagics, HostMagics, ClusterMagics, Magics):
+    card = Bool(
+        True,
+        help="In a notebook, %%rjob start shows its job as a live card (state, progress, the last lines of "
+        "output, Receive/Stop/Remove) that updates in place; False: the one-row table. `--no-card` is the same for one job.",
+    ).tag(config=True)
+    card_lines = Int(10, help="How many of the last lines of output a job card shows.").tag(config=True)
+
     def __init__(self, shell: Any, manager: JobManager) -> None:
         super().__init__(shell)
         self.manager = manager
@@ -239,6 +248,10 @@ class RJobMagics(SessionMagics, HostMagics, ClusterMagics, Magics):
         job: Job = self.manager.start(code, kind, name=args.name, push=push, namespace=self.shell.user_ns, **_given_options(args))
         if args.out:
             self.shell.user_ns[args.out] = job
+        if self.card and not args.no_card and _is_kernel(self.shell):
+            from jupyter_rjobs.ipython.card_display import want_card
+
+            want_card(self.shell, job, self.manager, max(0, self.card_lines))
         return job
 
     def _do_list(self, rest: str, cell: str | None) -> Any:

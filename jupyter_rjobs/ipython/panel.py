@@ -21,14 +21,15 @@ import html
 import threading
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 import ipywidgets as widgets
 
-from jupyter_rjobs.core.errors import JobNotFoundError, RJobError
+from jupyter_rjobs.core.errors import RJobError
 from jupyter_rjobs.core.job import Job, JobState
 from jupyter_rjobs.core.manager import EventKind, JobEvent, JobManager
 from jupyter_rjobs.core.records import Record, RecordKind
+from jupyter_rjobs.ipython.actions import JobActions
 from jupyter_rjobs.ipython.panel_rows import ACTIVE_STATES, COLUMNS, ROW_LAYOUT, STYLE, JobRow, SessionRow, button
 from jupyter_rjobs.ipython.render import OutputTarget, Renderer, render_records
 
@@ -53,7 +54,7 @@ def panel(manager: JobManager | None = None, *, interval: float = 0.25, page_siz
     return JobPanel(manager, interval=interval, page_size=page_size, shell=shell)
 
 
-class JobPanel(widgets.VBox):
+class JobPanel(JobActions, widgets.VBox):
     """A live table of the manager's jobs with Receive, Stop and Remove, a state filter and
     pages; received output appears in the panel's own Output area, messages in its status line."""
 
@@ -78,8 +79,7 @@ class JobPanel(widgets.VBox):
         self._rows: list[JobRow] = []
         self._rows_in_use = 0
         self._session_rows: list[SessionRow] = []
-        self._stopping: set[int] = set()
-        self._helpers: list[threading.Thread] = []
+        self._init_actions()
         self._render_lock = threading.RLock()
         self._output_lock = threading.Lock()
         super().__init__(self._build())
@@ -265,75 +265,15 @@ class JobPanel(widgets.VBox):
         if job is None:
             self.say("that row shows no job any more")
             return
-        try:
-            getattr(self, f"_{action}_job")(job)
-        except RJobError as exc:
-            self.say(str(exc))
-        except Exception as exc:  # noqa: BLE001 - a click never ends in a traceback
-            self.say(f"{action} {job.label} failed: {type(exc).__name__}: {exc}")
+        self.act_on(action, job)
         with self._wake:
             self._dirty.add(job.id)
             self._wake.notify()
-
-    def _still_here(self, job: Job, doing: str) -> bool:
-        try:
-            self.manager.get(job.id)
-        except JobNotFoundError:
-            self.say(f"{job.label} was removed; nothing to {doing}")
-            self.refresh()
-            return False
-        return True
 
     def _expand_job(self, job: Job) -> None:
         if job.children:
             self._expanded ^= {job.id}
             self.refresh()
-
-    def _receive_job(self, job: Job) -> None:
-        if not self._still_here(job, "receive"):
-            return
-        records = self.manager.receive(job)
-        if not records:
-            self.say(f"{job.label}: nothing new to receive")
-            return
-        self.show_records(job, records)
-        self.say(f"received {len(records)} record(s) from {job.label}")
-
-    def _stop_job(self, job: Job) -> None:
-        if not self._still_here(job, "stop"):
-            return
-        if job.state.finished:
-            self.say(f"{job.label} has already ended ({job.state}); nothing to stop")
-            return
-        with self._wake:
-            if job.id in self._stopping or job.state is JobState.Stopping:
-                self.say(f"{job.label} is already being stopped")
-                return
-            self._stopping.add(job.id)
-        self.say(f"stopping {job.label}")
-        self._in_background(self._stop_in_background, job)
-
-    def _stop_in_background(self, job: Job) -> None:
-        try:
-            self.manager.stop(job)
-            self.say(f"{job.label} is {job.state}")
-        except Exception as exc:  # noqa: BLE001 - shown, never printed
-            self.say(f"stop {job.label} failed: {type(exc).__name__}: {exc}")
-        finally:
-            with self._wake:
-                self._stopping.discard(job.id)
-
-    def _remove_job(self, job: Job) -> None:
-        if job.parent is not None:
-            self.say(f"a child job goes with its parent: remove {job.parent.label}")
-            return
-        if not self._still_here(job, "remove"):
-            return
-        if not job.state.finished:
-            self.say(f"{job.label} is {job.state}: stop it first")
-            return
-        self.manager.remove(job)
-        self.say(f"removed {job.label}")
 
     def _session_act(self, action: str, session: Any) -> None:
         """Disconnect or Connect: the manager's ``disconnect(session)`` / ``connect(session)`` when it
@@ -355,13 +295,6 @@ class JobPanel(widgets.VBox):
             self.refresh()
 
         self._in_background(run)
-
-    def _in_background(self, target: Callable[..., None], *args: Any) -> None:
-        """Slow actions (stop waits out a grace period) run beside the kernel; close() waits for them."""
-        self._helpers = [t for t in self._helpers if t.is_alive()]
-        helper = threading.Thread(target=target, args=args, name="rjob-panel-action", daemon=True)
-        self._helpers.append(helper)
-        helper.start()
 
     # -- what the panel shows ---------------------------------------------------------------
     def say(self, message: str) -> None:
@@ -392,8 +325,7 @@ class JobPanel(widgets.VBox):
                 self._shell.events.unregister("post_execute", self.refresh)
             if threading.current_thread() is not self._thread:
                 self._thread.join(10)
-            for helper in self._helpers:
-                helper.join(self.manager.stop_grace + 5)
+            self._join_helpers()
             with self._render_lock:
                 for row in self._rows:
                     row.close()

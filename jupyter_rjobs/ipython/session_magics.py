@@ -189,5 +189,9 @@ class SessionMagics:
         from jupyter_rjobs.ipython.magics import _parse
 
         args = _parse(_disconnect_args, rest)
+        session = next((s for s in self.manager.sessions() if s.name == args.target), None)
         jobs = self.manager.disconnect(args.target)
-        return JobTable(jobs, note=f"Let go of {len(jobs)} job(s): they go on on their hosts; `%rjob connect {args.target}` re-attaches.")
+        what = f"{len(jobs)} job(s): they go on on their hosts"
+        if session is not None:
+            what = f"{session.label} on {session.host} (it outlives this kernel) and {len(jobs)} job(s) in it"
+        return JobTable(jobs, note=f"Let go of {what}; `%rjob connect {args.target}` re-attaches, here or in a new kernel.")

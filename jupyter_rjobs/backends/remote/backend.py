@@ -28,15 +28,17 @@ from jupyter_rjobs.backends.remote import registry as _registry
 from jupyter_rjobs.backends.remote.host import HostConnection
 from jupyter_rjobs.backends.remote.options import RemoteOptions
 from jupyter_rjobs.backends.remote.replies import refuse_version_bound
-from jupyter_rjobs.backends.remote.ssh.connection import AcceptNewHost, resolve_host
+from jupyter_rjobs.backends.remote.ssh.config import HostSettings, resolve_host
 from jupyter_rjobs.backends.remote.ssh.prompt import prompts_disabled
 from jupyter_rjobs.backends.remote.streams import AckingStream, RemoteSpoolStream
+from jupyter_rjobs.backends.remote.transport import is_local_host
 from jupyter_rjobs.core.errors import HostError
 from jupyter_rjobs.core.job import Job, JobKind, JobState
 from jupyter_rjobs.core.records import Record
 from jupyter_rjobs.core.sessions import Session, SessionState
 
 if TYPE_CHECKING:
+    from jupyter_rjobs.backends.remote.ssh.known_hosts import AcceptNewHost
     from jupyter_rjobs.core.remote_ops import RemoteOps
 
 __all__ = ["RemoteBackend", "RemoteRunner"]
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 MAX_CONNECTING = 32
 RECONNECT_FOR = 300.0
 ORPHAN_MARGIN = 30.0  # a host waits for its kernel this long after the kernel's own reconnecting would end
+LOCAL_ORPHAN_GRACE = 0.0  # the local agent: its pipe ends only when its kernel does (nothing to wait for)
 FETCH_PART = 4 * 2**20  # bytes of a remote-cache spool fetched at a time (a longer record comes whole)
 
 
@@ -321,11 +324,16 @@ class RemoteBackend(Backend[RemoteOptions, _RemotePrepared]):
             existing = self._connections.get(key)
             if existing is not None and existing.alive:
                 return existing
-            settings = resolve_host(host, ssh_config=self.ssh_config, python=python)
+            if is_local_host(host):  # this machine through a local pipe: no ssh_config, the kernel's own Python
+                settings = HostSettings(alias=host, hostname=host, python=python or sys.executable)
+                grace: float | None = LOCAL_ORPHAN_GRACE  # a local pipe ends only with its kernel (or its server)
+            else:
+                settings = resolve_host(host, ssh_config=self.ssh_config, python=python)
+                grace = None if self.reconnect_for is None else self.reconnect_for + ORPHAN_MARGIN
+
             def lost(old: HostConnection, key: ConnectionKey = key) -> None:
                 self._lost(key, old)
 
-            grace = None if self.reconnect_for is None else self.reconnect_for + ORPHAN_MARGIN
             with self._connecting:
                 connection = HostConnection(settings, on_lost=lost, accept_new_host=accept_new, orphan_grace=grace).open()
             connection.python = python

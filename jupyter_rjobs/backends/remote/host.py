@@ -1,8 +1,11 @@
-"""A host's SSH connection and the agent server on it, shared by every job and session there.
+"""A host's connection and the agent server on it, shared by every job and session there.
 
-First contact checks the host's Python, uploads the agent (and dill, if the host lacks it) into a
-private, versioned cache directory, and starts the server (``serve_main`` in agent/server.py). Frames
-for a job go to its runner; replies to requests (a listing, a session's state) to whoever waits.
+The connection is a :class:`~.transport.Transport`: SSH to a host, or a local pipe for
+``localhost`` (this machine, no sshd); everything else here is the same for both. First contact
+checks the host's Python, uploads the agent (and dill, if the host lacks it) into a private,
+versioned cache directory (on localhost: a local copy, once per version), and starts the server
+(``serve_main`` in agent/server.py). Frames for a job go to its runner; replies to requests (a
+listing, a session's state) to whoever waits.
 """
 
 from __future__ import annotations
@@ -19,14 +22,17 @@ import tempfile
 import threading
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from jupyter_rjobs import agent
 from jupyter_rjobs.agent import protocol
 from jupyter_rjobs.agent.protocol import read_frame, write_frame
-from jupyter_rjobs.backends.remote.ssh.connection import AcceptNewHost, HostSettings, SshConnection
-from jupyter_rjobs.backends.remote.ssh.errors import CONNECTION_ERRORS, describe
+from jupyter_rjobs.backends.remote.ssh.config import HostSettings
+from jupyter_rjobs.backends.remote.transport import Channel, LocalTransport, Transport, is_local_host
 from jupyter_rjobs.core.errors import HostError
+
+if TYPE_CHECKING:
+    from jupyter_rjobs.backends.remote.ssh.known_hosts import AcceptNewHost
 
 __all__ = ["HostConnection", "FrameTarget"]
 
@@ -102,10 +108,10 @@ def _dill_zip() -> bytes:
 
 
 class _ChannelReader:
-    """A file-like ``readinto`` over a paramiko channel, for read_frame: small reads are served
+    """A file-like ``readinto`` over a channel (SSH or local pipe), for read_frame: small reads are served
     from a buffer (a frame's head, its JSON), large ones go straight into the caller's memory."""
 
-    def __init__(self, channel: Any) -> None:
+    def __init__(self, channel: Channel) -> None:
         self._channel = channel
         self._buffer = b""
 
@@ -124,7 +130,7 @@ class _ChannelReader:
 
 
 class _ChannelWriter:
-    def __init__(self, channel: Any) -> None:
+    def __init__(self, channel: Channel) -> None:
         self._channel = channel
 
     def write(self, data: Any) -> int:
@@ -147,11 +153,11 @@ class HostConnection:
         self._on_lost = on_lost
         self._replies: dict[str, tuple[threading.Event, list[dict[str, Any]]]] = {}
         self._request_lock = threading.Lock()
-        self.connection: SshConnection | None = None
+        self.connection: Transport | None = None
         self.python_version = ""
         self.python: str | None = None  # the --python it was opened with (None: the host's default)
         self.root = ""
-        self._channel: Any = None
+        self._channel: Channel | None = None
         self._writer: _ChannelWriter | None = None
         self._send_lock = threading.Lock()
         self._runners: dict[str, FrameTarget] = {}
@@ -162,10 +168,7 @@ class HostConnection:
 
     # -- first contact ------------------------------------------------------------------
     def open(self) -> HostConnection:
-        try:
-            self.connection = SshConnection(self.settings, self._accept_new_host).open()
-        except CONNECTION_ERRORS as exc:  # whatever the ssh layer did not name itself: still one line
-            raise HostError(self.host, f"the SSH connection failed ({describe(exc)}); check that the host is up and runs sshd") from None
+        self.connection = self._open_transport()
         try:
             agent_dir, python_path = self._install()
             problem = self._start_agent(agent_dir, python_path)
@@ -176,14 +179,37 @@ class HostConnection:
                 problem = self._start_agent(agent_dir, python_path)
                 if problem is not None:
                     raise HostError(self.host, f"{problem}; remove {agent_dir} there and connect again")
-        except CONNECTION_ERRORS as exc:
+        except self._broken as exc:
             self.close()
-            raise HostError(self.host, f"the SSH connection broke while starting the agent there ({describe(exc)}); try again"
+            if isinstance(self.connection, LocalTransport):
+                raise HostError(self.host, f"the local agent could not be started ({self._describe(exc)}); try again") from None
+            raise HostError(self.host, f"the SSH connection broke while starting the agent there ({self._describe(exc)}); try again"
                             " (if it says the host refused a channel, sshd there allows no sessions: MaxSessions)") from None
         except BaseException:
             self.close()
             raise
         return self
+
+    def _open_transport(self) -> Transport:
+        """A local pipe for ``localhost`` (this machine, no SSH), else an SSH connection (paramiko
+        is imported only then)."""
+        if is_local_host(self.host):
+            return LocalTransport().open()
+        from jupyter_rjobs.backends.remote.ssh.connection import SshConnection
+
+        connection = SshConnection(self.settings, self._accept_new_host)
+        try:
+            return connection.open()
+        except connection.errors as exc:  # whatever the ssh layer did not name itself: still one line
+            raise HostError(self.host, f"the SSH connection failed ({connection.describe(exc)}); check that the host is up and runs sshd") from None
+
+    @property
+    def _broken(self) -> tuple[type[BaseException], ...]:
+        """What the transport raises when it breaks."""
+        return self.connection.errors if self.connection is not None else (OSError, EOFError)
+
+    def _describe(self, exc: BaseException) -> str:
+        return self.connection.describe(exc) if self.connection is not None else str(exc)
 
     def _start_agent(self, agent_dir: str, python_path: str) -> str | None:
         """Start the agent's server from its zip; None once it said hello in our protocol, else what is wrong."""
@@ -202,7 +228,8 @@ class HostConnection:
         """End the agent's server (its reader thread sees a replaced channel: nothing is lost)."""
         channel, self._channel, self._writer = self._channel, None, None
         try:
-            channel.close()
+            if channel is not None:
+                channel.close()
         except Exception:  # noqa: BLE001
             pass
 
@@ -269,8 +296,8 @@ class HostConnection:
         with self._send_lock:
             try:
                 write_frame(self._writer, header, buffers)
-            except CONNECTION_ERRORS as exc:
-                raise HostError(self.host, f"the connection is broken ({describe(exc)}); it reconnects by itself, or use %rjob connect") from None
+            except self._broken as exc:
+                raise HostError(self.host, f"the connection is broken ({self._describe(exc)}); it reconnects by itself, or use %rjob connect") from None
 
     def attach(self, instance: str, runner: FrameTarget) -> None:
         self._runners[instance] = runner
@@ -282,7 +309,7 @@ class HostConnection:
     def detach(self, instance: str) -> None:
         self._runners.pop(instance, None)
 
-    def _read(self, channel: Any) -> None:
+    def _read(self, channel: Channel) -> None:
         reader = _ChannelReader(channel)
         try:
             while True:

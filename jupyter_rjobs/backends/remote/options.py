@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence, Union
 
 from jupyter_rjobs.backends.base import Backend, BackendOptions, option, register_backend
+from jupyter_rjobs.backends.remote.transport import LOCAL_HOST
 from jupyter_rjobs.core.errors import UsageProblem
 from jupyter_rjobs.core.sessions import Session
 
@@ -33,13 +34,15 @@ class RemoteOptions(BackendOptions):
 
     host: Union[str, Sequence[str], None] = option(
         None, flag="--host", metavar="HOSTS",
-        help="run on SSH hosts: [user@]host[:port] or ~/.ssh/config aliases, a,b,c for several (Invoke-Command -AsJob)")
+        help="run on SSH hosts: [user@]host[:port] or ~/.ssh/config aliases, a,b,c for several (Invoke-Command -AsJob);"
+             " localhost is this machine's local agent, without SSH")
     cache: str = option("kernel", flag="--cache", choices=("kernel", "remote"),
-                        help="where a remote job's output is kept until received (default kernel); of a cluster job, its value")
-    python: Union[str, None] = option(None, flag="--python", metavar="PATH", help="the Python to run on the hosts (default python3)")
+                        help="where a remote job's output is kept until received (default kernel); of a cluster job (--cluster), its value")
+    python: Union[str, None] = option(None, flag="--python", metavar="PATH", help="the Python to run on the hosts (default python3; on localhost the kernel's own)")
     accept_new_host: AcceptNewHost = option(False, flag="--accept-new-host", metavar="HOSTS", bare=True, help=ACCEPT_NEW_HELP)
     detached: bool = option(False, flag="--detached",
-                            help="a job that outlives this kernel; `%%rjob connect HOST` (a cluster job: `--cluster C`) adopts it in another")
+                            help="a job that outlives this kernel (without --host: on this machine, under the local agent);"
+                                 " `%%rjob connect HOST` (or localhost) adopts it in another")
     session: Union[Session, int, str, None] = option(
         None, flag="--session", metavar="S", help="run in this session's interpreter, on its host (its variables live on)")
 
@@ -51,9 +54,15 @@ class RemoteOptions(BackendOptions):
                 raise UsageProblem("a session job runs on the session's host: give --session S or --host H, not both")
             return
         if not host_list(self.host):
-            if self.cache != "kernel" or self.python or self.accept_new_host or self.detached:
-                raise UsageProblem("--cache, --python, --detached and --accept-new-host are for remote jobs; add --host HOST (--cache and --detached: or --cluster C)")
-            raise UsageProblem("a remote job needs a host: give --host HOST (or several: --host a,b,c)")
+            if self.detached:  # a job on this machine that outlives the kernel: under the local agent
+                if self.accept_new_host:
+                    raise UsageProblem("--accept-new-host is for SSH hosts; a detached job on this machine needs no host key (drop it, or add --host HOST)")
+                object.__setattr__(self, "host", LOCAL_HOST)
+                return
+            if self.cache != "kernel" or self.python or self.accept_new_host:
+                raise UsageProblem("--cache, --python and --accept-new-host are for jobs under the agent: add --host HOST"
+                                   " (--host localhost, or --detached, for this machine)")
+            raise UsageProblem("a remote job needs a host: give --host HOST (or several: --host a,b,c; --host localhost for this machine)")
 
     @property
     def hosts(self) -> list[str]:

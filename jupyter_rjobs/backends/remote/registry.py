@@ -1,8 +1,10 @@
-"""The per-user local registry of remote jobs: what a new kernel needs to find jobs left on hosts.
+"""The per-user local registry of remote jobs and sessions: what a new kernel needs to find jobs
+and sessions left on hosts (``localhost`` too).
 
 One small private file per remote job, ``$JUPYTER_RJOBS_STATE/jobs/<instance>.json`` (default
 ``~/.local/state/jupyter_rjobs``), written when the job starts, updated when it ends, deleted
-with its spool. One file each, so kernels never write the same file at once.
+with its spool. One file each, so kernels never write the same file at once. Sessions likewise,
+in ``sessions/<instance>.json`` (its host and name: ``%rjob connect NAME`` in a new kernel finds it).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-__all__ = ["LeftJob", "registry_dir", "remember", "forget", "left_jobs", "forget_missing"]
+__all__ = ["LeftJob", "LeftSession", "registry_dir", "remember", "forget", "left_jobs", "forget_missing",
+           "remember_session", "forget_session", "left_sessions"]
 
 
 class LeftJob(NamedTuple):
@@ -61,8 +64,8 @@ def registry_dir() -> Path:
 _made: set[Path] = set()
 
 
-def _private_dir() -> Path:
-    path = registry_dir()
+def _private_dir(path: Path | None = None) -> Path:
+    path = path or registry_dir()
     if path not in _made:  # once per process: this is on every remote job's way
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(path.parent, 0o700)
@@ -142,3 +145,54 @@ def forget_missing(host: str, present: set[str]) -> None:
     for job in left_jobs():
         if job.host == host and job.instance not in present and not job.kernel_alive:
             forget(job.instance)
+
+
+class LeftSession(NamedTuple):
+    """A session this user opened from some kernel: where it is and its name."""
+
+    instance: str
+    host: str
+    name: str
+    python: str | None
+
+
+def _sessions_dir() -> Path:
+    return registry_dir().parent / "sessions"
+
+
+def remember_session(instance: str, host: str, name: str, python: str | None) -> None:
+    """Write a session's entry (its host and name); a failure to write never fails the session."""
+    try:
+        path = _private_dir(_sessions_dir()) / f"{instance}.json"
+        part = path.with_suffix(f".{os.getpid()}.part")
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"instance": instance, "host": host, "name": name, "python": python}, f)
+        os.replace(part, path)
+    except OSError:
+        pass
+
+
+def forget_session(instance: str) -> None:
+    try:
+        (_sessions_dir() / f"{instance}.json").unlink()
+    except OSError:
+        pass
+
+
+def left_sessions() -> list[LeftSession]:
+    """Every session entry; one of the wrong shape is left out, never a crash."""
+    found = []
+    directory = _sessions_dir()
+    for path in directory.glob("*.json") if directory.is_dir() else []:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError, RecursionError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        texts = [data.get(key) for key in ("instance", "host", "name")]
+        python = data.get("python")
+        if all(isinstance(t, str) and t for t in texts) and (python is None or isinstance(python, str)):
+            found.append(LeftSession(str(texts[0]), str(texts[1]), str(texts[2]), python))
+    return found

@@ -28,6 +28,7 @@ import paramiko
 
 from jupyter_rjobs.backends.remote.ssh.auth import authenticate
 from jupyter_rjobs.backends.remote.ssh.config import HostSettings, parse_host_spec, resolve_host
+from jupyter_rjobs.backends.remote.ssh.errors import CONNECTION_ERRORS, describe
 from jupyter_rjobs.backends.remote.ssh.known_hosts import AcceptNew, AcceptNewHost, KnownHosts
 from jupyter_rjobs.core.errors import HostError
 
@@ -144,6 +145,14 @@ class SshConnection:
     jump host is resolved and checked with its own settings (as OpenSSH does): the target's
     ``StrictHostKeyChecking accept-new`` never reaches its jumps.
     """
+
+    kind = "SSH connection"  # what it is, in messages (see transport.Transport, which this implements)
+    errors = CONNECTION_ERRORS  # what paramiko and the socket layer raise when it breaks
+
+    @staticmethod
+    def describe(exc: BaseException) -> str:
+        """One line for an error of ``errors``."""
+        return describe(exc)
 
     def __init__(self, settings: HostSettings, accept_new_host: AcceptNewHost | AcceptNew = False) -> None:
         self.accept = AcceptNew.of(accept_new_host)
