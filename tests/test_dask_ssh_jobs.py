@@ -40,3 +40,38 @@ def test_jobs_fan_out_over_an_ssh_cluster_added_by_name(lab: SshLab, dask_python
     finally:
         cluster.close(timeout=60)
     assert wait_until(lambda: lab.user_processes() == [], timeout=60), lab.user_processes()
+
+
+def test_the_cluster_magics_start_use_list_and_close_a_cluster_on_ssh_hosts(lab: SshLab, dask_python: str, ip) -> None:  # noqa: F811
+    from IPython.core.error import UsageError
+
+    from jupyter_rjobs.ipython.extension import get_manager
+
+    manager = get_manager(ip)
+    manager.ssh_config = lab.ssh_config
+    try:
+        with pytest.raises(UsageError, match="name the hosts"):
+            ip.run_line_magic("rjob", "cluster new --name lab")
+        with pytest.raises(UsageError, match="cannot be named 'local'"):
+            ip.run_line_magic("rjob", f"cluster new --hosts {HOSTS[0]} --name local")
+        with pytest.raises(UsageError, match="are for `cluster new`"):
+            ip.run_line_magic("rjob", "cluster list --hosts nshost1")
+        assert manager.clusters.names() == [] and lab.user_processes() == []  # nothing half-created
+        table = ip.run_line_magic("rjob", f"cluster new --hosts {','.join(HOSTS[:2])} --name lab --workers-per-host 2 --python {dask_python}")
+        [row] = table.items
+        assert (row.name, row.workers) == ("lab", 4) and row.address.startswith("tcp://")
+        with pytest.raises(UsageError, match="already named 'lab'"):
+            ip.run_line_magic("rjob", f"cluster new --hosts {HOSTS[2]} --name lab --python {dask_python}")
+        jobs = [ip.run_cell_magic("rjob", f"start --cluster lab --no-card --name fan{i}", "import socket\nsocket.gethostname()")
+                for i in range(8)]
+        assert all(isinstance(j.result(timeout=180), str) for j in jobs)
+        assert len({j.location for j in jobs}) >= 2  # several workers served the fan-out
+        listed = ip.run_line_magic("rjob", "cluster list")
+        assert [r.name for r in listed.items] == ["lab"] and "lab" in str(listed) and "dashboard" in listed._repr_html_()
+        ip.run_line_magic("rjob", "remove " + " ".join(f"fan{i}" for i in range(8)))
+        ip.run_line_magic("rjob", "cluster close lab")
+        assert manager.clusters.names() == []
+        assert wait_until(lambda: lab.user_processes() == [], timeout=60), lab.user_processes()
+    finally:
+        for name in manager.clusters.names():
+            manager.clusters.close(name, timeout=60)

@@ -72,7 +72,7 @@ class JobManager:
         # sessions, invoke, disconnect and connect
         self.remote = RemoteOps(self, ssh_config or os.environ.get("JUPYTER_RJOBS_SSH_CONFIG"))
         self._backends = Backends(self)
-        self.clusters = ClusterRegistry()  # the Dask clusters of `--cluster` jobs (dask is imported on first use)
+        self.clusters = ClusterRegistry(ssh_config=lambda: self.ssh_config)  # the Dask clusters of `--cluster` jobs (dask is imported on first use)
         self._jobs: dict[int, Job] = {}
         self._next_id = 1
         self._lock = threading.RLock()

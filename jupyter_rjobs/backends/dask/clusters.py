@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from jupyter_rjobs.backends.dask.handle import ClusterHandle
 from jupyter_rjobs.core.errors import RJobError, UsageProblem
@@ -83,8 +83,9 @@ class ClusterRow:
 class ClusterRegistry:
     """The clusters a manager runs jobs on, by name, and a client connected to each."""
 
-    def __init__(self, connect_timeout: float = 10.0) -> None:
+    def __init__(self, connect_timeout: float = 10.0, ssh_config: Callable[[], Optional[str]] = lambda: None) -> None:
         self.connect_timeout = connect_timeout
+        self._ssh_config = ssh_config  # the manager's, read when a cluster starts on SSH hosts
         self._handles: dict[str, ClusterHandle] = {}
         self._clients: dict[str, Any] = {}
         self._lock = threading.RLock()
@@ -98,6 +99,39 @@ class ClusterRegistry:
                 raise ClusterError(f"a cluster is already named {handle.name!r}; choose another name or close it first")
             self._handles[handle.name] = handle
         return handle
+
+    def start_on_hosts(self, hosts: str | Sequence[str], *, name: str | None = None, **settings: Any) -> ClusterHandle:
+        """Start a Dask scheduler and workers on SSH hosts (``ssh_cluster.start_ssh_cluster``, which
+        ``settings`` go to), connect to it, and know it by ``name`` (default: its first host). The
+        name is checked before anything starts; a cluster this kernel cannot use is closed again."""
+        from jupyter_rjobs.backends.dask.ssh_cluster import start_ssh_cluster
+        from jupyter_rjobs.backends.remote.options import host_list
+
+        listed = host_list(hosts)
+        name = name or (listed[0] if listed else "")
+        self._check_new_name(name)
+        settings.setdefault("ssh_config", self._ssh_config())
+        cluster = start_ssh_cluster(listed, name=name, **settings)
+        try:
+            self.add(cluster)
+            self.client(cluster)  # connected now: its versions checked, this kernel's jupyter_rjobs sent to its workers
+        except BaseException:
+            with self._lock:
+                if self._handles.get(name) is cluster:
+                    del self._handles[name]
+            cluster.close(30.0)
+            raise
+        return cluster
+
+    def _check_new_name(self, name: str) -> None:
+        """A name a new cluster may take: not ``local``, not an address, not one already used."""
+        if name == "local" or is_address(name) or not name.strip():
+            raise ClusterError(f"a cluster cannot be named {name!r}: --name takes a plain name, such as lab")
+        with self._lock:
+            if self._closed:
+                raise RJobError("this job manager is shut down; create a new one")
+            if name in self._handles:
+                raise ClusterError(f"a cluster is already named {name!r}; choose another name or close it first")
 
     def names(self) -> list[str]:
         with self._lock:
