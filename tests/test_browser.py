@@ -132,6 +132,25 @@ def lab(browser_ready: None, tmp_path: Path) -> Iterator[Lab]:
         yield server
 
 
+def run_all_when_ready(page: Any, *, notebook_scope: bool, expect: Any) -> Any:
+    """Wait for the one visible notebook and its kernel, then Run > Run All Cells; returns the
+    notebook's locator. ``notebook_scope``: the kernel's name and status are looked for inside the
+    notebook (JupyterLab's panel) rather than anywhere on the page (Notebook 7's header)."""
+    notebook = page.locator(".jp-NotebookPanel:visible")
+    expect(notebook).to_have_count(1, timeout=90_000)
+    scope = notebook if notebook_scope else page
+
+    def kernel_ready() -> bool:  # the indicator says idle before the kernel exists: check its name too
+        name = (scope.locator(".jp-KernelName").first.text_content() or "").strip()
+        idle = scope.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').count() > 0
+        return idle and name not in ("", "No Kernel")
+
+    eventually(kernel_ready, 90, "the kernel to be ready")
+    page.locator(".lm-MenuBar-item", has_text="Run").first.click()
+    page.locator('li.lm-Menu-item[data-command="runmenu:run-all"]').click()
+    return notebook
+
+
 def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
     """Retry ``check`` until it returns something true (or ``timeout`` seconds pass: fail naming ``what``)."""
     deadline = time.monotonic() + timeout
@@ -160,17 +179,7 @@ def test_the_panel_in_jupyterlab(lab: Lab, tmp_path: Path) -> None:
             page.on("pageerror", lambda error: page_errors.append(str(error)))
             page.set_default_timeout(60_000)
             page.goto(f"{lab.url}/lab/tree/04-panel.ipynb?reset&token={lab.token}")
-            notebook = page.locator(".jp-NotebookPanel:visible")
-            expect(notebook).to_have_count(1, timeout=90_000)
-
-            def kernel_ready() -> bool:  # the indicator says idle before the kernel exists: check its name too
-                name = (notebook.locator(".jp-KernelName").first.text_content() or "").strip()
-                idle = notebook.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').count() > 0
-                return idle and name not in ("", "No Kernel")
-
-            eventually(kernel_ready, 90, "the kernel to be ready")
-            page.locator(".lm-MenuBar-item", has_text="Run").first.click()
-            page.locator('li.lm-Menu-item[data-command="runmenu:run-all"]').click()
+            notebook = run_all_when_ready(page, notebook_scope=True, expect=expect)
 
             panel = notebook.locator(".jp-OutputArea-output .rjob-panel")
             expect(panel).to_have_count(1, timeout=90_000)

@@ -19,7 +19,7 @@ from typing import Any
 import nbformat
 import pytest
 from helpers import in_ci
-from test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, Lab, browser_ready, eventually, serve  # noqa: F401
+from test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, Lab, browser_ready, eventually, run_all_when_ready, serve  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
@@ -94,17 +94,7 @@ def test_the_card_in_a_browser(app: str, browser_ready: None, tmp_path: Path) ->
 
 
 def _drive(page: Any, lab: Lab, app: str, expect: Any) -> None:
-    notebook = page.locator(".jp-NotebookPanel:visible")
-    expect(notebook).to_have_count(1, timeout=90_000)
-
-    def kernel_ready() -> bool:  # the indicator says idle before the kernel exists: check its name too
-        name = (page.locator(".jp-KernelName").first.text_content() or "").strip()
-        idle = page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').count() > 0
-        return idle and name not in ("", "No Kernel")
-
-    eventually(kernel_ready, 90, "the kernel to be ready")
-    page.locator(".lm-MenuBar-item", has_text="Run").first.click()
-    page.locator('li.lm-Menu-item[data-command="runmenu:run-all"]').click()
+    notebook = run_all_when_ready(page, notebook_scope=False, expect=expect)
 
     cells = notebook.locator(".jp-Notebook .jp-CodeCell")
     worker = cells.nth(1).locator(".rjob-card")

@@ -7,7 +7,7 @@ the job has ended, from the task's result), then follows the job's event topic."
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from jupyter_rjobs.backends.dask import task
 from jupyter_rjobs.backends.dask.backend import JOB_DATASET
@@ -34,18 +34,20 @@ def adopt(manager: JobManager, spec: str) -> list[Job]:
     manager.backend("dask")  # distributed is there (else a one-line UsageProblem)
     handle = manager.clusters.find(spec)
     client = manager.clusters.client(handle)
-    followed = _followed(manager)
-    adopted = []
+    return [_adopt_one(manager, client, key, name, data) for key, name, data in _unfollowed(client, _followed(manager))]
+
+
+def _unfollowed(client: Any, followed: set[str]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """The detached jobs published on ``client``'s cluster that are not in ``followed``: each one's
+    task key, dataset name and dataset (a job removed meanwhile is left out)."""
     for name in _published(client):
         key = "rjob-" + name[len(JOB_DATASET):]
         if key in followed:
             continue
         try:
-            data = client.get_dataset(name)
+            yield key, name, client.get_dataset(name)
         except KeyError:
             continue  # removed meanwhile
-        adopted.append(_adopt_one(manager, client, key, name, data))
-    return adopted
 
 
 def _adopt_one(manager: JobManager, client: Any, key: str, name: str, data: dict[str, Any]) -> Job:
@@ -76,14 +78,7 @@ def left_jobs(manager: JobManager) -> list[LeftJob]:
         client = manager.clusters.connected(handle)
         if client is None:
             continue
-        for name in _published(client):
-            key = "rjob-" + name[len(JOB_DATASET):]
-            if key in followed:
-                continue
-            try:
-                data = client.get_dataset(name)
-            except KeyError:
-                continue
+        for key, _, data in _unfollowed(client, followed):
             meta, future = data["meta"], data["future"]
             state = "Running" if future.status == "pending" else "Ended"
             found.append(LeftJob(key[len("rjob-"):], f"cluster {handle.name}", meta["name"], state, meta["code"].strip().splitlines()[0][:60]

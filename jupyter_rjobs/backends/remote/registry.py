@@ -74,6 +74,15 @@ def _private_dir(path: Path | None = None) -> Path:
     return path
 
 
+def _write_json(path: Path, entry: dict[str, Any]) -> None:
+    """Write ``entry`` to ``path`` whole or not at all (a private part file, then a rename)."""
+    part = path.with_suffix(f".{os.getpid()}.part")
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(entry, f)
+    os.replace(part, path)
+
+
 def remember(instance: str, **entry: Any) -> None:
     """Write (or update) a job's entry; a failure to write never fails the job."""
     try:
@@ -84,11 +93,7 @@ def remember(instance: str, **entry: Any) -> None:
             old = old if isinstance(old, dict) else {}  # a damaged entry: rewritten whole
         old.update(entry, instance=instance, kernel_pid=entry.get("kernel_pid", old.get("kernel_pid", os.getpid())))
         old.setdefault("started", time.time())
-        part = path.with_suffix(f".{os.getpid()}.part")
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(old, f)
-        os.replace(part, path)
+        _write_json(path, old)
     except (OSError, ValueError):
         pass
 
@@ -164,11 +169,7 @@ def remember_session(instance: str, host: str, name: str, python: str | None) ->
     """Write a session's entry (its host and name); a failure to write never fails the session."""
     try:
         path = _private_dir(_sessions_dir()) / f"{instance}.json"
-        part = path.with_suffix(f".{os.getpid()}.part")
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"instance": instance, "host": host, "name": name, "python": python}, f)
-        os.replace(part, path)
+        _write_json(path, {"instance": instance, "host": host, "name": name, "python": python})
     except OSError:
         pass
 
