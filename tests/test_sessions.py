@@ -237,3 +237,24 @@ def test_magics_session_new_takes_options_before_the_host(ip_remote):
     session = get_manager(ip).get_session("x")
     assert session.host == "server01" and session.state is SessionState.Opened
     ip.run_line_magic("rjob", "session close x")
+
+
+def test_a_session_request_the_host_cannot_do_is_answered_at_once_naming_why(remote, ssh_lab):
+    """A session request that failed on the host used to be answered with a FAILED frame that no
+    waiter took: the kernel waited its full 60 s and then said the connection was lost."""
+    from pathlib import Path
+
+    from jupyter_rjobs.core.errors import HostError
+
+    session = remote.new_session("server01", name="s1")
+    sessions = Path(ssh_lab.home) / ".cache" / "jupyter_rjobs" / "sessions"
+    folder = sessions / str(session.instance)
+    os.chmod(folder, 0o500)  # the host cannot write the session's "closing" mark: the close fails there
+    try:
+        with pytest.raises(HostError, match=r"server01: the agent there could not do session_close: PermissionError"):
+            remote.close_session("s1")
+    finally:
+        os.chmod(folder, 0o700)
+    assert remote.invoke("1 + 1", session="s1") == 2  # nothing half-done: the session still serves
+    remote.close_session("s1")
+    assert wait_until(lambda: not folder.exists(), timeout=30)

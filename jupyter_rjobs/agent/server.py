@@ -163,9 +163,9 @@ class Server:
             if handler is not None:
                 handler(header, buffers)
         except OSError as exc:  # "for": the kernel deletes what a failed RUN made, never what another request failed on
-            self.send({"op": FAILED, "job": header.get("job"), "for": header.get("op"), "error": _os_error_text(exc, self.root)})
+            self.send(_failed(header, _os_error_text(exc, self.root)))
         except Exception as exc:  # noqa: BLE001 - a bad request must not end the server
-            self.send({"op": FAILED, "job": header.get("job"), "for": header.get("op"), "error": f"{type(exc).__name__}: {exc}"})
+            self.send(_failed(header, f"{type(exc).__name__}: {exc}"))
         return True
 
     # -- jobs --------------------------------------------------------------------------------
@@ -391,6 +391,15 @@ class Server:
     def session_close(self, session: str) -> None:
         sessions.close_session(self.session_dir(session))
         self.send({"op": SESSION_STATE, "session": session, "state": "Closed", "reason": ""})
+
+
+def _failed(header: Dict[str, Any], error: str) -> Dict[str, Any]:
+    """The answer to a request that failed: for its job, or, for a session request, naming the
+    session (the kernel waits for that answer: it must not wait for one that never comes)."""
+    failed = {"op": FAILED, "job": header.get("job"), "for": header.get("op"), "error": error}
+    if header.get("op") in (SESSION_NEW, SESSION_ATTACH, SESSION_CLOSE, LIST):
+        failed["session"] = str(header.get("session") or "")
+    return failed
 
 
 def _os_error_text(exc: OSError, root: str) -> str:

@@ -90,7 +90,10 @@ def close_session(path: str) -> None:
     sup = read_json(os.path.join(path, "pid")) or {}
     if alive(int(sup.get("pid", 0)), sup.get("start")):
         write_private(os.path.join(path, "closing"), b"1")
-        os.kill(int(sup["pid"]), signal.SIGTERM)
+        try:
+            os.kill(int(sup["pid"]), signal.SIGTERM)
+        except ProcessLookupError:
+            pass  # it ended meanwhile
     shutil.rmtree(path, ignore_errors=True)
 
 

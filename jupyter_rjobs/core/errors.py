@@ -12,7 +12,8 @@ The tree::
     │   ├── JobStateError            the job is in the wrong state for that action (remove a running job)
     │   └── HostError                a host cannot be used: name, network, python, spool, disk
     │       ├── HostKeyError         the host's key is unknown (refused unless accepted) or changed (always refused)
-    │       └── AuthenticationError  the host refused every key tried
+    │       ├── AuthenticationError  the host refused every key tried
+    │       └── HostRequestFailed    the agent on the host answered that it could not do a request
     ├── JobError                     the job's code raised, or its worker died; carries the job-side traceback
     └── JobStoppedError              the job was stopped (also concurrent.futures.CancelledError)
 """
@@ -35,6 +36,7 @@ __all__ = [
     "HostError",
     "HostKeyError",
     "AuthenticationError",
+    "HostRequestFailed",
     "JobError",
     "JobStoppedError",
 ]
@@ -102,6 +104,10 @@ class HostError(UsageProblem):
     def __init__(self, host: str, message: str) -> None:
         super().__init__(f"{host}: {message}")
         self.host = host
+
+
+class HostRequestFailed(HostError):
+    """The host's agent answered, saying why it could not do a request: nothing changed there."""
 
 
 class HostKeyError(HostError):

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from jupyter_rjobs.backends.remote import registry as _registry
-from jupyter_rjobs.core.errors import JobNotFoundError, JobStateError, SessionNotFoundError, UsageProblem
+from jupyter_rjobs.core.errors import HostRequestFailed, JobNotFoundError, JobStateError, SessionNotFoundError, UsageProblem
 from jupyter_rjobs.core.job import Job, JobKind, JobState
 from jupyter_rjobs.core.records import Record
 from jupyter_rjobs.core.sessions import Session, SessionState
@@ -88,8 +88,12 @@ class RemoteOps:
                 self._manager.stop(running)
             try:
                 self._remote.close_session(session)
-            finally:
+            except HostRequestFailed:
+                raise  # the host said why it could not: the session is as it was, there and here
+            except BaseException:
                 session.state = SessionState.Closed
+                raise
+            session.state = SessionState.Closed
         _registry.forget_session(str(session.instance))
         with self._lock:
             self._sessions.pop(session.id, None)

@@ -29,7 +29,7 @@ from jupyter_rjobs.agent import protocol
 from jupyter_rjobs.agent.protocol import read_frame, write_frame
 from jupyter_rjobs.backends.remote.ssh.config import HostSettings
 from jupyter_rjobs.backends.remote.transport import Channel, LocalTransport, Transport, is_local_host
-from jupyter_rjobs.core.errors import HostError
+from jupyter_rjobs.core.errors import HostError, HostRequestFailed
 
 if TYPE_CHECKING:
     from jupyter_rjobs.backends.remote.ssh.known_hosts import AcceptNewHost
@@ -341,6 +341,8 @@ class HostConnection:
             self._hello.set()
             return
         reply_key = f"{op}:{header.get('session', '')}"
+        if op == protocol.FAILED and "session" in header:  # a request that failed: its waiter hears why
+            reply_key = f"{op}:{header.get('for')}:{header['session']}"
         if reply_key in self._replies:
             event, box = self._replies[reply_key]
             box.append(header)
@@ -359,18 +361,22 @@ class HostConnection:
 
     def request(self, header: dict[str, Any], reply: str, timeout: float = 60.0) -> dict[str, Any]:
         """Send ``header`` and wait for the server's ``reply`` frame (for a session: about it)."""
-        key = f"{reply}:{header.get('session', '')}"
+        session = header.get("session", "")
+        key, failed_key = f"{reply}:{session}", f"{protocol.FAILED}:{header['op']}:{session}"
         event, box = threading.Event(), []  # type: ignore[var-annotated]
         with self._request_lock:
-            self._replies[key] = (event, box)
+            self._replies[key] = self._replies[failed_key] = (event, box)
             try:
                 self.send(header)
                 if not event.wait(timeout) or not box:
                     raise HostError(self.host, f"no answer from the agent there within {timeout:g} s (the connection was lost?)")
                 answer: dict[str, Any] = box[0]
+                if answer.get("op") == protocol.FAILED:
+                    raise HostRequestFailed(self.host, f"the agent there could not do {header['op']}: {answer.get('error')}")
                 return answer
             finally:
                 self._replies.pop(key, None)
+                self._replies.pop(failed_key, None)
 
     def close(self, sync_timeout: float = 2.0) -> None:
         """Close the agent server's channel and the connection; first a ping, so that every frame
