@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +37,9 @@ def dask_python(ssh_lab: SshLab) -> str:
         import distributed
     except ImportError:
         unavailable("the SSH Dask cluster tests", "distributed in the test venv (pip install distributed)")
+    lab_version = subprocess.run([ssh_lab.python, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True)
+    if lab_version.stdout.strip() != str(sys.version_info[:2]):  # Dask needs one Python on the kernel and the cluster
+        return _copy_of_this_python(Path(ssh_lab.scratch) / "hostpy", distributed.__version__)
     venv = Path(ssh_lab.scratch) / "daskpy"
     made = subprocess.run([ssh_lab.python, "-m", "venv", str(venv)], capture_output=True, text=True)
     if made.returncode != 0:
@@ -44,6 +49,31 @@ def dask_python(ssh_lab: SshLab) -> str:
     if pip.returncode != 0:
         unavailable("the SSH Dask cluster tests", f"pip install distributed for the hosts' Python: {pip.stderr.strip()[-300:]}")
     return str(venv / "bin/python")
+
+
+def _copy_of_this_python(place: Path, version: str) -> str:
+    """The hosts' Python when the lab's system Python is another version than the kernel's (the
+    oldest leg: 3.9 from pyenv under /root, which the test user cannot reach): a copy of this
+    Python's installation the test user can run, with distributed, started by a small script that
+    points the loader at the copy's libpython (pyenv's binary names /root's in its RUNPATH)."""
+    if not place.exists():
+        shutil.copytree(sys.base_prefix, place, symlinks=True,
+                        ignore=shutil.ignore_patterns("test", "tests", "__pycache__", "idlelib", "tkinter", "turtledemo"))
+    real = place / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    wrapper = place / "bin" / "python-for-hosts"
+    wrapper.write_text(f"#!/bin/sh\nLD_LIBRARY_PATH={shlex.quote(str(place / 'lib'))} exec {shlex.quote(str(real))} \"$@\"\n")
+    wrapper.chmod(0o755)
+    pip = subprocess.run([str(wrapper), "-m", "pip", "install", "-q", "--no-warn-script-location", f"distributed=={version}"],
+                         capture_output=True, text=True)
+    if pip.returncode != 0:
+        unavailable("the SSH Dask cluster tests", f"pip install distributed for the hosts' copy of this Python: {pip.stderr.strip()[-300:]}")
+    for folder, _, files in os.walk(place):  # readable and runnable by the test user
+        os.chmod(folder, 0o755)
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, os.stat(path).st_mode | 0o444)
+    return str(wrapper)
 
 
 @pytest.fixture
