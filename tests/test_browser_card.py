@@ -18,7 +18,7 @@ from typing import Any
 
 import nbformat
 import pytest
-from helpers import in_ci
+from helpers import unavailable
 from test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, Lab, browser_ready, eventually, run_all_when_ready, serve  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
@@ -72,9 +72,7 @@ def test_the_card_in_a_browser(app: str, browser_ready: None, tmp_path: Path) ->
     try:
         __import__(app if app == "notebook" else "jupyterlab")
     except ImportError:
-        if in_ci():
-            pytest.fail(f"the card's browser test needs the {app} package (pip install {app})")
-        pytest.skip(f"the {app} package is not installed")
+        unavailable("the card's browser test", f"the {app} package (pip install {app})")
     from playwright.sync_api import expect, sync_playwright
 
     source = _notebook(tmp_path / "card.ipynb")
