@@ -186,8 +186,8 @@ class RemoteRunner(JobRunner):
     def _ended(self) -> None:
         if self.keeps_spool:
             _registry.remember(self.instance, state=str(self.job.state))
-        else:
-            self._clean()  # every record is safely here: the host's spool (and the registry entry) can go
+        else:  # every record is safely here: the host's spool (and the registry entry) can go
+            self.connection.later(self._clean)  # not from the reading thread itself (see HostConnection.later)
 
     def fetch(self, after: int) -> list[Record]:
         """Every record of the host's spool after ``after`` (see fetch_parts)."""
