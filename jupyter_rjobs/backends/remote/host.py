@@ -323,7 +323,7 @@ class HostConnection:
                 return
             try:
                 action()
-            except Exception:  # noqa: BLE001 - one failed send must not end the others
+            except Exception:  # one failed send must not end the others
                 log.debug("%s: a queued send failed", self.host, exc_info=True)
 
     def _drain(self, timeout: float) -> None:
