@@ -455,11 +455,17 @@ class RemoteBackend(Backend[RemoteOptions, _RemotePrepared]):
             except HostError as exc:
                 connections[host] = exc
 
-        if len(hosts) == 1:
-            connect(hosts[0])
-        else:
-            with ThreadPoolExecutor(min(len(hosts), self.max_connecting)) as pool:
-                list(pool.map(connect, hosts))
+        for host in hosts:  # connected already: no thread needed
+            existing = self._connections.get(self._key(host, python))
+            if existing is not None and existing.alive:
+                connections[host] = existing
+        missing = [host for host in hosts if host not in connections]
+        if len(missing) == 1:
+            connect(missing[0])
+        elif missing:
+            with ThreadPoolExecutor(min(len(missing), self.max_connecting)) as pool:
+                list(pool.map(connect, missing))
+        connections = {host: connections[host] for host in hosts}
         refuse_version_bound(specs, connections)
         failures = [c for c in connections.values() if isinstance(c, HostError)]
         if len(failures) == len(hosts):

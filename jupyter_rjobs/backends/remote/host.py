@@ -269,7 +269,7 @@ class HostConnection:
             missing = "true" if replace else f"[ ! -f {target} ]"
             command = (
                 f"umask 077 && mkdir -p {shlex.quote(self.root + '/jobs')} {quoted_dir} && "
-                f"if {missing}; then cat > {target}.part && mv {target}.part {target}; else cat > /dev/null; fi"
+                f"if {missing}; then cat > {target}.part.$$ && mv -f {target}.part.$$ {target}; else cat > /dev/null; fi"
             )
             status, _, err = self.connection.run(command, stdin=content)
             if status != 0:
