@@ -28,12 +28,10 @@ class JobState(enum.Enum):
     Blocked = "Blocked"
     Disconnected = "Disconnected"
 
-    def __str__(self) -> str:
-        return self.value
+    finished: bool  # Completed, Failed or Stopped: it never changes again (a plain attribute, set below: asked often)
 
-    @property
-    def finished(self) -> bool:
-        return self in FINISHED_STATES
+    def __str__(self) -> str:
+        return str(self.value)
 
     @classmethod
     def parse(cls, text: str | JobState) -> JobState:
@@ -47,6 +45,9 @@ class JobState(enum.Enum):
 
 
 FINISHED_STATES = frozenset({JobState.Completed, JobState.Failed, JobState.Stopped})
+for _state in JobState:
+    _state.finished = _state in FINISHED_STATES
+del _state
 
 
 class _KindRegistry(type):
