@@ -126,23 +126,33 @@ class JobManager:
             except Exception:
                 log.exception("jupyter_rjobs event listener failed")
         if wake:  # last, so a woken reader does not wait for this thread to finish the listeners
-            with self._activity:
-                self._activity.notify_all()
+            self._wake()
+
+    def _wake(self) -> None:
+        """Wake the readers waiting in :meth:`follow`."""
+        with self._activity:
+            self._activity.notify_all()
 
     def _job_state_changed(self, job: Job, old: JobState, new: JobState) -> None:
-        if new.finished:
+        finished = new.finished
+        if finished:
             self._backends.throttle(job.kind).finished(job)  # frees a slot (a parent holds none: harmless)
             if job.session is not None:
                 self.remote.job_in_session_ended(job)
-        # readers wait for records and for the end: only a finished job is worth waking them for
-        self._emit(JobEvent(EventKind.STATE, job, old_state=old, new_state=new), wake=new.finished)
+        if self._listeners:  # an event is made only when someone listens
+            self._emit(JobEvent(EventKind.STATE, job, old_state=old, new_state=new), wake=False)
+        if finished:  # readers wait for records and for the end: only a finished job is worth waking them for
+            self._wake()
         if job.parent is not None:
             job.parent.child_state_changed()
 
     def _job_record(self, job: Job, record: Record) -> None:
+        if self._listeners:
+            self._emit(JobEvent(EventKind.RECORD, job, record=record), wake=False)
         # A value is always followed at once by the job's end, which wakes readers: waking them for
         # the value too would cost a second thread hand-off per job.
-        self._emit(JobEvent(EventKind.RECORD, job, record=record), wake=record.kind is not RecordKind.VALUE)
+        if record.kind is not RecordKind.VALUE:
+            self._wake()
 
     # -- starting -------------------------------------------------------------------------
     def start(
@@ -188,7 +198,8 @@ class JobManager:
         backend.configure(job, made)
         with self._lock:
             self._jobs[job_id] = job
-        self._emit(JobEvent(EventKind.ADDED, job), wake=False)  # readers follow jobs they already have
+        if self._listeners:  # readers follow jobs they already have: no wake
+            self._emit(JobEvent(EventKind.ADDED, job), wake=False)
         throttle = self._backends.throttle(backend.kind)
         for leaf in job.leaves():
             throttle.submit(leaf, functools.partial(self._launch, backend, leaf, prepared))
