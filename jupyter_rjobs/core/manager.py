@@ -289,7 +289,9 @@ class JobManager:
         """Jobs named by ids, names or wildcard patterns (all that match), in id order, no repeats."""
         if specs is None:
             return [j for j in self._all_jobs() if j.parent is None]
-        if isinstance(specs, (Job, int, str)):
+        if isinstance(specs, Job):
+            return [specs]
+        if isinstance(specs, (int, str)):
             specs = [specs]
         found: dict[int, Job] = {}
         for spec in specs:
@@ -339,7 +341,7 @@ class JobManager:
             raise UsageProblem("auto_remove needs wait: add --wait so the jobs can end before they are removed")
         targets = self.resolve(jobs)
         if wait:
-            records = list(self.follow(targets, keep=keep, timeout=timeout))
+            records = list(self._follow(_leaves_of(targets), keep, checked_timeout(timeout)))
         else:
             records = list(self.iter_receive(targets, keep=keep))
         if auto_remove:
@@ -359,23 +361,28 @@ class JobManager:
 
         Without ``keep`` a record counts as received once yielded: stopping half way loses nothing unseen.
         """
-        leaves, timeout = _leaves_of(self.resolve(jobs)), checked_timeout(timeout)
+        yield from self._follow(_leaves_of(self.resolve(jobs)), keep, checked_timeout(timeout))
+
+    def _follow(self, leaves: builtins.list[Job], keep: bool, timeout: float | None) -> Iterator[Record]:
         seen = {leaf.id: 0 for leaf in leaves}
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            progressed = False
+        while leaves:
+            progressed, still_open = False, []
             for leaf in leaves:
-                for record in leaf.stream.iter_take(after=seen[leaf.id], keep=keep):  # a remote spool a part at a time
+                stream = leaf.stream
+                ended = stream.closed  # seen before the take: then this take gets the stream's last records
+                for record in stream.iter_take(after=seen[leaf.id], keep=keep):  # a remote spool a part at a time
                     seen[leaf.id] = record.seq
                     progressed = True
                     yield record
-            if progressed:
+                if not ended:
+                    still_open.append(leaf)
+            leaves = still_open
+            if progressed or not leaves:
                 continue
             with self._activity:
-                if any(leaf.stream.has_after(seen[leaf.id]) for leaf in leaves):
-                    continue
-                if all(leaf.stream.closed for leaf in leaves):
-                    return
+                if any(leaf.stream.has_after(seen[leaf.id]) or leaf.stream.closed for leaf in leaves):
+                    continue  # taken in the next round
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return
