@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
@@ -329,14 +329,15 @@ class Job(Future[Any]):
             self._on_state(self, old, new)
 
     def _settle_future(self, state: JobState) -> None:
-        if self.done():
-            return
-        if state is JobState.Completed:
-            self.set_result(self._value)
-        elif state is JobState.Failed:
-            self.set_exception(self.error or JobError("JobFailed", f"{self.label} failed"))
-        else:
-            self.set_exception(JobStoppedError(self.label))
+        try:
+            if state is JobState.Completed:
+                self.set_result(self._value)
+            elif state is JobState.Failed:
+                self.set_exception(self.error or JobError("JobFailed", f"{self.label} failed"))
+            else:
+                self.set_exception(JobStoppedError(self.label))
+        except InvalidStateError:
+            pass  # settled already
 
     def cancel(self) -> bool:
         """Future API: a job that has not started yet is stopped and never runs; others are not touched."""

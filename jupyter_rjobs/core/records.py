@@ -69,8 +69,7 @@ class RecordStream:
 
     def close(self) -> None:
         """No more records will come (the job has ended)."""
-        with self._lock:
-            self._closed = True
+        self._closed = True  # one store: readers look without the lock
 
     # -- reading --------------------------------------------------------------------
     @property
