@@ -371,17 +371,18 @@ class JobManager:
             for leaf in leaves:
                 stream = leaf.stream
                 ended = stream.closed  # seen before the take: then this take gets the stream's last records
-                for record in stream.iter_take(after=seen[leaf.id], keep=keep):  # a remote spool a part at a time
-                    seen[leaf.id] = record.seq
-                    progressed = True
-                    yield record
+                if ended or stream.has_after(seen[leaf.id]):  # (a job just started has none: no take)
+                    for record in stream.iter_take(after=seen[leaf.id], keep=keep):  # a remote spool a part at a time
+                        seen[leaf.id] = record.seq
+                        progressed = True
+                        yield record
                 if not ended:
                     still_open.append(leaf)
             leaves = still_open
             if progressed or not leaves:
                 continue
             with self._activity:
-                if any(leaf.stream.has_after(seen[leaf.id]) or leaf.stream.closed for leaf in leaves):
+                if _any_news(leaves, seen):
                     continue  # taken in the next round
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -539,6 +540,15 @@ class JobManager:
         jobs = self._all_jobs()
         running = sum(1 for j in jobs if not j.state.finished)
         return f"<JobManager {len(jobs)} jobs, {running} running>"
+
+
+def _any_news(leaves: list[Job], seen: dict[int, int]) -> bool:
+    """Whether a stream has a record above what was seen of it, or has ended."""
+    for leaf in leaves:
+        stream = leaf.stream
+        if stream.closed or stream.has_after(seen[leaf.id]):
+            return True
+    return False
 
 
 def _leaves_of(jobs: Iterable[Job]) -> list[Job]:
