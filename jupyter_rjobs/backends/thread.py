@@ -48,6 +48,9 @@ def _absorb_late_stop() -> None:
         pass
 
 
+_OUTCOMES = {state.value: state for state in (JobState.Completed, JobState.Failed, JobState.Stopped)}  # JobState(...) is slower
+
+
 class _ThreadPrepared:
     def __init__(self, compiled: Any, namespace: dict[str, Any], filename: str) -> None:
         self.compiled = compiled
@@ -89,7 +92,7 @@ class ThreadRunner(JobRunner):
             job.emit(RecordKind.VALUE, value)
         elif outcome == "Failed" and job.error is not None and isinstance(value, dict):
             job.error.original = value.get("original")
-        job.set_state(JobState(outcome))
+        job.set_state(_OUTCOMES[outcome])
 
     def terminate(self) -> None:
         with self._lock:
