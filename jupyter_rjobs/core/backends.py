@@ -40,27 +40,19 @@ class Backends:
         self._manager = manager
         self._made: dict[JobKind, Backend[Any, Any]] = {}
         self._throttles: dict[JobKind, Throttle] = {}
-        self._by_name: dict[JobKind | str, Backend[Any, Any]] = {}  # what `get` was asked for, found once
         self._lock = threading.RLock()
 
     def add(self, backend: Backend[Any, Any]) -> None:
         with self._lock:
             self._made[backend.kind] = backend
             self._throttles[backend.kind] = Throttle(backend.max_concurrent)
-            self._by_name.clear()
 
     def get(self, kind: JobKind | str) -> Backend[Any, Any]:
         """The backend of ``kind``, made from the registry on first use."""
-        backend = self._by_name.get(kind) if isinstance(kind, (str, JobKind)) else None
-        if backend is None:
-            with self._lock:
-                backend = self._find(kind)
-                if isinstance(kind, (str, JobKind)):
-                    self._by_name[kind] = backend
-        return backend
-
-    def _find(self, given: JobKind | str) -> Backend[Any, Any]:
-        kind = JobKind.parse(given)
+        kind = JobKind.parse(kind)
+        backend = self._made.get(kind)  # made already: no lock needed to find it
+        if backend is not None:
+            return backend
         with self._lock:
             backend = self._made.get(kind)
             if backend is None:

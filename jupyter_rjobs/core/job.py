@@ -63,6 +63,7 @@ class JobKind(metaclass=_KindRegistry):
     (``register_backend``); one instance per name, so kinds compare with ``is``."""
 
     _known: ClassVar[dict[str, JobKind]] = {}
+    _parsed: ClassVar[dict[str, JobKind]] = {}  # what parse was given, found once (emptied when kinds change)
     THREAD: ClassVar[JobKind]
     PROCESS: ClassVar[JobKind]
     REMOTE: ClassVar[JobKind]
@@ -79,6 +80,7 @@ class JobKind(metaclass=_KindRegistry):
         known = cls._known.get(name)
         if known is None:
             known = cls._known[name] = cls(name, type_name)
+            cls._parsed.clear()
         elif known.type_name != type_name:
             raise ValueError(f"job kind {name!r} is registered already, as {known.type_name}")
         return known
@@ -89,6 +91,7 @@ class JobKind(metaclass=_KindRegistry):
         if name in ("thread", "process", "remote"):
             raise ValueError(f"the built-in job kind {name!r} cannot be removed")
         cls._known.pop(name, None)
+        cls._parsed.clear()
 
     @property
     def value(self) -> str:
@@ -105,9 +108,14 @@ class JobKind(metaclass=_KindRegistry):
         """A kind from its name or type name, any case."""
         if isinstance(text, JobKind):
             return text
+        found = cls._parsed.get(text) if isinstance(text, str) else None
+        if found is not None:
+            return found
         wanted = str(text).lower()
         for kind in cls._known.values():
             if wanted in (kind.name, kind.type_name.lower()):
+                if isinstance(text, str):
+                    cls._parsed[text] = kind
                 return kind
         names = ", ".join(cls._known)
         raise ValueError(f"unknown job kind {text!r}; use one of {names}")
