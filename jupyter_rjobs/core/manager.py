@@ -10,7 +10,6 @@ import functools
 import logging
 import os
 import threading
-import time
 import weakref
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
 
@@ -24,6 +23,7 @@ from jupyter_rjobs.core.backends import Backends, ManagerSettings
 from jupyter_rjobs.core.checks import checked_name, checked_timeout
 from jupyter_rjobs.core.errors import AmbiguousJobError, JobCodeError, JobNotFoundError, JobStateError, RJobError, UsageProblem
 from jupyter_rjobs.core.events import EventKind, JobEvent, WaitResult
+from jupyter_rjobs.core.follow import follow_streams
 from jupyter_rjobs.core.job import Job, JobKind, JobState
 from jupyter_rjobs.core.records import Record, RecordKind
 from jupyter_rjobs.core.remote_ops import RemoteOps
@@ -341,7 +341,7 @@ class JobManager:
             raise UsageProblem("auto_remove needs wait: add --wait so the jobs can end before they are removed")
         targets = self.resolve(jobs)
         if wait:
-            records = list(self._follow(_leaves_of(targets), keep, checked_timeout(timeout)))
+            records = list(follow_streams(_leaves_of(targets), keep, checked_timeout(timeout), self._activity))
         else:
             records = list(self.iter_receive(targets, keep=keep))
         if auto_remove:
@@ -361,33 +361,7 @@ class JobManager:
 
         Without ``keep`` a record counts as received once yielded: stopping half way loses nothing unseen.
         """
-        yield from self._follow(_leaves_of(self.resolve(jobs)), keep, checked_timeout(timeout))
-
-    def _follow(self, leaves: builtins.list[Job], keep: bool, timeout: float | None) -> Iterator[Record]:
-        seen = {leaf.id: 0 for leaf in leaves}
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while leaves:
-            progressed, still_open = False, []
-            for leaf in leaves:
-                stream = leaf.stream
-                ended = stream.closed  # seen before the take: then this take gets the stream's last records
-                if ended or stream.has_after(seen[leaf.id]):  # (a job just started has none: no take)
-                    for record in stream.iter_take(after=seen[leaf.id], keep=keep):  # a remote spool a part at a time
-                        seen[leaf.id] = record.seq
-                        progressed = True
-                        yield record
-                if not ended:
-                    still_open.append(leaf)
-            leaves = still_open
-            if progressed or not leaves:
-                continue
-            with self._activity:
-                if _any_news(leaves, seen):
-                    continue  # taken in the next round
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return
-                self._activity.wait(0.25 if remaining is None else min(remaining, 0.25))
+        yield from follow_streams(_leaves_of(self.resolve(jobs)), keep, checked_timeout(timeout), self._activity)
 
     # -- stopping and removing ------------------------------------------------------------
     def stop(self, jobs: JobSpec | Sequence[JobSpec] | None, *, grace: float | None = None) -> builtins.list[Job]:
@@ -540,15 +514,6 @@ class JobManager:
         jobs = self._all_jobs()
         running = sum(1 for j in jobs if not j.state.finished)
         return f"<JobManager {len(jobs)} jobs, {running} running>"
-
-
-def _any_news(leaves: list[Job], seen: dict[int, int]) -> bool:
-    """Whether a stream has a record above what was seen of it, or has ended."""
-    for leaf in leaves:
-        stream = leaf.stream
-        if stream.closed or stream.has_after(seen[leaf.id]):
-            return True
-    return False
 
 
 def _leaves_of(jobs: Iterable[Job]) -> list[Job]:
