@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import threading
 import uuid
 from concurrent.futures import Future, InvalidStateError
 from datetime import datetime
@@ -196,7 +197,7 @@ class Job(Future[Any]):
         self.session: Session | None = None  # the Session it runs in, if any
         self.runner: JobRunner | None = None
         self._job_state = JobState.NotStarted
-        self._state_lock = self._condition  # the Future's own (re-entrant) lock
+        self._state_lock = threading.Lock()  # a plain lock: taking the Future's Condition is Python code
         self._value: Any = None
         self._progress: dict[str, Any] | None = None
         self._on_state = on_state
@@ -276,7 +277,7 @@ class Job(Future[Any]):
             self._on_record(self, record)
 
     def emit(self, kind: RecordKind, data: Any, seq: int | None = None, when: float | None = None) -> None:
-        self.stream.append(kind, data, seq=seq, when=when)
+        self.stream.append(kind, data, seq, when)
 
     def use_stream(self, make: Callable[[Callable[[Record], None]], RecordStream]) -> None:
         """Keep this job's records in another stream (a backend whose records stay elsewhere until
