@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
+import threading
 import uuid
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
@@ -28,12 +29,10 @@ class JobState(enum.Enum):
     Blocked = "Blocked"
     Disconnected = "Disconnected"
 
-    def __str__(self) -> str:
-        return self.value
+    finished: bool  # Completed, Failed or Stopped: it never changes again (a plain attribute, set below: asked often)
 
-    @property
-    def finished(self) -> bool:
-        return self in FINISHED_STATES
+    def __str__(self) -> str:
+        return str(self.value)
 
     @classmethod
     def parse(cls, text: str | JobState) -> JobState:
@@ -47,6 +46,9 @@ class JobState(enum.Enum):
 
 
 FINISHED_STATES = frozenset({JobState.Completed, JobState.Failed, JobState.Stopped})
+for _state in JobState:
+    _state.finished = _state in FINISHED_STATES
+del _state
 
 
 class _KindRegistry(type):
@@ -62,6 +64,7 @@ class JobKind(metaclass=_KindRegistry):
     (``register_backend``); one instance per name, so kinds compare with ``is``."""
 
     _known: ClassVar[dict[str, JobKind]] = {}
+    _parsed: ClassVar[dict[str, JobKind]] = {}  # what parse was given, found once (emptied when kinds change)
     THREAD: ClassVar[JobKind]
     PROCESS: ClassVar[JobKind]
     REMOTE: ClassVar[JobKind]
@@ -78,6 +81,7 @@ class JobKind(metaclass=_KindRegistry):
         known = cls._known.get(name)
         if known is None:
             known = cls._known[name] = cls(name, type_name)
+            cls._parsed.clear()
         elif known.type_name != type_name:
             raise ValueError(f"job kind {name!r} is registered already, as {known.type_name}")
         return known
@@ -88,6 +92,7 @@ class JobKind(metaclass=_KindRegistry):
         if name in ("thread", "process", "remote"):
             raise ValueError(f"the built-in job kind {name!r} cannot be removed")
         cls._known.pop(name, None)
+        cls._parsed.clear()
 
     @property
     def value(self) -> str:
@@ -104,9 +109,14 @@ class JobKind(metaclass=_KindRegistry):
         """A kind from its name or type name, any case."""
         if isinstance(text, JobKind):
             return text
+        found = cls._parsed.get(text) if isinstance(text, str) else None
+        if found is not None:
+            return found
         wanted = str(text).lower()
         for kind in cls._known.values():
             if wanted in (kind.name, kind.type_name.lower()):
+                if isinstance(text, str):
+                    cls._parsed[text] = kind
                 return kind
         names = ", ".join(cls._known)
         raise ValueError(f"unknown job kind {text!r}; use one of {names}")
@@ -187,7 +197,7 @@ class Job(Future[Any]):
         self.session: Session | None = None  # the Session it runs in, if any
         self.runner: JobRunner | None = None
         self._job_state = JobState.NotStarted
-        self._state_lock = self._condition  # the Future's own (re-entrant) lock
+        self._state_lock = threading.Lock()  # a plain lock: taking the Future's Condition is Python code
         self._value: Any = None
         self._progress: dict[str, Any] | None = None
         self._on_state = on_state
@@ -267,7 +277,7 @@ class Job(Future[Any]):
             self._on_record(self, record)
 
     def emit(self, kind: RecordKind, data: Any, seq: int | None = None, when: float | None = None) -> None:
-        self.stream.append(kind, data, seq=seq, when=when)
+        self.stream.append(kind, data, seq, when)
 
     def use_stream(self, make: Callable[[Callable[[Record], None]], RecordStream]) -> None:
         """Keep this job's records in another stream (a backend whose records stay elsewhere until
@@ -328,14 +338,15 @@ class Job(Future[Any]):
             self._on_state(self, old, new)
 
     def _settle_future(self, state: JobState) -> None:
-        if self.done():
-            return
-        if state is JobState.Completed:
-            self.set_result(self._value)
-        elif state is JobState.Failed:
-            self.set_exception(self.error or JobError("JobFailed", f"{self.label} failed"))
-        else:
-            self.set_exception(JobStoppedError(self.label))
+        try:
+            if state is JobState.Completed:
+                self.set_result(self._value)
+            elif state is JobState.Failed:
+                self.set_exception(self.error or JobError("JobFailed", f"{self.label} failed"))
+            else:
+                self.set_exception(JobStoppedError(self.label))
+        except InvalidStateError:
+            pass  # settled already
 
     def cancel(self) -> bool:
         """Future API: a job that has not started yet is stopped and never runs; others are not touched."""
