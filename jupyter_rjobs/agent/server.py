@@ -98,20 +98,20 @@ class Server:
         self.selector = selectors.DefaultSelector()  # epoll: no limit of 1024 jobs
         self.jobs = Forwarder(self.send, self.out_fd, self.selector)
         self.waiting: "OrderedDict[str, Waiting]" = OrderedDict()  # jobs for which no pair was free yet
+        self.acks: Dict[str, int] = {}  # spool: how far the kernel received it, not yet in its cursor file
         self.progress = (0, time.monotonic())  # (how often pairs came free, when that last changed or a pair was forked)
         self.owner = f"{os.getpid()} {process_start(os.getpid())}".encode()
         self.request_counter = 0
         self.handlers: Dict[str, Callable[[Dict[str, Any], List[bytearray]], None]] = {
-            PING: lambda h, b: self.send({"op": PONG, "n": h.get("n")}),
+            PING: lambda h, b: self.pong(h),
             RUN: self.run,
             STOP: lambda h, b: self.stop(str(h.get("job", "")), float(h.get("grace", 3.0))),
             FETCH: lambda h, b: self.fetch(h),
-            ACK: lambda h, b: write_private(os.path.join(self.spool_of(str(h.get("job", ""))), "cursor"), str(int(h["seq"])).encode()),
+            ACK: lambda h, b: self.acks.__setitem__(self.spool_of(str(h.get("job", ""))), int(h["seq"])),
             CLEAN: lambda h, b: self.clean(str(h.get("job", ""))),
             ATTACH: lambda h, b: self.attach(h),
             RELEASE: lambda h, b: self.release(str(h.get("job", "")), h.get("session")),
-            LIST: lambda h, b: self.send({"op": LISTING, "jobs": list_jobs(self.jobs_dir, self.sessions_dir),
-                                          "sessions": sessions.list_sessions(self.sessions_dir)}),
+            LIST: lambda h, b: self.listing(),
             SESSION_NEW: lambda h, b: self.session_new(h),
             SESSION_ATTACH: lambda h, b: self.session_attach(str(h["session"])),
             SESSION_CLOSE: lambda h, b: self.session_close(str(h["session"])),
@@ -156,11 +156,13 @@ class Server:
                 self.replenish()
             if time.monotonic() >= next_sweep:  # a missed wake-up, a kill deadline: look at every job
                 next_sweep = time.monotonic() + 0.2
+                self.write_acks()
                 self.jobs.sweep()
 
     def orphaned(self) -> None:
         """The kernel's connection ended: let go of everything at once (a new kernel adopts its
         detached jobs), end the spare, and end its non-detached work after the grace period."""
+        self.write_acks()
         self.dispatch(force=True)  # what the kernel started runs (its detached jobs outlive it)
         self.jobs.let_go_all()  # a free pair ends now, a busy one once its job has
         doomed = {}
@@ -239,6 +241,24 @@ class Server:
             pair.hand(spool, header, buffers, last=instance in self.detached)
         write_new(os.path.join(spool, "pid"), json.dumps({"pid": pair.pid, "start": pair.start}).encode())
         self.jobs.track(HostJob(instance, spool, pair.pid, pair.start, header.get("cache", "kernel"), pair))
+
+    def pong(self, header: Dict[str, Any]) -> None:
+        """The answer to a ping: everything asked before it is done (the acks written too)."""
+        self.write_acks()
+        self.send({"op": PONG, "n": header.get("n")})
+
+    def listing(self) -> None:
+        """Every job spool and session here (for connect and list --all)."""
+        self.write_acks()
+        self.send({"op": LISTING, "jobs": list_jobs(self.jobs_dir, self.sessions_dir), "sessions": sessions.list_sessions(self.sessions_dir)})
+
+    def write_acks(self) -> None:
+        """Write how far the kernel received each job into its spool's cursor, once per sweep for
+        all the acks that came meanwhile (a spool removed since is skipped)."""
+        acks, self.acks = self.acks, {}
+        for spool, seq in acks.items():
+            if os.path.isdir(spool):
+                write_private(os.path.join(spool, "cursor"), str(seq).encode())
 
     def replenish(self) -> None:
         """Fork a pair ahead of time, so a run request only hands it the job."""
@@ -353,6 +373,7 @@ class Server:
             sup = read_json(os.path.join(self.session_dir(job.session), "pid")) or {}
             job.pid, job.start = int(sup.get("pid", 0)), sup.get("start")
         self.jobs.track(job)
+        self.write_acks()
         self.send({"op": ATTACHED, "job": instance, "cursor": read_cursor(spool), "meta": meta})
         self.jobs.forward(job)
 
@@ -379,6 +400,7 @@ class Server:
     def release(self, instance: str, session: Optional[str] = None) -> None:
         """Stop forwarding a job (a disconnect): it runs on, its spool keeps what it writes.
         With ``session``: let go of that session (it outlives the kernel)."""
+        self.write_acks()
         if session:
             let_go(self.session_dir(str(session)), self.owner)
             if not instance:
