@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import os
+import random
 import threading
 import uuid
 from concurrent.futures import Future, InvalidStateError
@@ -17,6 +19,12 @@ if TYPE_CHECKING:
     from jupyter_rjobs.core.sessions import Session
 
 __all__ = ["JobState", "JobKind", "Job"]
+
+# instance ids: random version-4 UUIDs from a generator seeded once from os.urandom (and again in
+# a forked child), not a getrandom() call per job; they name spools, they guard nothing
+_ids = random.Random()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_ids.seed)
 
 
 class JobState(enum.Enum):
@@ -209,7 +217,7 @@ class Job(Future[Any]):
     def instance_id(self) -> uuid.UUID:
         """Unique everywhere (it names a remote job's spool); made when first asked for."""
         if self._instance_id is None:
-            self._instance_id = uuid.uuid4()
+            self._instance_id = uuid.UUID(int=_ids.getrandbits(128), version=4)
         return self._instance_id
 
     @property

@@ -66,6 +66,8 @@ class RemoteRunner(JobRunner):
         self.user_disconnected = False
         self._stop_grace: float | None = None  # a stop asked for: sent again on every re-attach until it ends
         self._clean_pending = False  # removed while its host was out of reach: its spool goes once it is back
+        self._cleaned = False  # its CLEAN was sent
+        self._clean_lock = threading.Lock()
         self._apply = FrameApplier(job, connection.python_version)
         self._fetch_lock = threading.Lock()
         self._fetched: list[Record] | None = None
@@ -247,11 +249,15 @@ class RemoteRunner(JobRunner):
     def _clean(self) -> None:
         """Delete the job's spool on the host (and its registry entry). A host out of reach keeps
         both until the connection is back (re-attaching cleans then), never silently."""
-        try:
-            self.connection.send({"op": protocol.CLEAN, "job": self.instance})
-        except HostError:
-            self._clean_pending = True
-            return
+        with self._clean_lock:
+            if self._cleaned:
+                return  # once is enough (its end and its removal both ask)
+            try:
+                self.connection.send({"op": protocol.CLEAN, "job": self.instance})
+            except HostError:
+                self._clean_pending = True
+                return
+            self._cleaned = True
         self._clean_pending = False
         _registry.forget(self.instance)
         if self.job.state.finished:

@@ -6,8 +6,8 @@ One small private file per remote job, ``$JUPYTER_RJOBS_STATE/jobs/<instance>.js
 with its spool. One file each, so kernels never write the same file at once. Sessions likewise,
 in ``sessions/<instance>.json`` (its host and name: ``%rjob connect NAME`` in a new kernel finds it).
 
-A job's writes are not on its way to the host: a thread writes them behind it, at once, and
-a job that ended before its entry was written (a quick one, cleaned) costs no file at all.
+A job's writes are not on its way to the host: a thread writes them behind it, a new job's
+entry once it has run for a second, so a quick job costs no file at all.
 Reading the registry (and the end of the process) waits for what is still to be written. The
 host's spool, not this registry, is what a job's survival rests on: ``%rjob connect HOST``
 finds every job there.
@@ -94,11 +94,17 @@ def _write_json(path: Path, entry: dict[str, Any]) -> None:
 _Key = tuple[Path, str]  # the registry's directory when the write was asked for, and the job
 
 
+WRITE_AFTER = 1.0  # seconds: a job that ends (and is cleaned) sooner never touches the registry
+
+
 class _Behind:
-    """Registry writes done by a thread behind the jobs, in order, coalesced per job."""
+    """Registry writes done by a thread behind the jobs, in order, coalesced per job. A new job's
+    entry is written once it has run for WRITE_AFTER seconds (what ends sooner needs none:
+    ``connect HOST`` finds anything on a host anyway); updates and deletes go at once."""
 
     def __init__(self) -> None:
         self._pending: dict[_Key, dict[str, Any] | None] = {}  # fields to write, or None: delete
+        self._due: dict[_Key, float] = {}  # when each may be written
         self._fresh: set[_Key] = set()  # entries to write whole, never merged with the file there
         self._busy = False
         self._cond = threading.Condition()
@@ -106,6 +112,7 @@ class _Behind:
 
     def put(self, instance: str, entry: dict[str, Any] | None) -> None:
         key = (registry_dir(), instance)
+        now = time.monotonic()
         with self._cond:
             waiting = key in self._pending
             old = self._pending.get(key)
@@ -115,22 +122,38 @@ class _Behind:
                 if entry is not None and waiting:  # after a delete: what is on disk is not its past
                     self._fresh.add(key)
                 self._pending[key] = entry
+                new_job = entry is not None and "host" in entry and not waiting
+                self._due[key] = now + WRITE_AFTER if new_job else min(self._due.get(key, now), now)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="rjob-registry", daemon=True)
                 self._thread.start()
             self._cond.notify_all()
 
     def flush(self, timeout: float | None = 10.0) -> None:
-        """Wait until everything asked so far is written (at most ``timeout`` s)."""
+        """Write everything asked so far now, and wait until it is written (at most ``timeout`` s)."""
         with self._cond:
+            self._due = dict.fromkeys(self._due, 0.0)
+            self._cond.notify_all()
             self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
+
+    def _take_due(self) -> tuple[dict[_Key, dict[str, Any] | None], set[_Key]]:
+        """Wait for entries that are due, and take them (holding the condition's lock)."""
+        while True:
+            now = time.monotonic()
+            due = [key for key, when in self._due.items() if when <= now]
+            if due:
+                work = {key: self._pending.pop(key) for key in due}
+                for key in due:
+                    del self._due[key]
+                fresh = self._fresh & set(due)
+                self._fresh -= fresh
+                return work, fresh
+            self._cond.wait(min(self._due.values()) - now if self._due else None)
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: bool(self._pending))
-                work, self._pending = self._pending, {}
-                fresh, self._fresh = self._fresh, set()
+                work, fresh = self._take_due()
                 self._busy = True
             try:
                 for (directory, instance), entry in work.items():
