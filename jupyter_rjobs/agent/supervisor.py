@@ -4,10 +4,11 @@ ends without saying how (a signal, a stop), writes its end into the spool, so a 
 ends saying how, with or without a server or a connection.
 
 A pair is warm: forked ahead of time, it runs one job after another while its server hands it
-more (``hand(..., last=False)``), saying READY on its notify pipe after each. A detached job
-gets a pair of its own (``last=True``): once that job ends, so does its pair. When the server
-goes (a dropped connection, a killed kernel), every pair finishes the job it runs, then ends:
-a job never depends on its server to go on.
+more (``hand(..., last=False)``), saying READY on its notify pipe after each. A detached job's
+pair is its own from then on (``last=True``): no job follows it there, and the pair ends with
+it. When the server goes (a dropped connection, a killed kernel), every pair finishes the job it
+runs, then ends: a job never depends on its server to go on. A job process that a job left
+with threads running, or holding over RETIRE_RESIDENT of memory, takes no further job.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .protocol import read_frame, write_frame
 from .session import serve_session
 from .spool import NO_SPACE_EXIT, SPOOL_WRITE_EXIT, SpoolWriter, end_records, ended_records, read_text, write_private
 
+RETIRE_RESIDENT = 512 * 2**20  # a job process that holds more after a job ends instead of taking another
 READY = b"\1"  # on the notify pipe: the job process is done with its job and waits for the next
 RECORDS = b"\0"  # on the notify pipe: records were written
 
@@ -183,8 +185,8 @@ def _job_process(control_r: int, spool_r: int, notify_w: int, session_dir: Optio
         if out.failure is not None:  # a full disk: its supervisor writes how it ended (or the server says it)
             os._exit(out.exit_status())
         out.close()
-        if not clean:
-            return  # it left threads running: they end with this process
+        if not clean or _resident() > RETIRE_RESIDENT:
+            return  # it left threads running (they end with this process), or holds much memory
         try:
             os.write(notify_w, READY)
         except OSError:
@@ -215,3 +217,12 @@ def _write_end(spool: str, status: int, stopping: bool, notify_w: int, session_d
         except OSError:
             if os.WIFEXITED(status) and os.WEXITSTATUS(status) in (NO_SPACE_EXIT, SPOOL_WRITE_EXIT):
                 os._exit(os.WEXITSTATUS(status))  # no room for its end either: the server says it, from this status
+
+
+def _resident() -> int:
+    """This process's resident memory in bytes (0 where /proc does not say)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
