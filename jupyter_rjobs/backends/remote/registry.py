@@ -6,8 +6,9 @@ One small private file per remote job, ``$JUPYTER_RJOBS_STATE/jobs/<instance>.js
 with its spool. One file each, so kernels never write the same file at once. Sessions likewise,
 in ``sessions/<instance>.json`` (its host and name: ``%rjob connect NAME`` in a new kernel finds it).
 
-A job's writes are not on its way to the host: a thread writes them behind it, a new job's
-entry once it has run for a second, so a quick job costs no file at all.
+A job's writes are not on its way to the host: a thread writes them behind it, at once for a
+detached or remote-cache job, and for any other once it has run for a second, so a quick job
+costs no file at all.
 Reading the registry (and the end of the process) waits for what is still to be written. The
 host's spool, not this registry, is what a job's survival rests on: ``%rjob connect HOST``
 finds every job there.
@@ -98,9 +99,10 @@ WRITE_AFTER = 1.0  # seconds: a job that ends (and is cleaned) sooner never touc
 
 
 class _Behind:
-    """Registry writes done by a thread behind the jobs, in order, coalesced per job. A new job's
-    entry is written once it has run for WRITE_AFTER seconds (what ends sooner needs none:
-    ``connect HOST`` finds anything on a host anyway); updates and deletes go at once."""
+    """Registry writes done by a thread behind the jobs, in order, coalesced per job. A new job
+    that is not meant to outlive its kernel gets its entry once it has run for WRITE_AFTER
+    seconds (what ends sooner needs none: ``connect HOST`` finds anything on a host anyway); a
+    detached or remote-cache job's entry, updates and deletes go at once."""
 
     def __init__(self) -> None:
         self._pending: dict[_Key, dict[str, Any] | None] = {}  # fields to write, or None: delete
@@ -122,8 +124,8 @@ class _Behind:
                 if entry is not None and waiting:  # after a delete: what is on disk is not its past
                     self._fresh.add(key)
                 self._pending[key] = entry
-                new_job = entry is not None and "host" in entry and not waiting
-                self._due[key] = now + WRITE_AFTER if new_job else min(self._due.get(key, now), now)
+                passing = entry is not None and "host" in entry and not waiting and not _lasting(entry)
+                self._due[key] = now + WRITE_AFTER if passing else min(self._due.get(key, now), now)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="rjob-registry", daemon=True)
                 self._thread.start()
@@ -165,6 +167,12 @@ class _Behind:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
+
+
+def _lasting(entry: dict[str, Any]) -> bool:
+    """Whether a job is meant to outlive its kernel (detached, or its records kept on the host):
+    its entry is written at once."""
+    return bool(entry.get("detached")) or entry.get("cache") == "remote"
 
 
 _behind = _Behind()
