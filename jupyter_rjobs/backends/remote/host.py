@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from jupyter_rjobs import agent
 from jupyter_rjobs.agent import protocol
-from jupyter_rjobs.agent.protocol import read_frame, write_frame
+from jupyter_rjobs.agent.protocol import read_forwarded, write_frame
 from jupyter_rjobs.backends.remote.ssh.config import HostSettings
 from jupyter_rjobs.backends.remote.transport import Channel, LocalTransport, Transport, is_local_host
 from jupyter_rjobs.core.errors import HostError, HostRequestFailed
@@ -313,7 +313,7 @@ class HostConnection:
         reader = _ChannelReader(channel)
         try:
             while True:
-                frame = read_frame(reader)  # type: ignore[arg-type]
+                frame = read_forwarded(reader)  # type: ignore[arg-type]
                 if frame is None:
                     break
                 self._dispatch(*frame)
