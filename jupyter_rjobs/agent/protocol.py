@@ -211,8 +211,11 @@ def read_forwarded(inp: BinaryIO) -> Optional[Tuple[Dict[str, Any], List[Any]]]:
         frame = read_frame(inp)
         if frame is None or frame[0].get("op") != STREAM:
             return frame
-        inner = read_frame(inp)
-        end = read_frame(inp)
+        try:
+            inner = read_frame(inp)
+            end = read_frame(inp)
+        except IncompleteFrame:
+            inner = None
         if inner is None or end is None:
             raise IncompleteFrame("stream ended inside a streamed record")
         if end[0].get("op") != STREAMED or end[0].get("seq") != frame[0].get("seq"):
