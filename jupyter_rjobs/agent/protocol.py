@@ -169,9 +169,10 @@ def decode_header(head: Any) -> Dict[str, Any]:
 
 
 class _StreamSource(FrameSource):
-    """A file's ``readinto``: a frame's head in bytes; a large buffer in an anonymous mmap,
-    whose pages the OS zeroes lazily (a bytearray would be zero-filled up front, holding
-    the GIL, while the sender stalls)."""
+    """A file's ``readinto``: a frame's head in bytes; a large buffer in a private anonymous
+    mmap, whose pages the OS zeroes lazily (a bytearray would be zero-filled up front, holding
+    the GIL, while the sender stalls; a shared one, mmap's default, is shmem: slower to fault
+    in, and counted as shared memory)."""
 
     def __init__(self, inp: BinaryIO) -> None:
         self._inp = inp
@@ -181,7 +182,8 @@ class _StreamSource(FrameSource):
             import mmap
 
             try:
-                buf: Any = mmap.mmap(-1, size)
+                private = getattr(mmap, "MAP_PRIVATE", None)
+                buf: Any = mmap.mmap(-1, size) if private is None else mmap.mmap(-1, size, flags=private)
             except (OSError, OverflowError) as exc:
                 raise ValueError(f"a frame buffer of {size} bytes cannot be allocated here: {exc}") from exc
         else:
