@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import shlex
 import signal
 import threading
 from pathlib import Path
@@ -199,3 +200,38 @@ def test_a_value_whose_spool_write_fails_half_way_is_never_delivered(make_manage
     assert seqs == sorted(set(seqs))
     # the server goes on serving: a next job on the same connection completes
     assert remote.start("6*7", host="server01").result(timeout=60) == 42
+
+
+@pytest.mark.ssh
+def test_an_ssh_channel_fills_big_buffers_straight_from_its_packets_byte_for_byte(ssh_lab):
+    """The kernel's reader over a real SSH channel (ChunkPipe, recv_into): reads of every size,
+    small ones served from a buffer and big ones filled by the transport's thread, give the
+    bytes the host sent, in order, and the end."""
+    import hashlib
+    import random
+
+    from jupyter_rjobs.backends.remote.host import _ChannelReader
+    from jupyter_rjobs.backends.remote.ssh.config import resolve_host
+    from jupyter_rjobs.backends.remote.ssh.connection import SshConnection
+
+    lab = ssh_lab
+    path = os.path.join(lab.scratch, "random-48MiB")
+    made = lab.run_as_user(["dd", "if=/dev/urandom", f"of={path}", "bs=1M", "count=48", "status=none"])
+    assert made.returncode == 0, made.stderr
+    with open(path, "rb") as f:
+        expected = hashlib.sha256(f.read()).hexdigest()
+    connection = SshConnection(resolve_host("server01", ssh_config=lab.ssh_config)).open()
+    try:
+        channel = connection.exec(f"cat {shlex.quote(path)}")
+        reader = _ChannelReader(channel)
+        digest, total, sizes = hashlib.sha256(), 0, random.Random(7)
+        while True:
+            buf = bytearray(sizes.choice([1, 7, 4096, 65535, 65536, 3 * MIB, 9 * MIB]))
+            got = reader.readinto(memoryview(buf))
+            if not got:
+                break
+            digest.update(buf[:got])
+            total += got
+    finally:
+        connection.close()
+    assert total == 48 * MIB and digest.hexdigest() == expected

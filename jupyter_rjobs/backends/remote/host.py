@@ -114,6 +114,7 @@ class _ChannelReader:
     def __init__(self, channel: Channel) -> None:
         self._channel = channel
         self._buffer = b""
+        self._recv_into: Callable[[memoryview], int] | None = getattr(channel, "recv_into", None)
 
     def readinto(self, view: memoryview) -> int:
         wanted = len(view)
@@ -124,6 +125,8 @@ class _ChannelReader:
             view[:n] = self._buffer[:n]
             self._buffer = self._buffer[n:]
             return n
+        if self._recv_into is not None:  # straight into the caller's memory (an SSH channel)
+            return self._recv_into(view)
         data = self._channel.recv(min(wanted, 4 * 2**20))
         view[: len(data)] = data
         return len(data)

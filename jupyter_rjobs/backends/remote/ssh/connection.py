@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import signal
@@ -27,7 +28,7 @@ from typing import Any
 import paramiko
 
 from jupyter_rjobs.backends.remote.ssh.auth import authenticate
-from jupyter_rjobs.backends.remote.ssh.chunkpipe import ChunkPipe
+from jupyter_rjobs.backends.remote.ssh.chunkpipe import ChunkPipe, recv_into
 from jupyter_rjobs.backends.remote.ssh.config import HostSettings, parse_host_spec, resolve_host
 from jupyter_rjobs.backends.remote.ssh.errors import CONNECTION_ERRORS, describe
 from jupyter_rjobs.backends.remote.ssh.known_hosts import AcceptNew, AcceptNewHost, KnownHosts
@@ -244,6 +245,7 @@ class SshConnection:
             raise HostError(self.settings.alias, "not connected")
         channel = self.transport.open_session(window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE)
         channel.in_buffer = ChunkPipe()  # nothing came in yet: its packets are kept as they come
+        channel.recv_into = functools.partial(recv_into, channel)  # what _ChannelReader fills big buffers with
         channel.exec_command(command)
         return channel
 
