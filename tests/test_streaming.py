@@ -130,6 +130,30 @@ def test_a_frame_is_streamed_while_its_writer_writes_it_and_arrives_whole(tmp_pa
         assert read_forwarded(wire) is None
 
 
+def test_a_stream_whose_writer_stalls_is_void_and_its_frame_goes_whole_later(tmp_path):
+    """Half a frame, then nothing for longer than STALL (a stopped job): the stream is void and
+    made up to the frame's length; the record is not taken; once written, the frame is whole
+    in the spool, for the forwarder to send as any other."""
+    data = encode({"op": "record", "seq": 3, "kind": "value"}, [b"x" * (3 * MIB), b"y" * 100])
+    path = tmp_path / "records"
+    notify_r, notify_w = os.pipe()
+    with open(path, "w+b", buffering=0) as spool, open(tmp_path / "wire", "w+b", buffering=0) as wire:
+        spool.write(data[: len(data) // 2])
+        tail = FrameTail(spool.fileno(), 0)
+        assert tail.safe_end(len(data) // 2) == len(data) // 2 and tail.header is not None
+        try:
+            assert not stream_frame(wire.fileno(), lambda h, b: write_frame(wire, h, b), tail, "job", notify_r)
+        finally:
+            os.close(notify_w)
+            os.close(notify_r)
+        spool.write(data[len(data) // 2 :])  # the job goes on
+        write_frame(wire, {"op": "next"})
+        wire.seek(0)
+        assert read_forwarded(wire)[0] == {"op": "next"}  # type: ignore[index,arg-type]
+        spool.seek(0)
+        assert spool.read() == data
+
+
 # -- on the real-sshd lab --------------------------------------------------------------------
 STOP_HALF_WAY = """
 import os, signal, threading, time
