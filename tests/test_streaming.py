@@ -154,6 +154,13 @@ def test_a_stream_whose_writer_stalls_is_void_and_its_frame_goes_whole_later(tmp
         assert spool.read() == data
 
 
+def test_a_big_value_from_localhost_arrives_whole(make_manager, local_home):
+    """``localhost``: the same agent and spool, through a local pipe (read straight into the value's memory)."""
+    remote = make_manager()
+    value = remote.start("bytes(range(256)) * (24 * 4096)", host="localhost").result(timeout=120)
+    assert value == bytes(range(256)) * (24 * 4096)
+
+
 # -- on the real-sshd lab --------------------------------------------------------------------
 STOP_HALF_WAY = """
 import os, signal, threading, time
