@@ -70,7 +70,7 @@ class Plan:
     def make(cls, quick: bool) -> Plan:
         if quick:
             return cls(True, 30, 5, 3, 3, 200, 1, 16, 3, 10, 2)
-        return cls(False, 200, 30, 10, 10, 1000, 3, 256, 3, 100, 10)
+        return cls(False, 200, 30, 10, 10, 1000, 3, 256, 7, 100, 10)
 
 
 # --------------------------------------------------------------------------- statistics
