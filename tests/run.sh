@@ -15,6 +15,7 @@
 #
 #   RJOBS_LEGS="newest"      run one leg only (default: "newest oldest")
 #   RJOBS_VENVS=DIR          where the venvs go (default: .venvs, recreated each run)
+#   RJOBS_LEG_TIMEOUT=SECS   a leg's tests are interrupted after this long (default 2100: a hang fails the run)
 #   PYTHON=python3.12        the interpreter the newest leg's venv is made from
 #   PYTHON_OLDEST=PATH       the oldest leg's (default: a Python 3.9 found here, else $PYTHON)
 #   extra arguments          are passed to pytest, e.g. `bash tests/run.sh -x -k kernel`
@@ -120,7 +121,10 @@ run_leg() {
         | grep -iE '^(ipython|ipykernel|ipywidgets|jupyter.client|jupyterlab|paramiko|dill|dask|distributed|pytest)==' | tr '\n' ' ')"
     # pytest from outside the checkout, so `import jupyter_rjobs` (and `python -m jupyter_rjobs` in
     # the demo test) gets the installed package, not the source tree beside it
-    (cd "$venv" && "$venv/bin/python" -m pytest -c "$repo/pyproject.toml" --rootdir "$repo" -p no:cacheprovider --durations=10 \
+    # a leg that hangs is ended after RJOBS_LEG_TIMEOUT s (default 35 min; a leg takes about 10):
+    # SIGINT first, so pytest says what ran and where it stood, then SIGKILL a minute later
+    (cd "$venv" && timeout -s INT -k 60 "${RJOBS_LEG_TIMEOUT:-2100}" \
+        "$venv/bin/python" -m pytest -c "$repo/pyproject.toml" --rootdir "$repo" -p no:cacheprovider --durations=10 \
         ${select[@]+"${select[@]}"} "$@" "$repo/tests")
 }
 

@@ -186,6 +186,28 @@ def test_a_detached_job_without_host_runs_on_the_local_agent(local_home, make_ma
     assert wait_until(lambda: not os.path.exists(spool), 30)
 
 
+def test_many_jobs_started_at_once_while_earlier_ones_end_all_run(local_home, make_manager):
+    """Starting jobs as fast as they go fills the host's input while its earlier jobs end and
+    their output and ends come back. The kernel's reading thread cleans each ended job: it used to
+    wait to send while the main thread waited for the host to read, and the host waited for us
+    to read (a deadlock, the starts hung for good). Any transport has it; localhost shows it."""
+    manager = make_manager()
+    started: list = []
+
+    def start_all() -> None:
+        for i in range(500):
+            started.append(manager.start(f"print('line', {i}, 'x' * 4000, flush=True)\n{i}", host="localhost"))
+
+    import threading
+
+    starter = threading.Thread(target=start_all, daemon=True)
+    starter.start()
+    starter.join(120)
+    assert not starter.is_alive(), f"starting hung after {len(started)} of 500 jobs"
+    assert [job.result(timeout=120) for job in started] == list(range(500))
+    assert all(manager.receive(job)[0].data == f"line {i} {'x' * 4000}\n" for i, job in enumerate(started))
+
+
 def test_a_spool_root_others_can_read_is_refused_before_anything_is_loaded(local_home, make_manager):
     root = os.path.join(local_home, ".cache", "jupyter_rjobs")
     os.makedirs(root, mode=0o700)

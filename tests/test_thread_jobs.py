@@ -9,7 +9,7 @@ import time
 
 from helpers import wait_until
 
-from jupyter_rjobs import JobState, RecordKind
+from jupyter_rjobs import EventKind, JobState, RecordKind
 
 
 def test_job_output_never_lands_in_the_notebooks_stream(manager, monkeypatch):
@@ -52,3 +52,25 @@ def test_a_stopped_thread_is_reused_for_the_next_job(manager):
     before = threading.active_count()
     assert manager.start("threading_ok = 1\n'ok'", "thread").result(timeout=30) == "ok"
     assert threading.active_count() <= before + 1
+
+
+def test_a_listener_that_subscribes_while_a_job_runs_hears_the_rest_in_order(manager):
+    """Events are made only while someone listens: a listener that comes late hears what follows,
+    one that left hears nothing more, and receiving does not depend on either."""
+    gate = threading.Event()
+    job = manager.start("gate.wait(30)\nprint('after')\n'done'", "thread", namespace={"gate": gate})
+    assert wait_until(lambda: job.state is JobState.Running)
+    events = []
+    unsubscribe = manager.subscribe(events.append)
+    gate.set()
+    assert job.result(timeout=30) == "done"
+    assert wait_until(lambda: len(events) >= 3)  # the end's event follows the Future's result
+    unsubscribe()
+    heard = [(e.kind, e.record.kind if e.record is not None else e.new_state) for e in events if e.job is job]
+    assert heard == [(EventKind.RECORD, RecordKind.STDOUT), (EventKind.RECORD, RecordKind.VALUE),
+                     (EventKind.STATE, JobState.Completed)]
+    assert len(events) == 3
+    later = manager.start("'later'", "thread")
+    assert [r.data for r in manager.receive(later, wait=True, timeout=30)] == ["later"]
+    assert len(events) == 3  # unsubscribed: nothing more
+    assert [r.data for r in manager.receive(job)] == ["after\n", "done"]

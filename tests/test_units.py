@@ -141,6 +141,24 @@ def test_states_and_kinds_print_as_powershell_words():
         JobState.parse("Sleeping")
 
 
+def test_only_completed_failed_and_stopped_are_finished():
+    assert {s for s in JobState if s.finished} == {JobState.Completed, JobState.Failed, JobState.Stopped}
+
+
+def test_a_kind_name_is_known_until_the_kind_is_forgotten():
+    """parse remembers the names it was given; a kind that is forgotten is not parsed from that memory."""
+    kind = JobKind.register("scratchkind", "ScratchJob")
+    try:
+        assert JobKind.parse("scratchkind") is kind and JobKind.parse("SCRATCHJOB") is kind
+        assert JobKind.parse("scratchkind") is kind  # the remembered answer is the same
+    finally:
+        JobKind.forget("scratchkind")
+    with pytest.raises(ValueError, match="unknown job kind"):
+        JobKind.parse("scratchkind")
+    with pytest.raises(ValueError, match="unknown job kind"):
+        JobKind.parse("SCRATCHJOB")
+
+
 def test_a_finished_job_never_changes_state():
     job = Job(1, JobKind.THREAD, "1")
     job.set_state(JobState.Running)

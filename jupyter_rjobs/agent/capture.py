@@ -129,7 +129,9 @@ class RoutingStream:
 
 
 def install_routing() -> None:
-    """Make sys.stdout and sys.stderr route job output (idempotent)."""
+    """Make sys.stdout and sys.stderr route job output (idempotent, and cheap when done already)."""
+    if isinstance(sys.stdout, RoutingStream) and isinstance(sys.stderr, RoutingStream):
+        return
     for name in ("stdout", "stderr"):
         current = getattr(sys, name)
         if not isinstance(current, RoutingStream):
@@ -443,13 +445,19 @@ def _patch_tqdm(module: types.ModuleType) -> None:
     cls._rjob_patched = True
 
 
+_tqdm_hook: Optional[_PatchOnImport] = None  # the import hook below, once made
+
+
 def install_tqdm_progress() -> None:
-    """tqdm bars in job code report the job's progress: now if tqdm is imported, else when it is."""
+    """tqdm bars in job code report the job's progress: now if tqdm is imported, else when it is
+    (cheap when done already: thread jobs call it at each start)."""
+    global _tqdm_hook
     module = sys.modules.get("tqdm.std")
     if module is not None:
         _patch_tqdm(module)
-    elif not any(getattr(finder, "patch", None) is _patch_tqdm for finder in sys.meta_path):
-        sys.meta_path.insert(0, _PatchOnImport(("tqdm.std",), _patch_tqdm))
+    elif _tqdm_hook is None or _tqdm_hook not in sys.meta_path:
+        _tqdm_hook = _tqdm_hook or _PatchOnImport(("tqdm.std",), _patch_tqdm)
+        sys.meta_path.insert(0, _tqdm_hook)
 
 
 

@@ -16,23 +16,26 @@ from .proctree import alive
 from .protocol import GONE, KIND_ERROR, KIND_STATE, NOTICE, RECORD
 from .spool import NO_SPACE_EXIT, SPOOL_WRITE_EXIT, Scanner, end_records, ended_records
 from .stream import STREAM_MIN, FrameTail, stream_frame
+from .supervisor import READY, Spare
+
+MAX_FREE = 4  # warm pairs kept waiting for jobs; more that come free are let go
 
 Send = Callable[[Dict[str, Any], Sequence[Any]], None]
 
 
 class HostJob:
-    """A job the server forwards: its own (forked here) or adopted (by its spool)."""
+    """A job the server forwards: run by one of its pairs, or adopted (by its spool), or a session's."""
 
-    def __init__(self, instance: str, spool: str, pid: int, start: Optional[int], notify_fd: int, cache: str) -> None:
+    def __init__(self, instance: str, spool: str, pid: int, start: Optional[int], cache: str, pair: Optional[Spare] = None) -> None:
         self.instance = instance
         self.spool = spool
         self.pid = pid  # its supervisor (a session's, for a session job)
         self.start = start
-        self.notify_fd = notify_fd
+        self.pair = pair  # the pair that runs it, whose notify pipe wakes us; None: its spool is watched
         self.cache = cache
         self.scanner = Scanner(os.path.join(spool, "records"))
         self.skip_upto = 0  # the kernel has these already
-        self.adopted = notify_fd < 0
+        self.adopted = pair is None
         self.session: Optional[str] = None
         self.stopping = False
         self.kill_at: Optional[float] = None
@@ -42,7 +45,8 @@ class HostJob:
 
 
 class Forwarder:
-    """The jobs one server forwards, by instance (and its own children, by pid)."""
+    """The jobs one server forwards, by instance, and the pairs that run them (its children, by
+    pid): busy, or free (warm, waiting for a job)."""
 
     def __init__(self, send: Send, out_fd: int, selector: selectors.BaseSelector) -> None:
         self._send = send
@@ -50,6 +54,9 @@ class Forwarder:
         self._selector = selector
         self.jobs: Dict[str, HostJob] = {}
         self.by_pid: Dict[int, HostJob] = {}
+        self.pairs: Dict[int, Spare] = {}  # every pair of ours that has not ended, by supervisor pid
+        self.free: List[Spare] = []  # pairs waiting for a job, oldest first
+        self.freed = 0  # how many times a pair came free (the server sees whether jobs move)
         self.quiet = True  # nothing happened in the last turn: a good moment to fork a spare
 
     def get(self, instance: str) -> Optional[HostJob]:
@@ -57,17 +64,48 @@ class Forwarder:
 
     def track(self, job: HostJob) -> None:
         self.jobs[job.instance] = job
-        if job.notify_fd >= 0:
-            self.by_pid[job.pid] = job
-            self._selector.register(job.notify_fd, selectors.EVENT_READ, job)
+        pair = job.pair
+        if pair is not None:
+            pair.job = job
+            self.by_pid[pair.pid] = job
+            self.add_pair(pair)
 
-    def woken(self, job: HostJob) -> None:
-        """A job's notify pipe says it wrote records."""
+    def add_pair(self, pair: Spare) -> None:
+        """Follow a pair's notify pipe (once, for every job it runs)."""
+        if pair.pid not in self.pairs:
+            self.pairs[pair.pid] = pair
+            self._selector.register(pair.notify_fd, selectors.EVENT_READ, pair)
+
+    def take_free(self) -> Optional[Spare]:
+        """A warm pair for the next job, if one waits."""
+        while self.free:
+            pair = self.free.pop()  # the most recently used: its memory is warmest
+            if pair.open and pair.pid in self.pairs:
+                return pair
+        return None
+
+    def woken(self, pair: Spare) -> None:
+        """A pair's notify pipe says its job wrote records, or that it is ready for the next."""
         try:
-            os.read(job.notify_fd, 65536)
+            said = os.read(pair.notify_fd, 65536)
         except OSError:
-            pass
-        self.forward(job)
+            said = b""
+        job = pair.job
+        if job is not None and job.instance in self.jobs:
+            self.forward(job)
+        if READY in said:
+            pair.ready = True
+        self.free_if_done(pair)
+
+    def free_if_done(self, pair: Spare) -> None:
+        """A pair that said READY after its job, whose end was forwarded, takes another."""
+        if pair.ready and pair.job is not None and (pair.job.instance not in self.jobs or pair.job.scanner.final is not None):
+            pair.job = None  # its job ended (and was forwarded): the pair takes another
+            self.freed += 1
+            if pair.open and len(self.free) < MAX_FREE:
+                self.free.append(pair)
+            else:
+                pair.let_go()
 
     def follow_adopted(self) -> None:
         for job in [j for j in self.jobs.values() if j.adopted]:
@@ -87,8 +125,11 @@ class Forwarder:
                 return
             if pid == 0:
                 return
+            pair = self.pairs.pop(pid, None)
+            if pair is not None:
+                self.forget_pair(pair)
             job = self.by_pid.pop(pid, None)
-            if job is not None:
+            if job is not None and (pair is None or pair.job is job):
                 job.exit_status = status
                 job.ended = True
                 self.settle(job)
@@ -99,6 +140,8 @@ class Forwarder:
         notices, states and errors."""
         while self._forward_whole(job) and self._stream(job):
             pass  # a streamed frame was finished: what follows it is next
+        if job.pair is not None and job.pair.job is job:
+            self.free_if_done(job.pair)  # its READY may have come while its frame streamed
         if job.scanner.final is not None:
             self.quiet = True  # its end is on the way to the kernel: a good moment to fork the next spare
 
@@ -137,9 +180,9 @@ class Forwarder:
     def _stream(self, job: HostJob) -> bool:
         """Stream the frame being written at the scanner's offset if it is big (a kernel-cache job
         of this server, with a pipe that says when it writes); True if it was sent whole."""
-        scanner = job.scanner
+        scanner, pair = job.scanner, job.pair
         fd = scanner.fd()
-        if job.cache != "kernel" or job.notify_fd < 0 or fd is None or scanner.offset == job.void_at:
+        if job.cache != "kernel" or pair is None or pair.job is not job or pair.notify_fd < 0 or fd is None or scanner.offset == job.void_at:
             return False
         tail = FrameTail(fd, scanner.offset)
         try:
@@ -148,7 +191,11 @@ class Forwarder:
             return False  # not a frame: the scanner says so
         if tail.header is None or safe - tail.start < STREAM_MIN or tail.header.get("seq", 0) <= job.skip_upto:
             return False
-        if not stream_frame(self._out_fd, self._send, tail, job.instance, job.notify_fd):
+        def heard(said: bytes) -> None:
+            if READY in said:
+                pair.ready = True  # its job is done (its end follows the frame): it waits for the next
+
+        if not stream_frame(self._out_fd, self._send, tail, job.instance, pair.notify_fd, heard):
             job.void_at = tail.start
             return False
         found = scanner.next()  # the frame just sent: the scanner goes past it
@@ -195,13 +242,27 @@ class Forwarder:
         self.drop(job)
 
     def drop(self, job: HostJob) -> None:
-        """Forget a job here (its spool stays)."""
+        """Forget a job here (its spool stays; its pair, if any, goes on with it)."""
         self.jobs.pop(job.instance, None)
-        if job.notify_fd >= 0:
-            self._selector.unregister(job.notify_fd)
-            os.close(job.notify_fd)
-            job.notify_fd = -1
         job.scanner.close()
+
+    def forget_pair(self, pair: Spare) -> None:
+        """A pair that ended (or died before it took its job): its pipes are closed."""
+        self.pairs.pop(pair.pid, None)
+        if pair in self.free:
+            self.free.remove(pair)
+        try:
+            self._selector.unregister(pair.notify_fd)
+        except (KeyError, ValueError):
+            pass
+        pair.discard()
+
+    def let_go_all(self) -> None:
+        """The server is going: every pair ends once its job has (a free one at once)."""
+        for pair in list(self.pairs.values()):
+            pair.let_go()
+        for pair in list(self.free):
+            self.forget_pair(pair)
 
     def finish_for(self, job: HostJob) -> None:
         """The job and its supervisor died without saying how it ended: say it for them."""

@@ -1,5 +1,6 @@
-"""The host server: one per SSH connection (``serve_main``). It runs each job as a detached pair
-(:mod:`.supervisor`) forked ahead of time, forwards the job's spool to the kernel as it grows,
+"""The host server: one per SSH connection (``serve_main``). It runs jobs in warm detached pairs
+(:mod:`.supervisor`), forked ahead of time and used again while the kernel is there, forwards
+each job's spool to the kernel as it grows,
 and answers the kernel's requests (see the map in :mod:`.protocol`). A later server (after a
 reconnect, or in a new kernel) adopts a job by its spool and goes on from a sequence number.
 
@@ -14,13 +15,13 @@ import errno
 import json
 import os
 import selectors
-import shutil
 import signal
 import sys
 import time
 import types
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from . import session as sessions
 from .capture import display, progress
@@ -56,8 +57,25 @@ from .protocol import (
     spool_problem,
     write_frame,
 )
-from .spool import Scanner, check_private, owner_elsewhere, read_cursor, read_json, spool_meta, spool_refusal, write_private
+from .spool import (
+    Scanner,
+    check_private,
+    end_records,
+    ended_records,
+    owner_elsewhere,
+    read_cursor,
+    read_json,
+    remove_spool,
+    spool_meta,
+    spool_refusal,
+    write_new,
+    write_private,
+)
 from .supervisor import Spare
+
+HAND_WAIT = 0.003  # while no pair is free and none came free for this long, a waiting job gets a new one
+
+Waiting = Tuple[Dict[str, Any], List[bytearray], str]  # a job waiting for a pair: its request, buffers, spool
 
 
 class Server:
@@ -79,20 +97,21 @@ class Server:
         self.out = os.fdopen(self.out_fd, "wb", buffering=0, closefd=False)
         self.selector = selectors.DefaultSelector()  # epoll: no limit of 1024 jobs
         self.jobs = Forwarder(self.send, self.out_fd, self.selector)
-        self.spare: Optional[Spare] = None
+        self.waiting: "OrderedDict[str, Waiting]" = OrderedDict()  # jobs for which no pair was free yet
+        self.acks: Dict[str, int] = {}  # spool: how far the kernel received it, not yet in its cursor file
+        self.progress = (0, time.monotonic())  # (how often pairs came free, when that last changed or a pair was forked)
         self.owner = f"{os.getpid()} {process_start(os.getpid())}".encode()
         self.request_counter = 0
         self.handlers: Dict[str, Callable[[Dict[str, Any], List[bytearray]], None]] = {
-            PING: lambda h, b: self.send({"op": PONG, "n": h.get("n")}),
+            PING: lambda h, b: self.pong(h),
             RUN: self.run,
             STOP: lambda h, b: self.stop(str(h.get("job", "")), float(h.get("grace", 3.0))),
             FETCH: lambda h, b: self.fetch(h),
-            ACK: lambda h, b: write_private(os.path.join(self.spool_of(str(h.get("job", ""))), "cursor"), str(int(h["seq"])).encode()),
+            ACK: lambda h, b: self.acks.__setitem__(self.spool_of(str(h.get("job", ""))), int(h["seq"])),
             CLEAN: lambda h, b: self.clean(str(h.get("job", ""))),
             ATTACH: lambda h, b: self.attach(h),
             RELEASE: lambda h, b: self.release(str(h.get("job", "")), h.get("session")),
-            LIST: lambda h, b: self.send({"op": LISTING, "jobs": list_jobs(self.jobs_dir, self.sessions_dir),
-                                          "sessions": sessions.list_sessions(self.sessions_dir)}),
+            LIST: lambda h, b: self.listing(),
             SESSION_NEW: lambda h, b: self.session_new(h),
             SESSION_ATTACH: lambda h, b: self.session_attach(str(h["session"])),
             SESSION_CLOSE: lambda h, b: self.session_close(str(h["session"])),
@@ -121,7 +140,7 @@ class Server:
         """Requests and forwarding, until the kernel's requests end."""
         next_sweep = time.monotonic()
         while True:
-            events = self.selector.select(0.05)
+            events = self.selector.select(HAND_WAIT if self.waiting else 0.05)
             self.jobs.quiet = not events
             for key, _ in events:
                 if key.data is None:
@@ -129,20 +148,23 @@ class Server:
                         return
                 else:
                     self.jobs.woken(key.data)
+            if self.waiting:
+                self.dispatch()
             self.jobs.follow_adopted()
             self.jobs.reap_children()
             if self.jobs.quiet:  # forking now would delay a running job's records: wait for a quiet moment
                 self.replenish()
             if time.monotonic() >= next_sweep:  # a missed wake-up, a kill deadline: look at every job
                 next_sweep = time.monotonic() + 0.2
+                self.write_acks()
                 self.jobs.sweep()
 
     def orphaned(self) -> None:
         """The kernel's connection ended: let go of everything at once (a new kernel adopts its
         detached jobs), end the spare, and end its non-detached work after the grace period."""
-        if self.spare is not None:
-            self.spare.discard()  # its job process reads no job and ends, and so does its supervisor
-            self.spare = None
+        self.write_acks()
+        self.dispatch(force=True)  # what the kernel started runs (its detached jobs outlive it)
+        self.jobs.let_go_all()  # a free pair ends now, a busy one once its job has
         doomed = {}
         for job in list(self.jobs.jobs.values()):
             if job.session is None and job.instance not in self.detached and job.scanner.final is None:
@@ -176,35 +198,81 @@ class Server:
         instance = str(header["job"])
         spool = self.spool_of(instance)
         os.mkdir(spool, 0o700)
-        write_private(os.path.join(spool, "meta.json"), json.dumps(spool_meta(header, instance)).encode())
-        write_private(os.path.join(spool, "owner"), self.owner)
+        write_new(os.path.join(spool, "meta.json"), json.dumps(spool_meta(header, instance)).encode())
+        write_new(os.path.join(spool, "owner"), self.owner)
         return spool
 
     def run(self, header: Dict[str, Any], buffers: List[bytearray]) -> None:
-        """Start a job in a spare pair (or queue it in its session)."""
+        """Start a job in a free pair, or let it wait a moment for one (or queue it in its session)."""
         if header.get("session"):
             self.session_run(header, buffers)
             return
         spool = self.make_spool(header)
+        instance = str(header["job"])
         if header.get("detached"):
-            self.detached.add(str(header["job"]))
-        spare, self.spare = self.spare or Spare(), None
+            self.detached.add(instance)
+        self.waiting[instance] = (header, buffers, spool)
+        self.dispatch()
+
+    def dispatch(self, force: bool = False) -> None:
+        """Hand waiting jobs to free pairs, in order. While none is free and none came free for
+        HAND_WAIT, fork one more (``force``: one for each that waits)."""
+        if self.jobs.freed != self.progress[0]:
+            self.progress = (self.jobs.freed, time.monotonic())
+        while self.waiting:
+            pair = self.jobs.take_free()
+            if pair is None:
+                if not force and time.monotonic() - self.progress[1] < HAND_WAIT:
+                    return
+                pair = Spare()
+                self.jobs.add_pair(pair)
+                self.progress = (self.jobs.freed, time.monotonic())
+            instance, (header, buffers, spool) = self.waiting.popitem(last=False)
+            self.hand(pair, instance, header, buffers, spool)
+
+    def hand(self, pair: Spare, instance: str, header: Dict[str, Any], buffers: List[bytearray], spool: str) -> None:
+        """Give a pair its job (a detached job's pair ends with it: nothing of it waits on us)."""
         try:
-            spare.hand(spool, header, buffers)
-        except OSError:  # the spare died: make one now
-            spare.discard()
-            spare = Spare()
-            spare.hand(spool, header, buffers)
-        start = process_start(spare.pid)
-        write_private(os.path.join(spool, "pid"), json.dumps({"pid": spare.pid, "start": start}).encode())
-        self.jobs.track(HostJob(str(header["job"]), spool, spare.pid, start, spare.notify_fd, header.get("cache", "kernel")))
+            pair.hand(spool, header, buffers, last=instance in self.detached)
+        except OSError:  # the pair died while it waited: fork one now
+            self.jobs.forget_pair(pair)
+            pair = Spare()
+            self.jobs.add_pair(pair)
+            pair.hand(spool, header, buffers, last=instance in self.detached)
+        write_new(os.path.join(spool, "pid"), json.dumps({"pid": pair.pid, "start": pair.start}).encode())
+        self.jobs.track(HostJob(instance, spool, pair.pid, pair.start, header.get("cache", "kernel"), pair))
+
+    def pong(self, header: Dict[str, Any]) -> None:
+        """The answer to a ping: everything asked before it is done (the acks written too)."""
+        self.write_acks()
+        self.send({"op": PONG, "n": header.get("n")})
+
+    def listing(self) -> None:
+        """Every job spool and session here (for connect and list --all)."""
+        self.write_acks()
+        self.send({"op": LISTING, "jobs": list_jobs(self.jobs_dir, self.sessions_dir), "sessions": sessions.list_sessions(self.sessions_dir)})
+
+    def write_acks(self) -> None:
+        """Write how far the kernel received each job into its spool's cursor, once per sweep for
+        all the acks that came meanwhile (a spool removed since is skipped)."""
+        acks, self.acks = self.acks, {}
+        for spool, seq in acks.items():
+            if os.path.isdir(spool):
+                write_private(os.path.join(spool, "cursor"), str(seq).encode())
 
     def replenish(self) -> None:
-        """Fork the next job process ahead of time, so a run request only hands it the job."""
-        if self.spare is None:
-            self.spare = Spare()
+        """Fork a pair ahead of time, so a run request only hands it the job."""
+        if not self.jobs.free and not self.waiting:
+            pair = Spare()
+            self.jobs.add_pair(pair)
+            self.jobs.free.append(pair)
 
     def stop(self, instance: str, grace: float) -> None:
+        if instance in self.waiting:  # stopped before it ran: it ends saying so
+            header, _, spool = self.waiting.pop(instance)
+            end_records(os.path.join(spool, "records"), ended_records(None, True, "worker", spool), instance)
+            self.jobs.track(HostJob(instance, spool, 0, None, header.get("cache", "kernel")))
+            return
         job = self.jobs.get(instance)
         if job is None or job.ended:
             return
@@ -260,12 +328,13 @@ class Server:
                 self.send({"op": RECORD, "job": instance, "seq": seq, "kind": kind, "time": time.time(), "data": data})
 
     def clean(self, instance: str) -> None:
+        self.waiting.pop(instance, None)
         job = self.jobs.get(instance)
         if job is not None:  # still reaped by reap_children (by_pid keeps it)
             self.jobs.drop(job)
         spool = self.spool_of(instance)
         if spool_refusal(spool) is None:  # a refused spool is evidence: never deleted
-            shutil.rmtree(spool, ignore_errors=True)
+            remove_spool(spool)
 
     def spool_usable(self, instance: str, spool: str) -> bool:
         """Whether a job's spool is there and ours alone; else the kernel is told (GONE, REFUSED)."""
@@ -293,7 +362,7 @@ class Server:
         if not self.take_over(instance, spool, header):
             return
         process = read_json(os.path.join(spool, "pid")) or {}
-        job = HostJob(instance, spool, int(process.get("pid", 0)), process.get("start"), -1, header.get("cache") or meta.get("cache") or "kernel")
+        job = HostJob(instance, spool, int(process.get("pid", 0)), process.get("start"), header.get("cache") or meta.get("cache") or "kernel")
         job.session = meta.get("session")
         job.skip_upto = int(header.get("after", 0))
         if header.get("detached", meta.get("detached")):
@@ -304,6 +373,7 @@ class Server:
             sup = read_json(os.path.join(self.session_dir(job.session), "pid")) or {}
             job.pid, job.start = int(sup.get("pid", 0)), sup.get("start")
         self.jobs.track(job)
+        self.write_acks()
         self.send({"op": ATTACHED, "job": instance, "cursor": read_cursor(spool), "meta": meta})
         self.jobs.forward(job)
 
@@ -330,6 +400,7 @@ class Server:
     def release(self, instance: str, session: Optional[str] = None) -> None:
         """Stop forwarding a job (a disconnect): it runs on, its spool keeps what it writes.
         With ``session``: let go of that session (it outlives the kernel)."""
+        self.write_acks()
         if session:
             let_go(self.session_dir(str(session)), self.owner)
             if not instance:
@@ -380,7 +451,7 @@ class Server:
         name = f"{time.time():017.6f}-{self.request_counter:06d}-{header['job']}"
         sessions.queue_request(path, name, dict(header, spool=spool), buffers)
         sup = read_json(os.path.join(path, "pid")) or {}
-        job = HostJob(str(header["job"]), spool, int(sup.get("pid", 0)), sup.get("start"), -1, header.get("cache", "kernel"))
+        job = HostJob(str(header["job"]), spool, int(sup.get("pid", 0)), sup.get("start"), header.get("cache", "kernel"))
         job.session = session
         self.jobs.track(job)
 

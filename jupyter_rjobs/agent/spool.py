@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import stat as stat_module
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -65,6 +66,35 @@ def write_private(path: str, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(part, path)
+
+
+def write_new(path: str, data: bytes) -> None:
+    """Write a small file that must not exist yet, readable by its owner only (a new spool's:
+    nobody else writes it, so no temporary file and rename)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+SPOOL_FILES = ("records", "meta.json", "owner", "pid", "cursor")
+
+
+def remove_spool(spool: str) -> None:
+    """Delete a job's spool: its known files, then the directory (anything else in it: every
+    entry, never following a link)."""
+    for name in SPOOL_FILES:
+        try:
+            os.unlink(os.path.join(spool, name))
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(spool)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        shutil.rmtree(spool, ignore_errors=True)
 
 
 def read_json(path: str) -> Optional[Dict[str, Any]]:

@@ -70,20 +70,22 @@ class FrameTail:
         return self.data_end - self.sent + _BUFLEN.size * (self.nbuf - self.known)
 
 
-def stream_frame(out_fd: int, send: Send, tail: FrameTail, instance: str, notify_fd: int) -> bool:
+def stream_frame(out_fd: int, send: Send, tail: FrameTail, instance: str, notify_fd: int,
+                 heard: Optional[Callable[[bytes], None]] = None) -> bool:
     """Send the frame at ``tail`` as it is written; True if it was finished, False if void (then
-    its zero-padded end went out, and STREAMED says not ok)."""
+    its zero-padded end went out, and STREAMED says not ok). What is read from the notify pipe
+    meanwhile goes to ``heard`` (it may say more than that records were written)."""
     assert tail.header is not None
     seq = tail.header.get("seq", 0)
     send({"op": STREAM, "job": instance, "seq": seq}, ())
-    ok = _follow(out_fd, tail, notify_fd)
+    ok = _follow(out_fd, tail, notify_fd, heard or (lambda said: None))
     if not ok:
         _write_zeros(out_fd, tail.padding())
     send({"op": STREAMED, "job": instance, "seq": seq, "ok": ok}, ())
     return ok
 
 
-def _follow(out_fd: int, tail: FrameTail, notify_fd: int) -> bool:
+def _follow(out_fd: int, tail: FrameTail, notify_fd: int, heard: Callable[[bytes], None]) -> bool:
     """Copy the frame's bytes as they land; False when it cannot be finished."""
     progress = time.monotonic()
     gone = False  # its writers closed the notify pipe: what the spool has now is all it gets
@@ -105,19 +107,21 @@ def _follow(out_fd: int, tail: FrameTail, notify_fd: int) -> bool:
             return True
         if gone or time.monotonic() - progress > STALL:
             return False
-        gone = _wait(notify_fd)
+        gone = _wait(notify_fd, heard)
 
 
-def _wait(notify_fd: int) -> bool:
+def _wait(notify_fd: int, heard: Callable[[bytes], None]) -> bool:
     """Wait a moment for the writer to write more; True if it is gone (the pipe ended)."""
     if notify_fd < 0:
         time.sleep(0.005)
         return False
     if select.select([notify_fd], [], [], 0.05)[0]:
         try:
-            return not os.read(notify_fd, 65536)
+            said = os.read(notify_fd, 65536)
         except OSError:
             return True
+        heard(said)
+        return not said
     return False
 
 

@@ -1,32 +1,45 @@
-"""The detached pair that runs a host job: a supervisor (its own session) and below it the job
+"""The detached pair that runs host jobs: a supervisor (its own session) and below it the job
 process. The supervisor passes stop requests on to the job's process tree and, when the job
 ends without saying how (a signal, a stop), writes its end into the spool, so a spool always
-ends saying how, with or without a server or a connection."""
+ends saying how, with or without a server or a connection.
+
+A pair is warm: forked ahead of time, it runs one job after another while its server hands it
+more (``hand(..., last=False)``), saying READY on its notify pipe after each. A detached job's
+pair is its own from then on (``last=True``): no job follows it there, and the pair ends with
+it. When the server goes (a dropped connection, a killed kernel), every pair finishes the job it
+runs, then ends: a job never depends on its server to go on. A job process that a job left
+with threads running, or holding over RETIRE_RESIDENT of memory, takes no further job.
+"""
 
 from __future__ import annotations
 
 import os
+import select
 import signal
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .capture import capture_process_output
 from .execute import run_one
-from .proctree import become_subreaper, close_all_but, end_leftovers, exit_text, signal_tree
+from .proctree import become_subreaper, close_all_but, end_leftovers, exit_text, process_start, signal_tree
 from .protocol import read_frame, write_frame
 from .session import serve_session
 from .spool import NO_SPACE_EXIT, SPOOL_WRITE_EXIT, SpoolWriter, end_records, ended_records, read_text, write_private
 
+RETIRE_RESIDENT = 512 * 2**20  # a job process that holds more after a job ends instead of taking another
+READY = b"\1"  # on the notify pipe: the job process is done with its job and waits for the next
+RECORDS = b"\0"  # on the notify pipe: records were written
+
 
 class Spare:
     """A detached pair forked ahead of time: a supervisor (its own session) and below it the
-    process that will run the one job (or, for a session, every request) handed to it. The
-    supervisor stays out of the job's process group, so stopping the job leaves it to write
-    how the job ended."""
+    process that runs the jobs handed to it (or, for a session, every request). The supervisor
+    stays out of the job's process group, so stopping the job leaves it to write how the job
+    ended."""
 
     def __init__(self, session_dir: Optional[str] = None) -> None:
-        control_r, control_w = os.pipe()  # the job, to the job process
-        spool_r, spool_w = os.pipe()  # where its spool is, to the supervisor
-        notify_r, notify_w = os.pipe()  # a byte per record written, to the server
+        control_r, control_w = os.pipe()  # jobs, to the job process
+        spool_r, spool_w = os.pipe()  # each job's spool, to the supervisor
+        notify_r, notify_w = os.pipe()  # a byte per record written (and READY), to the server
         os.set_blocking(notify_w, False)
         pid = os.fork()
         if pid == 0:
@@ -41,27 +54,45 @@ class Spare:
         for fd in (control_r, spool_r, notify_w):
             os.close(fd)
         self.pid = pid
+        self.start = process_start(pid)
         self.notify_fd = notify_r
-        self.control = os.fdopen(control_w, "wb", buffering=0)
+        self.control: Optional[Any] = os.fdopen(control_w, "wb", buffering=0)
         self.spool_pipe = spool_w
+        self.job: Any = None  # the server's host job it runs now; None while it waits for one
+        self.ready = True  # it has no job, or said READY after its last one
 
-    def hand(self, spool: str, header: Dict[str, Any], buffers: List[bytearray]) -> None:
-        """Give the job process its job, and the supervisor the job's spool."""
+    @property
+    def open(self) -> bool:
+        """Whether it takes more jobs."""
+        return self.control is not None
+
+    def hand(self, spool: str, header: Dict[str, Any], buffers: List[bytearray], last: bool = True) -> None:
+        """Give the job process a job, and the supervisor its spool; ``last``: the pair ends after it."""
+        assert self.control is not None, "a pair that was let go runs no more jobs"
+        self.ready = False
+        os.write(self.spool_pipe, spool.encode() + b"\n")  # first: the supervisor must know it before the job can die
         write_frame(self.control, dict(header, spool=spool), buffers)
-        self.control.close()
-        os.write(self.spool_pipe, spool.encode())
-        os.close(self.spool_pipe)
+        if last:
+            self.let_go()
+
+    def let_go(self) -> None:
+        """No more jobs: the pair ends once the job it runs (if any) has ended."""
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+            os.close(self.spool_pipe)
 
     def discard(self) -> None:
-        """Close the server's ends (a session's pair reads its requests from its queue)."""
-        self.control.close()
-        os.close(self.spool_pipe)
-        os.close(self.notify_fd)
+        """Close every end the server has (a session's pair reads its requests from its queue)."""
+        self.let_go()
+        if self.notify_fd >= 0:
+            os.close(self.notify_fd)
+            self.notify_fd = -1
 
 
 def supervise(control_r: int, spool_r: int, notify_w: int, session_dir: Optional[str]) -> None:
     """The supervisor: starts the job process, passes stop requests on to its process tree, and
-    when it ends, writes its end into the spool if it could not."""
+    when it ends, writes the end of the job it ran last into that job's spool if it could not."""
     stopping = [False]
     child = [0]
 
@@ -75,33 +106,62 @@ def supervise(control_r: int, spool_r: int, notify_w: int, session_dir: Optional
     for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         signal.signal(signum, on_signal)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    wake_r, wake_w = os.pipe()  # the job process's end (SIGCHLD) wakes the wait for the next spool
+    for fd in (wake_r, wake_w):
+        os.set_blocking(fd, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, _ignore)
     become_subreaper()  # what the job leaves behind is still ours to stop
     child[0] = os.fork()
     if child[0] == 0:
         try:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            os.close(wake_r)
+            os.close(wake_w)
             _job_process(control_r, spool_r, notify_w, session_dir)
         finally:
             os._exit(0)
     os.close(control_r)
-    spool = b""
-    while True:
-        chunk = os.read(spool_r, 4096)
-        if not chunk:
-            break
-        spool += chunk
-    while True:
-        try:
-            _, status = os.waitpid(child[0], 0)
-            break
-        except ChildProcessError:
-            return
+    spool, status = _follow(child[0], spool_r, wake_r)
     if stopping[0]:
         end_leftovers()
-    _write_end(spool.decode(), status, stopping[0], notify_w, session_dir)
+    _write_end(spool, status, stopping[0], notify_w, session_dir)
+
+
+def _ignore(_signum: int, _frame: Any) -> None:
+    """SIGCHLD's handler: its wake-up byte is what counts."""
+
+
+def _follow(child: int, spool_r: int, wake_r: int) -> Tuple[str, int]:
+    """Learn each job's spool as the server hands it, until the job process ends: returns the
+    spool of the last job it was handed ("" if none) and the process's wait status."""
+    spool, pending, handing = "", b"", True
+    while True:
+        try:
+            pid, status = os.waitpid(child, os.WNOHANG)
+        except ChildProcessError:
+            return spool, 0
+        if pid:
+            return spool, status
+        readable, _, _ = select.select([spool_r, wake_r] if handing else [wake_r], [], [])
+        if wake_r in readable:
+            try:
+                os.read(wake_r, 4096)
+            except BlockingIOError:
+                pass
+        if spool_r in readable:
+            chunk = os.read(spool_r, 4096)
+            handing = bool(chunk)  # "": the server let go of the pair, or is gone: no more jobs
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            if lines:
+                spool = lines[-1].decode()
 
 
 def _job_process(control_r: int, spool_r: int, notify_w: int, session_dir: Optional[str]) -> None:
-    """The job process: runs the one job handed to it, or a session's requests."""
+    """The job process: runs each job handed to it until there are no more (or one leaves
+    threads running, which only this process's end ends), or a session's requests."""
     for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
     os.setpgid(0, 0)  # its own group: stopping its tree leaves the supervisor
@@ -110,17 +170,27 @@ def _job_process(control_r: int, spool_r: int, notify_w: int, session_dir: Optio
     if session_dir is not None:
         serve_session(session_dir, fds)
         return
-    frame = read_frame(os.fdopen(control_r, "rb"))
-    if frame is not None:  # None: the server ended before it had a job for us
+    control = os.fdopen(control_r, "rb")
+    while True:
+        frame = read_frame(control)
+        if frame is None:  # no more jobs: the server let go of this pair, or is gone
+            return
         header, buffers = frame
         out = SpoolWriter(os.path.join(header["spool"], "records"), notify_w)
         try:
-            run_one(header, buffers, out, fds)  # type: ignore[arg-type]
+            clean = run_one(header, buffers, out, fds)  # type: ignore[arg-type]
         except OSError:
             if out.failure is None:
                 raise
         if out.failure is not None:  # a full disk: its supervisor writes how it ended (or the server says it)
             os._exit(out.exit_status())
+        out.close()
+        if not clean or _resident() > RETIRE_RESIDENT:
+            return  # it left threads running (they end with this process), or holds much memory
+        try:
+            os.write(notify_w, READY)
+        except OSError:
+            pass
 
 
 def _write_end(spool: str, status: int, stopping: bool, notify_w: int, session_dir: Optional[str]) -> None:
@@ -143,7 +213,16 @@ def _write_end(spool: str, status: int, stopping: bool, notify_w: int, session_d
         what = "the session's interpreter" if session_dir else "worker"
         try:
             end_records(path, ended_records(status, stopping, what, spool), os.path.basename(spool))
-            os.write(notify_w, b"\0")
+            os.write(notify_w, RECORDS)
         except OSError:
             if os.WIFEXITED(status) and os.WEXITSTATUS(status) in (NO_SPACE_EXIT, SPOOL_WRITE_EXIT):
                 os._exit(os.WEXITSTATUS(status))  # no room for its end either: the server says it, from this status
+
+
+def _resident() -> int:
+    """This process's resident memory in bytes (0 where /proc does not say)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

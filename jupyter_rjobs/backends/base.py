@@ -33,7 +33,7 @@ import sys
 import time
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generic, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generic, Mapping, Sequence, TypeVar, cast
 
 from jupyter_rjobs.agent.values import loads_value
 from jupyter_rjobs.core.errors import UsageProblem
@@ -116,8 +116,15 @@ class Backend(abc.ABC, Generic[OptionsT, PreparedT]):
             raise ValueError(f"max_concurrent must be at least 1, not {max_concurrent}")
         self.max_concurrent = max_concurrent
 
+    _default_options: OptionsT | None = None  # made once: options are frozen, and every start without any asks for them
+
     def make_options(self, **given: Any) -> OptionsT:
         """This backend's options from keyword values; an option of another kind of job is refused."""
+        if not given:
+            defaults = self._default_options
+            if defaults is None:  # a kind that needs an option raises here, each time, and caches nothing
+                defaults = self._default_options = cast(OptionsT, self.options_type())  # options_type is OptionsT's class
+            return defaults
         known = set(self.options_type.names())
         for name in given:
             if name not in known:

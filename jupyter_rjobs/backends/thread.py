@@ -48,6 +48,9 @@ def _absorb_late_stop() -> None:
         pass
 
 
+_OUTCOMES = {state.value: state for state in (JobState.Completed, JobState.Failed, JobState.Stopped)}  # JobState(...) is slower
+
+
 class _ThreadPrepared:
     def __init__(self, compiled: Any, namespace: dict[str, Any], filename: str) -> None:
         self.compiled = compiled
@@ -89,7 +92,7 @@ class ThreadRunner(JobRunner):
             job.emit(RecordKind.VALUE, value)
         elif outcome == "Failed" and job.error is not None and isinstance(value, dict):
             job.error.original = value.get("original")
-        job.set_state(JobState(outcome))
+        job.set_state(_OUTCOMES[outcome])
 
     def terminate(self) -> None:
         with self._lock:
@@ -106,12 +109,14 @@ class _DaemonThreadPool:
     def __init__(self, name: str) -> None:
         self._name = name
         self._tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._idle = threading.Semaphore(0)
+        self._idle: queue.SimpleQueue[None] = queue.SimpleQueue()  # a token per idle thread (cheaper than a Semaphore)
         self._threads: list[threading.Thread] = []
 
     def submit(self, task: Callable[[], None]) -> None:
         self._tasks.put(task)
-        if not self._idle.acquire(blocking=False):
+        try:
+            self._idle.get_nowait()
+        except queue.Empty:
             thread = threading.Thread(target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True)
             self._threads.append(thread)
             thread.start()
@@ -127,7 +132,7 @@ class _DaemonThreadPool:
                 pass  # a stop that arrived as the job ended
             except BaseException:
                 log.exception("jupyter_rjobs thread job runner failed")
-            self._idle.release()
+            self._idle.put(None)
 
     def shutdown(self) -> None:
         for _ in self._threads:

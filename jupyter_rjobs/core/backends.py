@@ -50,6 +50,9 @@ class Backends:
     def get(self, kind: JobKind | str) -> Backend[Any, Any]:
         """The backend of ``kind``, made from the registry on first use."""
         kind = JobKind.parse(kind)
+        backend = self._made.get(kind)  # made already: no lock needed to find it
+        if backend is not None:
+            return backend
         with self._lock:
             backend = self._made.get(kind)
             if backend is None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import enum
+import os
+import random
+import threading
 import uuid
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
@@ -17,6 +20,12 @@ if TYPE_CHECKING:
 
 __all__ = ["JobState", "JobKind", "Job"]
 
+# instance ids: random version-4 UUIDs from a generator seeded once from os.urandom (and again in
+# a forked child), not a getrandom() call per job; they name spools, they guard nothing
+_ids = random.Random()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_ids.seed)
+
 
 class JobState(enum.Enum):
     NotStarted = "NotStarted"
@@ -28,12 +37,10 @@ class JobState(enum.Enum):
     Blocked = "Blocked"
     Disconnected = "Disconnected"
 
-    def __str__(self) -> str:
-        return self.value
+    finished: bool  # Completed, Failed or Stopped: it never changes again (a plain attribute, set below: asked often)
 
-    @property
-    def finished(self) -> bool:
-        return self in FINISHED_STATES
+    def __str__(self) -> str:
+        return str(self.value)
 
     @classmethod
     def parse(cls, text: str | JobState) -> JobState:
@@ -47,6 +54,9 @@ class JobState(enum.Enum):
 
 
 FINISHED_STATES = frozenset({JobState.Completed, JobState.Failed, JobState.Stopped})
+for _state in JobState:
+    _state.finished = _state in FINISHED_STATES
+del _state
 
 
 class _KindRegistry(type):
@@ -62,6 +72,7 @@ class JobKind(metaclass=_KindRegistry):
     (``register_backend``); one instance per name, so kinds compare with ``is``."""
 
     _known: ClassVar[dict[str, JobKind]] = {}
+    _parsed: ClassVar[dict[str, JobKind]] = {}  # what parse was given, found once (emptied when kinds change)
     THREAD: ClassVar[JobKind]
     PROCESS: ClassVar[JobKind]
     REMOTE: ClassVar[JobKind]
@@ -78,6 +89,7 @@ class JobKind(metaclass=_KindRegistry):
         known = cls._known.get(name)
         if known is None:
             known = cls._known[name] = cls(name, type_name)
+            cls._parsed.clear()
         elif known.type_name != type_name:
             raise ValueError(f"job kind {name!r} is registered already, as {known.type_name}")
         return known
@@ -88,6 +100,7 @@ class JobKind(metaclass=_KindRegistry):
         if name in ("thread", "process", "remote"):
             raise ValueError(f"the built-in job kind {name!r} cannot be removed")
         cls._known.pop(name, None)
+        cls._parsed.clear()
 
     @property
     def value(self) -> str:
@@ -104,9 +117,14 @@ class JobKind(metaclass=_KindRegistry):
         """A kind from its name or type name, any case."""
         if isinstance(text, JobKind):
             return text
+        found = cls._parsed.get(text) if isinstance(text, str) else None
+        if found is not None:
+            return found
         wanted = str(text).lower()
         for kind in cls._known.values():
             if wanted in (kind.name, kind.type_name.lower()):
+                if isinstance(text, str):
+                    cls._parsed[text] = kind
                 return kind
         names = ", ".join(cls._known)
         raise ValueError(f"unknown job kind {text!r}; use one of {names}")
@@ -187,7 +205,7 @@ class Job(Future[Any]):
         self.session: Session | None = None  # the Session it runs in, if any
         self.runner: JobRunner | None = None
         self._job_state = JobState.NotStarted
-        self._state_lock = self._condition  # the Future's own (re-entrant) lock
+        self._state_lock = threading.Lock()  # a plain lock: taking the Future's Condition is Python code
         self._value: Any = None
         self._progress: dict[str, Any] | None = None
         self._on_state = on_state
@@ -199,7 +217,7 @@ class Job(Future[Any]):
     def instance_id(self) -> uuid.UUID:
         """Unique everywhere (it names a remote job's spool); made when first asked for."""
         if self._instance_id is None:
-            self._instance_id = uuid.uuid4()
+            self._instance_id = uuid.UUID(int=_ids.getrandbits(128), version=4)
         return self._instance_id
 
     @property
@@ -267,7 +285,7 @@ class Job(Future[Any]):
             self._on_record(self, record)
 
     def emit(self, kind: RecordKind, data: Any, seq: int | None = None, when: float | None = None) -> None:
-        self.stream.append(kind, data, seq=seq, when=when)
+        self.stream.append(kind, data, seq, when)
 
     def use_stream(self, make: Callable[[Callable[[Record], None]], RecordStream]) -> None:
         """Keep this job's records in another stream (a backend whose records stay elsewhere until
@@ -328,14 +346,15 @@ class Job(Future[Any]):
             self._on_state(self, old, new)
 
     def _settle_future(self, state: JobState) -> None:
-        if self.done():
-            return
-        if state is JobState.Completed:
-            self.set_result(self._value)
-        elif state is JobState.Failed:
-            self.set_exception(self.error or JobError("JobFailed", f"{self.label} failed"))
-        else:
-            self.set_exception(JobStoppedError(self.label))
+        try:
+            if state is JobState.Completed:
+                self.set_result(self._value)
+            elif state is JobState.Failed:
+                self.set_exception(self.error or JobError("JobFailed", f"{self.label} failed"))
+            else:
+                self.set_exception(JobStoppedError(self.label))
+        except InvalidStateError:
+            pass  # settled already
 
     def cancel(self) -> bool:
         """Future API: a job that has not started yet is stopped and never runs; others are not touched."""

@@ -10,7 +10,6 @@ import functools
 import logging
 import os
 import threading
-import time
 import weakref
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
 
@@ -24,6 +23,7 @@ from jupyter_rjobs.core.backends import Backends, ManagerSettings
 from jupyter_rjobs.core.checks import checked_name, checked_timeout
 from jupyter_rjobs.core.errors import AmbiguousJobError, JobCodeError, JobNotFoundError, JobStateError, RJobError, UsageProblem
 from jupyter_rjobs.core.events import EventKind, JobEvent, WaitResult
+from jupyter_rjobs.core.follow import follow_streams
 from jupyter_rjobs.core.job import Job, JobKind, JobState
 from jupyter_rjobs.core.records import Record, RecordKind
 from jupyter_rjobs.core.remote_ops import RemoteOps
@@ -126,23 +126,33 @@ class JobManager:
             except Exception:
                 log.exception("jupyter_rjobs event listener failed")
         if wake:  # last, so a woken reader does not wait for this thread to finish the listeners
-            with self._activity:
-                self._activity.notify_all()
+            self._wake()
+
+    def _wake(self) -> None:
+        """Wake the readers waiting in :meth:`follow`."""
+        with self._activity:
+            self._activity.notify_all()
 
     def _job_state_changed(self, job: Job, old: JobState, new: JobState) -> None:
-        if new.finished:
+        finished = new.finished
+        if finished:
             self._backends.throttle(job.kind).finished(job)  # frees a slot (a parent holds none: harmless)
             if job.session is not None:
                 self.remote.job_in_session_ended(job)
-        # readers wait for records and for the end: only a finished job is worth waking them for
-        self._emit(JobEvent(EventKind.STATE, job, old_state=old, new_state=new), wake=new.finished)
+        if self._listeners:  # an event is made only when someone listens
+            self._emit(JobEvent(EventKind.STATE, job, old_state=old, new_state=new), wake=False)
+        if finished:  # readers wait for records and for the end: only a finished job is worth waking them for
+            self._wake()
         if job.parent is not None:
             job.parent.child_state_changed()
 
     def _job_record(self, job: Job, record: Record) -> None:
+        if self._listeners:
+            self._emit(JobEvent(EventKind.RECORD, job, record=record), wake=False)
         # A value is always followed at once by the job's end, which wakes readers: waking them for
         # the value too would cost a second thread hand-off per job.
-        self._emit(JobEvent(EventKind.RECORD, job, record=record), wake=record.kind is not RecordKind.VALUE)
+        if record.kind is not RecordKind.VALUE:
+            self._wake()
 
     # -- starting -------------------------------------------------------------------------
     def start(
@@ -188,7 +198,8 @@ class JobManager:
         backend.configure(job, made)
         with self._lock:
             self._jobs[job_id] = job
-        self._emit(JobEvent(EventKind.ADDED, job), wake=False)  # readers follow jobs they already have
+        if self._listeners:  # readers follow jobs they already have: no wake
+            self._emit(JobEvent(EventKind.ADDED, job), wake=False)
         throttle = self._backends.throttle(backend.kind)
         for leaf in job.leaves():
             throttle.submit(leaf, functools.partial(self._launch, backend, leaf, prepared))
@@ -278,7 +289,9 @@ class JobManager:
         """Jobs named by ids, names or wildcard patterns (all that match), in id order, no repeats."""
         if specs is None:
             return [j for j in self._all_jobs() if j.parent is None]
-        if isinstance(specs, (Job, int, str)):
+        if isinstance(specs, Job):
+            return [specs]
+        if isinstance(specs, (int, str)):
             specs = [specs]
         found: dict[int, Job] = {}
         for spec in specs:
@@ -328,7 +341,7 @@ class JobManager:
             raise UsageProblem("auto_remove needs wait: add --wait so the jobs can end before they are removed")
         targets = self.resolve(jobs)
         if wait:
-            records = list(self.follow(targets, keep=keep, timeout=timeout))
+            records = list(follow_streams(_leaves_of(targets), keep, checked_timeout(timeout), self._activity))
         else:
             records = list(self.iter_receive(targets, keep=keep))
         if auto_remove:
@@ -348,27 +361,7 @@ class JobManager:
 
         Without ``keep`` a record counts as received once yielded: stopping half way loses nothing unseen.
         """
-        leaves, timeout = _leaves_of(self.resolve(jobs)), checked_timeout(timeout)
-        seen = {leaf.id: 0 for leaf in leaves}
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            progressed = False
-            for leaf in leaves:
-                for record in leaf.stream.iter_take(after=seen[leaf.id], keep=keep):  # a remote spool a part at a time
-                    seen[leaf.id] = record.seq
-                    progressed = True
-                    yield record
-            if progressed:
-                continue
-            with self._activity:
-                if any(leaf.stream.has_after(seen[leaf.id]) for leaf in leaves):
-                    continue
-                if all(leaf.stream.closed for leaf in leaves):
-                    return
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return
-                self._activity.wait(0.25 if remaining is None else min(remaining, 0.25))
+        yield from follow_streams(_leaves_of(self.resolve(jobs)), keep, checked_timeout(timeout), self._activity)
 
     # -- stopping and removing ------------------------------------------------------------
     def stop(self, jobs: JobSpec | Sequence[JobSpec] | None, *, grace: float | None = None) -> builtins.list[Job]:

@@ -69,8 +69,7 @@ class RecordStream:
 
     def close(self) -> None:
         """No more records will come (the job has ended)."""
-        with self._lock:
-            self._closed = True
+        self._closed = True  # one store: readers look without the lock
 
     # -- reading --------------------------------------------------------------------
     @property
@@ -93,6 +92,9 @@ class RecordStream:
     def take(self, after: int = 0, keep: bool = False) -> list[Record]:
         """The unreceived records numbered above ``after``; without ``keep`` they count as received."""
         with self._lock:
+            if not after and not keep:
+                records, self._records = self._records, []  # all of them: no copies
+                return records
             records = [r for r in self._records if r.seq > after] if after else list(self._records)
             if not keep and records:
                 self._records = [r for r in self._records if r.seq <= after]

@@ -66,6 +66,8 @@ class RemoteRunner(JobRunner):
         self.user_disconnected = False
         self._stop_grace: float | None = None  # a stop asked for: sent again on every re-attach until it ends
         self._clean_pending = False  # removed while its host was out of reach: its spool goes once it is back
+        self._cleaned = False  # its CLEAN was sent
+        self._clean_lock = threading.Lock()
         self._apply = FrameApplier(job, connection.python_version)
         self._fetch_lock = threading.Lock()
         self._fetched: list[Record] | None = None
@@ -186,8 +188,8 @@ class RemoteRunner(JobRunner):
     def _ended(self) -> None:
         if self.keeps_spool:
             _registry.remember(self.instance, state=str(self.job.state))
-        else:
-            self._clean()  # every record is safely here: the host's spool (and the registry entry) can go
+        else:  # every record is safely here: the host's spool (and the registry entry) can go
+            self.connection.later(self._clean)  # not from the reading thread itself (see HostConnection.later)
 
     def fetch(self, after: int) -> list[Record]:
         """Every record of the host's spool after ``after`` (see fetch_parts)."""
@@ -247,11 +249,15 @@ class RemoteRunner(JobRunner):
     def _clean(self) -> None:
         """Delete the job's spool on the host (and its registry entry). A host out of reach keeps
         both until the connection is back (re-attaching cleans then), never silently."""
-        try:
-            self.connection.send({"op": protocol.CLEAN, "job": self.instance})
-        except HostError:
-            self._clean_pending = True
-            return
+        with self._clean_lock:
+            if self._cleaned:
+                return  # once is enough (its end and its removal both ask)
+            try:
+                self.connection.send({"op": protocol.CLEAN, "job": self.instance})
+            except HostError:
+                self._clean_pending = True
+                return
+            self._cleaned = True
         self._clean_pending = False
         _registry.forget(self.instance)
         if self.job.state.finished:
@@ -455,11 +461,17 @@ class RemoteBackend(Backend[RemoteOptions, _RemotePrepared]):
             except HostError as exc:
                 connections[host] = exc
 
-        if len(hosts) == 1:
-            connect(hosts[0])
-        else:
-            with ThreadPoolExecutor(min(len(hosts), self.max_connecting)) as pool:
-                list(pool.map(connect, hosts))
+        for host in hosts:  # connected already: no thread needed
+            existing = self._connections.get(self._key(host, python))
+            if existing is not None and existing.alive:
+                connections[host] = existing
+        missing = [host for host in hosts if host not in connections]
+        if len(missing) == 1:
+            connect(missing[0])
+        elif missing:
+            with ThreadPoolExecutor(min(len(missing), self.max_connecting)) as pool:
+                list(pool.map(connect, missing))
+        connections = {host: connections[host] for host in hosts}
         refuse_version_bound(specs, connections)
         failures = [c for c in connections.values() if isinstance(c, HostError)]
         if len(failures) == len(hosts):

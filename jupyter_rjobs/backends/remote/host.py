@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import py_compile
+import queue
 import shlex
 import tempfile
 import threading
@@ -168,6 +169,8 @@ class HostConnection:
         self._hello_header: dict[str, Any] = {}
         self._pong = threading.Event()
         self._closed = False
+        self._reader: int | None = None  # the reading thread's ident: it never waits to send (see later)
+        self._later: queue.SimpleQueue[Callable[[], None] | None] | None = None
 
     # -- first contact ------------------------------------------------------------------
     def open(self) -> HostConnection:
@@ -269,7 +272,7 @@ class HostConnection:
             missing = "true" if replace else f"[ ! -f {target} ]"
             command = (
                 f"umask 077 && mkdir -p {shlex.quote(self.root + '/jobs')} {quoted_dir} && "
-                f"if {missing}; then cat > {target}.part && mv {target}.part {target}; else cat > /dev/null; fi"
+                f"if {missing}; then cat > {target}.part.$$ && mv -f {target}.part.$$ {target}; else cat > /dev/null; fi"
             )
             status, _, err = self.connection.run(command, stdin=content)
             if status != 0:
@@ -294,13 +297,51 @@ class HostConnection:
         return not self._closed and self.connection is not None and self.connection.alive
 
     def send(self, header: dict[str, Any], buffers: Sequence[Any] = ()) -> None:
+        """Send one frame. From the reading thread (a frame's handler) it is queued instead (see
+        :meth:`later`): that thread must never wait for the host to read."""
         if self._writer is None or self._closed:
             raise HostError(self.host, "the connection is closed")
+        if threading.get_ident() == self._reader:
+            self.later(functools.partial(self._send_quietly, header, buffers))
+            return
         with self._send_lock:
             try:
                 write_frame(self._writer, header, buffers)
             except self._broken as exc:
                 raise HostError(self.host, f"the connection is broken ({self._describe(exc)}); it reconnects by itself, or use %rjob connect") from None
+
+    def later(self, action: Callable[[], None]) -> None:
+        """Run ``action`` (which sends) on this connection's sending thread, in order. The reading
+        thread hands its sends here: were it to wait while the host's input is full, and the host
+        waits for us to read what it sends, neither would ever go on."""
+        if self._later is None:
+            self._later = queue.SimpleQueue()
+            threading.Thread(target=self._send_later, args=(self._later,), name=f"rjob-send-{self.host}", daemon=True).start()
+        self._later.put(action)
+
+    def _send_later(self, actions: queue.SimpleQueue[Callable[[], None] | None]) -> None:
+        while True:
+            action = actions.get()
+            if action is None:
+                return
+            try:
+                action()
+            except Exception:  # one failed send must not end the others
+                log.debug("%s: a queued send failed", self.host, exc_info=True)
+
+    def _drain(self, timeout: float) -> None:
+        """Wait until what was queued by :meth:`later` has been sent (at most ``timeout`` s)."""
+        if self._later is None or threading.current_thread().name.startswith("rjob-send-"):
+            return
+        done = threading.Event()
+        self._later.put(done.set)
+        done.wait(timeout)
+
+    def _send_quietly(self, header: dict[str, Any], buffers: Sequence[Any] = ()) -> None:
+        try:
+            self.send(header, buffers)
+        except HostError as exc:  # the connection broke: its reader sees that too
+            log.debug("%s: %s", self.host, exc)
 
     def attach(self, instance: str, runner: FrameTarget) -> None:
         self._runners[instance] = runner
@@ -313,6 +354,7 @@ class HostConnection:
         self._runners.pop(instance, None)
 
     def _read(self, channel: Channel) -> None:
+        self._reader = threading.get_ident()
         reader = _ChannelReader(channel)
         try:
             while True:
@@ -385,6 +427,7 @@ class HostConnection:
         """Close the agent server's channel and the connection; first a ping, so that every frame
         sent before (the last clean and stop requests) has been acted on."""
         if self._writer is not None and not self._closed:
+            self._drain(sync_timeout)
             self._pong.clear()
             try:
                 self.send({"op": protocol.PING})
@@ -392,6 +435,8 @@ class HostConnection:
             except HostError:
                 pass
         self._closed = True
+        if self._later is not None:
+            self._later.put(None)
         if self._channel is not None:
             try:
                 self._channel.shutdown_write()

@@ -5,17 +5,26 @@ One small private file per remote job, ``$JUPYTER_RJOBS_STATE/jobs/<instance>.js
 ``~/.local/state/jupyter_rjobs``), written when the job starts, updated when it ends, deleted
 with its spool. One file each, so kernels never write the same file at once. Sessions likewise,
 in ``sessions/<instance>.json`` (its host and name: ``%rjob connect NAME`` in a new kernel finds it).
+
+A job's writes are not on its way to the host: a thread writes them behind it, at once for a
+detached or remote-cache job, and for any other once it has run for a second, so a quick job
+costs no file at all.
+Reading the registry (and the end of the process) waits for what is still to be written. The
+host's spool, not this registry, is what a job's survival rests on: ``%rjob connect HOST``
+finds every job there.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-__all__ = ["LeftJob", "LeftSession", "registry_dir", "remember", "forget", "left_jobs", "forget_missing",
+__all__ = ["LeftJob", "LeftSession", "registry_dir", "remember", "forget", "flush", "left_jobs", "forget_missing",
            "remember_session", "forget_session", "left_sessions"]
 
 
@@ -83,24 +92,127 @@ def _write_json(path: Path, entry: dict[str, Any]) -> None:
     os.replace(part, path)
 
 
+_Key = tuple[Path, str]  # the registry's directory when the write was asked for, and the job
+
+
+WRITE_AFTER = 1.0  # seconds: a job that ends (and is cleaned) sooner never touches the registry
+
+
+class _Behind:
+    """Registry writes done by a thread behind the jobs, in order, coalesced per job. A new job
+    that is not meant to outlive its kernel gets its entry once it has run for WRITE_AFTER
+    seconds (what ends sooner needs none: ``connect HOST`` finds anything on a host anyway); a
+    detached or remote-cache job's entry, updates and deletes go at once."""
+
+    def __init__(self) -> None:
+        self._pending: dict[_Key, dict[str, Any] | None] = {}  # fields to write, or None: delete
+        self._due: dict[_Key, float] = {}  # when each may be written
+        self._fresh: set[_Key] = set()  # entries to write whole, never merged with the file there
+        self._busy = False
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def put(self, instance: str, entry: dict[str, Any] | None) -> None:
+        key = (registry_dir(), instance)
+        now = time.monotonic()
+        with self._cond:
+            waiting = key in self._pending
+            old = self._pending.get(key)
+            if entry is not None and waiting and old is not None:
+                self._pending[key] = {**old, **entry, "started_hint": old["started_hint"]}
+            else:
+                if entry is not None and waiting:  # after a delete: what is on disk is not its past
+                    self._fresh.add(key)
+                self._pending[key] = entry
+                passing = entry is not None and "host" in entry and not waiting and not _lasting(entry)
+                self._due[key] = now + WRITE_AFTER if passing else min(self._due.get(key, now), now)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="rjob-registry", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def flush(self, timeout: float | None = 10.0) -> None:
+        """Write everything asked so far now, and wait until it is written (at most ``timeout`` s)."""
+        with self._cond:
+            self._due = dict.fromkeys(self._due, 0.0)
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
+
+    def _take_due(self) -> tuple[dict[_Key, dict[str, Any] | None], set[_Key]]:
+        """Wait for entries that are due, and take them (holding the condition's lock)."""
+        while True:
+            now = time.monotonic()
+            due = [key for key, when in self._due.items() if when <= now]
+            if due:
+                work = {key: self._pending.pop(key) for key in due}
+                for key in due:
+                    del self._due[key]
+                fresh = self._fresh & set(due)
+                self._fresh -= fresh
+                return work, fresh
+            self._cond.wait(min(self._due.values()) - now if self._due else None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                work, fresh = self._take_due()
+                self._busy = True
+            try:
+                for (directory, instance), entry in work.items():
+                    if entry is None:
+                        _delete(directory, instance)
+                    else:
+                        _write_entry(directory, instance, entry, merge=(directory, instance) not in fresh)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+
+def _lasting(entry: dict[str, Any]) -> bool:
+    """Whether a job is meant to outlive its kernel (detached, or its records kept on the host):
+    its entry is written at once."""
+    return bool(entry.get("detached")) or entry.get("cache") == "remote"
+
+
+_behind = _Behind()
+atexit.register(_behind.flush)
+
+
 def remember(instance: str, **entry: Any) -> None:
-    """Write (or update) a job's entry; a failure to write never fails the job."""
+    """Write (or update) a job's entry, behind the job; a failure to write never fails the job."""
+    entry["started_hint"] = time.time()
+    _behind.put(instance, entry)
+
+
+def forget(instance: str) -> None:
+    """Delete a job's entry (behind the job, like remember)."""
+    _behind.put(instance, None)
+
+
+def flush() -> None:
+    """Wait for the entries still to be written."""
+    _behind.flush()
+
+
+def _write_entry(directory: Path, instance: str, entry: dict[str, Any], merge: bool) -> None:
     try:
-        path = _private_dir() / f"{instance}.json"
+        path = _private_dir(directory) / f"{instance}.json"
         old: dict[str, Any] = {}
-        if "host" not in entry and path.exists():  # an update: keep what the first write said
+        if merge and "host" not in entry and path.exists():  # an update: keep what the first write said
             old = json.loads(path.read_text() or "{}")
             old = old if isinstance(old, dict) else {}  # a damaged entry: rewritten whole
+        started = entry.pop("started_hint")
         old.update(entry, instance=instance, kernel_pid=entry.get("kernel_pid", old.get("kernel_pid", os.getpid())))
-        old.setdefault("started", time.time())
+        old.setdefault("started", started)
         _write_json(path, old)
     except (OSError, ValueError):
         pass
 
 
-def forget(instance: str) -> None:
+def _delete(directory: Path, instance: str) -> None:
     try:
-        (registry_dir() / f"{instance}.json").unlink()
+        (directory / f"{instance}.json").unlink()
     except OSError:
         pass
 
@@ -108,6 +220,7 @@ def forget(instance: str) -> None:
 def left_jobs() -> list[LeftJob]:
     """Every job in the registry, oldest first; an entry of the wrong shape (not written by us,
     or damaged) is left out, never a crash."""
+    flush()
     found = []
     directory = registry_dir()
     if not directory.is_dir():

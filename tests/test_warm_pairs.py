@@ -1,0 +1,73 @@
+"""Remote jobs run in warm pairs (agent/supervisor.py): a host's job process runs one job after
+another while its server hands it more. Through the local agent (``localhost``: the same agent,
+server and spools as an SSH host, no sshd), real processes throughout.
+
+What reuse must never change: each job gets a fresh ``__main__``; a job that leaves threads
+running, or holds much memory, is not followed by another in its process; a detached job's pair
+is its own (no job follows it there) and ends with it; every pair ends once its server is gone."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from helpers import pid_alive, wait_until  # noqa: E402
+
+PID = "import os\nos.getpid()"
+
+
+def test_jobs_one_after_another_run_in_one_warm_process_each_with_a_fresh_main(local_home, make_manager):
+    manager = make_manager()
+    first = manager.start("import os\nleft_behind = 'x'\nos.getpid()", host="localhost")
+    pid = first.result(timeout=60)
+    second = manager.start("import os\n(os.getpid(), 'left_behind' in globals())", host="localhost")
+    assert second.result(timeout=60) == (pid, False)  # the same warm process, a fresh namespace
+    assert pid_alive(pid)  # it waits for the next job
+
+
+def test_a_job_that_leaves_a_thread_running_is_the_last_in_its_process(local_home, make_manager):
+    manager = make_manager()
+    leaver = manager.start(
+        "import os, threading, time\nthreading.Thread(target=time.sleep, args=(600,), daemon=True).start()\nos.getpid()",
+        host="localhost",
+    )
+    pid = leaver.result(timeout=60)
+    assert wait_until(lambda: not pid_alive(pid), 30), "the process of a job that left a thread must end"
+    assert manager.start(PID, host="localhost").result(timeout=60) != pid
+
+
+def test_a_job_that_holds_much_memory_is_the_last_in_its_process(local_home, make_manager):
+    manager = make_manager()
+    pid = manager.start("import os\nkept = bytearray(600 * 2**20)\nkept[::4096] = b'x' * len(kept[::4096])\nos.getpid()",
+                        host="localhost").result(timeout=120)
+    assert wait_until(lambda: not pid_alive(pid), 30), "a job process holding over 512 MiB must not take another job"
+    assert manager.start(PID, host="localhost").result(timeout=60) != pid
+
+
+def test_a_detached_job_takes_its_pair_for_itself_and_it_ends_with_the_job(local_home, make_manager):
+    manager = make_manager()
+    manager.start(PID, host="localhost").result(timeout=60)
+    pid = manager.start(PID, host="localhost", detached=True).result(timeout=60)
+    assert wait_until(lambda: not pid_alive(pid), 30), "a detached job's process must end with its job"
+    assert manager.start(PID, host="localhost").result(timeout=60) != pid
+
+
+def test_many_jobs_at_once_share_a_few_warm_processes(local_home, make_manager):
+    manager = make_manager()
+    jobs = [manager.start(PID, host="localhost") for _ in range(200)]
+    pids = {job.result(timeout=120) for job in jobs}
+    assert len(pids) < 50, f"{len(pids)} processes for 200 quick jobs: pairs were not used again"
+
+
+def test_once_the_server_is_gone_every_pair_ends_after_its_job(local_home, make_manager, tmp_path):
+    manager = make_manager()
+    idle = manager.start(PID, host="localhost").result(timeout=60)
+    started = str(tmp_path / "started")
+    busy = manager.start(f"import os, time\nopen({started!r}, 'w').close()\ntime.sleep(1)\nos.getpid()", host="localhost", detached=True)
+    assert wait_until(lambda: os.path.exists(started), 30)
+    manager.shutdown()  # the local agent's server ends with its pipe
+    assert wait_until(lambda: not pid_alive(idle), 30), "a free pair must end with its server"
+    root = os.path.join(local_home, ".cache", "jupyter_rjobs", "jobs", str(busy.instance_id))
+    assert wait_until(lambda: b'"Completed"' in open(os.path.join(root, "records"), "rb").read(), 30)
