@@ -103,7 +103,7 @@ def test_a_local_detached_job_and_session_outlive_a_killed_kernel(local_home, tm
         # job's supervisor and the session's may take a moment to go after their processes
         assert wait_until(lambda: len(agent_processes(root)) <= 3, 30), agent_processes(root)
         assert server in agent_processes(root), agent_processes(root)
-        assert not os.listdir(os.path.join(root, "jobs")) and not os.listdir(os.path.join(root, "sessions"))
+        assert wait_until(lambda: not os.listdir(os.path.join(root, "jobs")), 30) and not os.listdir(os.path.join(root, "sessions"))
     finally:
         second.shutdown()
         second.close()
@@ -145,7 +145,7 @@ def test_jupyters_restart_that_kills_the_kernels_process_group_spares_local_deta
         assert [int(n) for n in stream_text(outputs).split()] == list(range(10))
         kernel.run("%rjob remove survivor plain")  # plain: adopted Stopped (its spool says how it ended)
         kernel.run("%rjob session close s")
-        assert not os.listdir(os.path.join(root, "jobs"))
+        assert wait_until(lambda: not os.listdir(os.path.join(root, "jobs")), 30)  # removed spools are deleted at a quiet moment
     finally:
         kernel.shutdown()
         kernel.close()

@@ -16,6 +16,8 @@ def list_jobs(jobs_dir: str, sessions_dir: str) -> List[Dict[str, Any]]:
     """Every job spool of this user here: what it is, how far it got, who forwards it."""
     found = []
     for entry in sorted(os.listdir(jobs_dir)):
+        if entry.startswith("."):  # a removed spool whose files are being deleted
+            continue
         try:
             found.append(describe(os.path.join(jobs_dir, entry), sessions_dir))
         except Exception:  # noqa: BLE001 - an unreadable spool (half-made, damaged) is left out

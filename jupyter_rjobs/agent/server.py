@@ -20,14 +20,14 @@ import sys
 import time
 import types
 import uuid
-from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
 from . import session as sessions
 from .capture import display, progress
 from .forward import Forwarder, HostJob
 from .listing import list_jobs
 from .orphan import end_orphaned_work, let_go, owned_by
+from .pairs import HAND_WAIT, Dispatcher
 from .proctree import alive, process_start
 from .protocol import (
     ACK,
@@ -60,8 +60,6 @@ from .protocol import (
 from .spool import (
     Scanner,
     check_private,
-    end_records,
-    ended_records,
     owner_elsewhere,
     read_cursor,
     read_json,
@@ -73,9 +71,7 @@ from .spool import (
 )
 from .supervisor import Spare
 
-HAND_WAIT = 0.003  # while no pair is free and none came free for this long, a waiting job gets a new one
-
-Waiting = Tuple[Dict[str, Any], List[bytearray], str]  # a job waiting for a pair: its request, buffers, spool
+TRASH = ".removed-"  # a removed spool's name until its files are deleted (never listed)
 
 
 class Server:
@@ -97,9 +93,9 @@ class Server:
         self.out = os.fdopen(self.out_fd, "wb", buffering=0, closefd=False)
         self.selector = selectors.DefaultSelector()  # epoll: no limit of 1024 jobs
         self.jobs = Forwarder(self.send, self.out_fd, self.selector)
-        self.waiting: "OrderedDict[str, Waiting]" = OrderedDict()  # jobs for which no pair was free yet
+        self.pairs = Dispatcher(self.jobs, self.detached)
         self.acks: Dict[str, int] = {}  # spool: how far the kernel received it, not yet in its cursor file
-        self.progress = (0, time.monotonic())  # (how often pairs came free, when that last changed or a pair was forked)
+        self.trash: List[str] = []  # removed spools (renamed), whose files are still to be deleted
         self.owner = f"{os.getpid()} {process_start(os.getpid())}".encode()
         self.request_counter = 0
         self.handlers: Dict[str, Callable[[Dict[str, Any], List[bytearray]], None]] = {
@@ -128,6 +124,7 @@ class Server:
             if not os.path.isdir(path):
                 os.mkdir(path, 0o700)
             check_private(path)
+        self.trash = [os.path.join(self.jobs_dir, name) for name in os.listdir(self.jobs_dir) if name.startswith(TRASH)]  # a killed server's
         self.selector.register(self.inp.fileno(), selectors.EVENT_READ, None)
         try:
             self.send({"op": HELLO, "version": PROTOCOL_VERSION, "python": sys.version.split()[0], "pid": os.getpid()})
@@ -140,7 +137,7 @@ class Server:
         """Requests and forwarding, until the kernel's requests end."""
         next_sweep = time.monotonic()
         while True:
-            events = self.selector.select(HAND_WAIT if self.waiting else 0.05)
+            events = self.selector.select(HAND_WAIT if self.pairs.waiting else 0.05)
             self.jobs.quiet = not events
             for key, _ in events:
                 if key.data is None:
@@ -148,8 +145,8 @@ class Server:
                         return
                 else:
                     self.jobs.woken(key.data)
-            if self.waiting:
-                self.dispatch()
+            if self.pairs.waiting:
+                self.pairs.dispatch()
             self.jobs.follow_adopted()
             self.jobs.reap_children()
             if self.jobs.quiet:  # forking now would delay a running job's records: wait for a quiet moment
@@ -163,7 +160,8 @@ class Server:
         """The kernel's connection ended: let go of everything at once (a new kernel adopts its
         detached jobs), end the spare, and end its non-detached work after the grace period."""
         self.write_acks()
-        self.dispatch(force=True)  # what the kernel started runs (its detached jobs outlive it)
+        self.empty_trash()
+        self.pairs.dispatch(force=True)  # what the kernel started runs (its detached jobs outlive it)
         self.jobs.let_go_all()  # a free pair ends now, a busy one once its job has
         doomed = {}
         for job in list(self.jobs.jobs.values()):
@@ -211,36 +209,7 @@ class Server:
         instance = str(header["job"])
         if header.get("detached"):
             self.detached.add(instance)
-        self.waiting[instance] = (header, buffers, spool)
-        self.dispatch()
-
-    def dispatch(self, force: bool = False) -> None:
-        """Hand waiting jobs to free pairs, in order. While none is free and none came free for
-        HAND_WAIT, fork one more (``force``: one for each that waits)."""
-        if self.jobs.freed != self.progress[0]:
-            self.progress = (self.jobs.freed, time.monotonic())
-        while self.waiting:
-            pair = self.jobs.take_free()
-            if pair is None:
-                if not force and time.monotonic() - self.progress[1] < HAND_WAIT:
-                    return
-                pair = Spare()
-                self.jobs.add_pair(pair)
-                self.progress = (self.jobs.freed, time.monotonic())
-            instance, (header, buffers, spool) = self.waiting.popitem(last=False)
-            self.hand(pair, instance, header, buffers, spool)
-
-    def hand(self, pair: Spare, instance: str, header: Dict[str, Any], buffers: List[bytearray], spool: str) -> None:
-        """Give a pair its job (a detached job's pair ends with it: nothing of it waits on us)."""
-        try:
-            pair.hand(spool, header, buffers, last=instance in self.detached)
-        except OSError:  # the pair died while it waited: fork one now
-            self.jobs.forget_pair(pair)
-            pair = Spare()
-            self.jobs.add_pair(pair)
-            pair.hand(spool, header, buffers, last=instance in self.detached)
-        write_new(os.path.join(spool, "pid"), json.dumps({"pid": pair.pid, "start": pair.start}).encode())
-        self.jobs.track(HostJob(instance, spool, pair.pid, pair.start, header.get("cache", "kernel"), pair))
+        self.pairs.submit(instance, header, buffers, spool)
 
     def pong(self, header: Dict[str, Any]) -> None:
         """The answer to a ping: everything asked before it is done (the acks written too)."""
@@ -261,17 +230,13 @@ class Server:
                 write_private(os.path.join(spool, "cursor"), str(seq).encode())
 
     def replenish(self) -> None:
-        """Fork a pair ahead of time, so a run request only hands it the job."""
-        if not self.jobs.free and not self.waiting:
-            pair = Spare()
-            self.jobs.add_pair(pair)
-            self.jobs.free.append(pair)
+        """At a quiet moment: delete some removed spools, and fork a pair ahead of time, so a run
+        request only hands it the job."""
+        self.empty_trash(32)
+        self.pairs.replenish()
 
     def stop(self, instance: str, grace: float) -> None:
-        if instance in self.waiting:  # stopped before it ran: it ends saying so
-            header, _, spool = self.waiting.pop(instance)
-            end_records(os.path.join(spool, "records"), ended_records(None, True, "worker", spool), instance)
-            self.jobs.track(HostJob(instance, spool, 0, None, header.get("cache", "kernel")))
+        if self.pairs.stop_waiting(instance):
             return
         job = self.jobs.get(instance)
         if job is None or job.ended:
@@ -328,13 +293,24 @@ class Server:
                 self.send({"op": RECORD, "job": instance, "seq": seq, "kind": kind, "time": time.time(), "data": data})
 
     def clean(self, instance: str) -> None:
-        self.waiting.pop(instance, None)
+        self.pairs.waiting.pop(instance, None)
         job = self.jobs.get(instance)
         if job is not None:  # still reaped by reap_children (by_pid keeps it)
             self.jobs.drop(job)
         spool = self.spool_of(instance)
         if spool_refusal(spool) is None:  # a refused spool is evidence: never deleted
-            remove_spool(spool)
+            trash = os.path.join(self.jobs_dir, f"{TRASH}{os.getpid()}-{instance}")
+            try:
+                os.rename(spool, trash)  # gone at once; its files are deleted at a quiet moment
+            except FileNotFoundError:
+                return
+            self.trash.append(trash)
+
+    def empty_trash(self, limit: Optional[int] = None) -> None:
+        """Delete removed spools (``limit``: at most that many now)."""
+        while self.trash and (limit is None or limit > 0):
+            remove_spool(self.trash.pop())
+            limit = None if limit is None else limit - 1
 
     def spool_usable(self, instance: str, spool: str) -> bool:
         """Whether a job's spool is there and ours alone; else the kernel is told (GONE, REFUSED)."""

@@ -1,0 +1,78 @@
+"""Handing a server's jobs to its warm pairs (:mod:`.supervisor`): a job takes a free pair at
+once; while none is free it waits, in order, and once no pair has come free for HAND_WAIT, one
+more pair is forked. So a burst of quick jobs runs in a few warm processes, and a job never
+waits long behind others that run on."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import OrderedDict
+from typing import Any, Dict, List, Set, Tuple
+
+from .forward import Forwarder, HostJob
+from .spool import end_records, ended_records, write_new
+from .supervisor import Spare
+
+HAND_WAIT = 0.003  # seconds: while no pair is free and none came free for this long, a waiting job gets a new one
+
+Waiting = Tuple[Dict[str, Any], List[bytearray], str]  # a job waiting for a pair: its request, buffers, spool
+
+
+class Dispatcher:
+    """The jobs waiting for a pair, and handing them over."""
+
+    def __init__(self, jobs: Forwarder, detached: Set[str]) -> None:
+        self.jobs = jobs
+        self.detached = detached  # the server's: a detached job's pair is its own
+        self.waiting: "OrderedDict[str, Waiting]" = OrderedDict()
+        self.progress = (0, time.monotonic())  # (how often pairs came free, when that last changed or a pair was forked)
+
+    def submit(self, instance: str, header: Dict[str, Any], buffers: List[bytearray], spool: str) -> None:
+        self.waiting[instance] = (header, buffers, spool)
+        self.dispatch()
+
+    def dispatch(self, force: bool = False) -> None:
+        """Hand waiting jobs to free pairs, in order. While none is free and none came free for
+        HAND_WAIT, fork one more (``force``: one for each that waits)."""
+        if self.jobs.freed != self.progress[0]:
+            self.progress = (self.jobs.freed, time.monotonic())
+        while self.waiting:
+            pair = self.jobs.take_free()
+            if pair is None:
+                if not force and time.monotonic() - self.progress[1] < HAND_WAIT:
+                    return
+                pair = Spare()
+                self.jobs.add_pair(pair)
+                self.progress = (self.jobs.freed, time.monotonic())
+            instance, (header, buffers, spool) = self.waiting.popitem(last=False)
+            self.hand(pair, instance, header, buffers, spool)
+
+    def hand(self, pair: Spare, instance: str, header: Dict[str, Any], buffers: List[bytearray], spool: str) -> None:
+        """Give a pair its job (a detached job's pair ends with it: nothing of it waits on us)."""
+        try:
+            pair.hand(spool, header, buffers, last=instance in self.detached)
+        except OSError:  # the pair died while it waited: fork one now
+            self.jobs.forget_pair(pair)
+            pair = Spare()
+            self.jobs.add_pair(pair)
+            pair.hand(spool, header, buffers, last=instance in self.detached)
+        write_new(os.path.join(spool, "pid"), json.dumps({"pid": pair.pid, "start": pair.start}).encode())
+        self.jobs.track(HostJob(instance, spool, pair.pid, pair.start, header.get("cache", "kernel"), pair))
+
+    def replenish(self) -> None:
+        """At a quiet moment: fork a pair ahead of time, so a run request only hands it the job."""
+        if not self.jobs.free and not self.waiting:
+            pair = Spare()
+            self.jobs.add_pair(pair)
+            self.jobs.free.append(pair)
+
+    def stop_waiting(self, instance: str) -> bool:
+        """Stop a job that waits for a pair: it ends saying so (False: it does not wait)."""
+        if instance not in self.waiting:
+            return False
+        header, _, spool = self.waiting.pop(instance)
+        end_records(os.path.join(spool, "records"), ended_records(None, True, "worker", spool), instance)
+        self.jobs.track(HostJob(instance, spool, 0, None, header.get("cache", "kernel")))
+        return True
