@@ -13,7 +13,9 @@ Measures, in one run and against the lab's dedicated test user:
    Dask ``client.submit`` (then ``gather``);
 3. receiving a 256 MiB numpy float64 array result (numpy in a virtualenv of the test user),
    against OpenSSH ``ssh host cat FILE`` of a 256 MiB file;
-4. the warm round trip of a fan-out to 8 namespace hosts against one host.
+4. the warm round trip of a fan-out to 8 namespace hosts against one host;
+5. the kernel's peak memory receiving a 1 GiB numpy result: the RSS high-water mark
+   (``VmHWM``) of a fresh kernel-side process, against the value's size.
 
 Prints a Markdown table and writes every number to ``benchmarks/results/remote.json``.
 Measures only; asserts nothing about timing. ``--quick`` (few runs, a 16 MiB array) is a smoke
@@ -69,7 +71,7 @@ class Plan:
     def make(cls, quick: bool) -> Plan:
         if quick:
             return cls(True, 30, 5, 3, 3, 200, 1, 16, 3, 10, 2)
-        return cls(False, 200, 30, 10, 10, 1000, 3, 256, 3, 100, 10)
+        return cls(False, 200, 30, 10, 10, 1000, 3, 256, 7, 100, 10)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -417,6 +419,47 @@ def part_fanout(lab: SshLab, rj: Rjobs, plan: Plan) -> dict[str, Any]:
     return out
 
 
+# A fresh kernel-side process: connects, warms up, then receives one big value; prints its RSS
+# high-water marks (KiB) before and after, as JSON: VmHWM, this process's own (ru_maxrss would
+# also count the parent's, inherited through fork and exec: this benchmark's, which holds arrays).
+_MEMORY_CHILD = """
+import json, resource, sys, time
+import numpy as np
+from jupyter_rjobs import JobManager
+def high_water():
+    try:
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith("VmHWM:")).split()[1])
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+ssh_config, python, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+manager = JobManager(ssh_config=ssh_config)
+assert manager.start("1+1", host="server01", python=python).result(300) == 2
+before = high_water()
+began = time.perf_counter()
+value = manager.start(f"import numpy as np; np.ones({count})", host="server01", python=python).result(300)
+seconds = time.perf_counter() - began
+after = high_water()
+assert isinstance(value, np.ndarray) and value.shape == (count,) and value[0] == 1.0 and value[-1] == 1.0
+manager.shutdown()
+print(json.dumps({"before_kib": before, "peak_kib": after, "seconds": seconds}))
+"""
+
+
+def part_memory(lab: SshLab, plan: Plan, python: str) -> dict[str, Any]:
+    """The kernel's peak RSS (its high-water mark) receiving a 1 GiB (quick: 64 MiB) numpy result, in a fresh process."""
+    mib = 64 if plan.quick else 1024
+    say(f"5. peak memory: a fresh kernel-side process receives a {mib} MiB numpy result")
+    done = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, lab.ssh_config, python, str(mib * MiB // 8)],
+                          capture_output=True, text=True, timeout=JOB_TIMEOUT)
+    if done.returncode != 0:
+        raise RuntimeError(f"the memory measurement failed: {done.stderr.strip()[-1000:]}")
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    peak, before = found["peak_kib"] / 1024, found["before_kib"] / 1024
+    return {"mib": mib, "peak_mib": peak, "before_mib": before, "seconds": found["seconds"],
+            "peak_ratio": peak / mib, "growth_ratio": (peak - before) / mib}
+
+
 # --------------------------------------------------------------------------- report
 def _ms(value: float) -> str:
     return f"{value:.2f} ms" if value < 100 else f"{value:.0f} ms"
@@ -498,6 +541,15 @@ def build_rows(r: dict[str, Any]) -> list[dict[str, str]]:
         "ratio": f"{fan_ratio:.2f}x",
         "target": f"<= 3x (goal 1.5x): {_verdict(fan_ratio <= 3.0)}",
     })
+    if "memory" in r:
+        mem = r["memory"]
+        rows.append({
+            "what": f"5. kernel peak RSS (VmHWM of a fresh process) receiving a {mem['mib']} MiB numpy result",
+            "rjobs": f"{mem['peak_mib']:.0f} MiB ({mem['before_mib']:.0f} MiB before it: imports, a connection)",
+            "anchor": f"the value: {mem['mib']} MiB",
+            "ratio": f"{mem['peak_ratio']:.2f}x (growth {mem['growth_ratio']:.2f}x)",
+            "target": f"<= 1.2x: {_verdict(mem['peak_ratio'] <= 1.2)}",
+        })
     return rows
 
 
@@ -589,6 +641,8 @@ def main(argv: list[str] | None = None) -> int:
                 anchor.close()
         ipp = dask = None
         report["array"] = part_array(lab, rj, plan, report["round_trip"]["ssh_true"]["median_ms"])
+        if report["array"]["kind"] == "numpy float64 array":
+            report["memory"] = part_memory(lab, plan, report["array"]["host_python"])
         report["fanout"] = part_fanout(lab, rj, plan)
     finally:
         for anchor in (ipp, dask):

@@ -1,5 +1,6 @@
 """Following the jobs a host server forwards: each job's spool goes to the kernel as it grows
-(the frames themselves, or for a remote-cache job only notices, states and errors); a job
+(the frames themselves, a big one while it is being written (:mod:`.stream`), or for a
+remote-cache job only notices, states and errors); a job
 asked to stop is killed once its grace has passed; a job that ended without saying how gets
 its end written for it."""
 
@@ -14,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from .proctree import alive
 from .protocol import GONE, KIND_ERROR, KIND_STATE, NOTICE, RECORD
 from .spool import NO_SPACE_EXIT, SPOOL_WRITE_EXIT, Scanner, end_records, ended_records
+from .stream import STREAM_MIN, FrameTail, stream_frame
 from .supervisor import READY, Spare
 
 MAX_FREE = 4  # warm pairs kept waiting for jobs; more that come free are let go
@@ -39,6 +41,7 @@ class HostJob:
         self.kill_at: Optional[float] = None
         self.exit_status: Optional[int] = None
         self.ended = False
+        self.void_at = -1  # the spool offset of a frame whose stream was void: it goes whole
 
 
 class Forwarder:
@@ -92,6 +95,10 @@ class Forwarder:
             self.forward(job)
         if READY in said:
             pair.ready = True
+        self.free_if_done(pair)
+
+    def free_if_done(self, pair: Spare) -> None:
+        """A pair that said READY after its job, whose end was forwarded, takes another."""
         if pair.ready and pair.job is not None and (pair.job.instance not in self.jobs or pair.job.scanner.final is not None):
             pair.job = None  # its job ended (and was forwarded): the pair takes another
             self.freed += 1
@@ -129,7 +136,17 @@ class Forwarder:
 
     def forward(self, job: HostJob) -> None:
         """Send the kernel what the job's spool has gained: the frames themselves (consecutive ones
-        in one sendfile), or for a remote-cache job only notices, states and errors."""
+        in one sendfile; a big one while it is being written), or for a remote-cache job only
+        notices, states and errors."""
+        while self._forward_whole(job) and self._stream(job):
+            pass  # a streamed frame was finished: what follows it is next
+        if job.pair is not None and job.pair.job is job:
+            self.free_if_done(job.pair)  # its READY may have come while its frame streamed
+        if job.scanner.final is not None:
+            self.quiet = True  # its end is on the way to the kernel: a good moment to fork the next spare
+
+    def _forward_whole(self, job: HostJob) -> bool:
+        """Send the whole frames there are; True if the job is still followed (not corrupt)."""
         pending: Optional[List[int]] = None  # a run of frames to copy: [start, end]
         while True:
             try:
@@ -138,7 +155,7 @@ class Forwarder:
                 if pending is not None:
                     job.scanner.copy(self._out_fd, *pending)
                 self.corrupt(job)
-                return
+                return False
             if found is None:
                 break
             header, start, end = found
@@ -158,8 +175,32 @@ class Forwarder:
                     self._send({"op": NOTICE, "job": job.instance, "seq": seq, "kind": header.get("kind")}, ())
         if pending is not None:
             job.scanner.copy(self._out_fd, *pending)
-        if job.scanner.final is not None:
-            self.quiet = True  # its end is on the way to the kernel: a good moment to fork the next spare
+        return True
+
+    def _stream(self, job: HostJob) -> bool:
+        """Stream the frame being written at the scanner's offset if it is big (a kernel-cache job
+        of this server, with a pipe that says when it writes); True if it was sent whole."""
+        scanner, pair = job.scanner, job.pair
+        fd = scanner.fd()
+        if job.cache != "kernel" or pair is None or pair.job is not job or pair.notify_fd < 0 or fd is None or scanner.offset == job.void_at:
+            return False
+        tail = FrameTail(fd, scanner.offset)
+        try:
+            safe = tail.safe_end(os.fstat(fd).st_size)
+        except ValueError:
+            return False  # not a frame: the scanner says so
+        if tail.header is None or safe - tail.start < STREAM_MIN or tail.header.get("seq", 0) <= job.skip_upto:
+            return False
+        def heard(said: bytes) -> None:
+            if READY in said:
+                pair.ready = True  # its job is done (its end follows the frame): it waits for the next
+
+        if not stream_frame(self._out_fd, self._send, tail, job.instance, pair.notify_fd, heard):
+            job.void_at = tail.start
+            return False
+        found = scanner.next()  # the frame just sent: the scanner goes past it
+        assert found is not None and found[2] == tail.end, "a streamed frame is not the one in the spool"
+        return True
 
     def settle(self, job: HostJob) -> None:
         """Kill a stopped job whose grace has passed; once it has ended, make sure its spool says how."""

@@ -21,6 +21,14 @@ Map of operations (``op`` of a header), who sends them, and the reply:
                                  PING                              -> PONG
     host server -> kernel        HELLO (at start: version, python, pid); NOTICE (a remote-cache
                                  job's record stays on the host); GONE (its spool vanished)
+                                 STREAM, <a record frame>, STREAMED (a big record sent while it is
+                                 being written into the spool; it counts only if STREAMED says ok)
+
+STREAM is an addition the kernel reads with :func:`read_forwarded` (the agent is always the
+kernel's own version, so the protocol version stays): STREAM (job, seq), then the record frame's
+own bytes as they land in the spool, then STREAMED (job, seq, ok). Not ok (its writer died, the
+spool shrank or stalled): the bytes in between were made up to the frame's length and are void;
+the record is forwarded again, whole, like any other, once its spool has it (or its job's end).
 """
 
 from __future__ import annotations
@@ -58,6 +66,8 @@ SESSION_NEW = "session_new"
 SESSION_ATTACH = "session_attach"
 SESSION_CLOSE = "session_close"
 SESSION_STATE = "session_state"
+STREAM = "stream"
+STREAMED = "streamed"
 
 # -- record kinds the agent itself looks at ------------------------------------------------
 KIND_STATE = "state"
@@ -159,9 +169,10 @@ def decode_header(head: Any) -> Dict[str, Any]:
 
 
 class _StreamSource(FrameSource):
-    """A file's ``readinto``: a frame's head in bytes; a large buffer in an anonymous mmap,
-    whose pages the OS zeroes lazily (a bytearray would be zero-filled up front, holding
-    the GIL, while the sender stalls)."""
+    """A file's ``readinto``: a frame's head in bytes; a large buffer in a private anonymous
+    mmap, whose pages the OS zeroes lazily (a bytearray would be zero-filled up front, holding
+    the GIL, while the sender stalls; a shared one, mmap's default, is shmem: slower to fault
+    in, and counted as shared memory)."""
 
     def __init__(self, inp: BinaryIO) -> None:
         self._inp = inp
@@ -171,7 +182,8 @@ class _StreamSource(FrameSource):
             import mmap
 
             try:
-                buf: Any = mmap.mmap(-1, size)
+                private = getattr(mmap, "MAP_PRIVATE", None)
+                buf: Any = mmap.mmap(-1, size) if private is None else mmap.mmap(-1, size, flags=private)
             except (OSError, OverflowError) as exc:
                 raise ValueError(f"a frame buffer of {size} bytes cannot be allocated here: {exc}") from exc
         else:
@@ -191,6 +203,27 @@ def read_frame(inp: BinaryIO) -> Optional[Tuple[Dict[str, Any], List[Any]]]:
     (fewer than its first 8 bytes). A torn frame raises EOFError (IncompleteFrame), bytes that
     are not a frame ValueError."""
     return parse_frame(_StreamSource(inp))
+
+
+def read_forwarded(inp: BinaryIO) -> Optional[Tuple[Dict[str, Any], List[Any]]]:
+    """Read the next frame a host server sends (:func:`read_frame`), taking a streamed record
+    (STREAM, the frame, STREAMED) as that record if it was finished, and skipping it if it was
+    void. A stream that ends inside one raises IncompleteFrame, like a torn frame."""
+    while True:
+        frame = read_frame(inp)
+        if frame is None or frame[0].get("op") != STREAM:
+            return frame
+        try:
+            inner = read_frame(inp)
+            end = read_frame(inp)
+        except IncompleteFrame:
+            inner = None
+        if inner is None or end is None:
+            raise IncompleteFrame("stream ended inside a streamed record")
+        if end[0].get("op") != STREAMED or end[0].get("seq") != frame[0].get("seq"):
+            raise ValueError(f"a streamed record ended by {end[0].get('op')!r}, not {STREAMED!r}: not a jupyter_rjobs stream")
+        if end[0].get("ok"):
+            return inner
 
 
 # -- versions ------------------------------------------------------------------------------

@@ -146,8 +146,12 @@ NO_SPACE_EXIT = 75  # a job process's exit status when its spool could not be wr
 SPOOL_WRITE_EXIT = 74  # ... could not be written for another reason (said by the job's end records)
 
 
+WRITE_CHUNK = 4 << 20  # a big write goes in parts this big, each said on the notify pipe (it is streamed meanwhile)
+
+
 class SpoolWriter:
-    """The job side of a spool: append-only writes, and a byte on the notify pipe after each.
+    """The job side of a spool: append-only writes, and a byte on the notify pipe after each
+    (and after each ``WRITE_CHUNK`` of a big one, so its server streams it while it is written).
     After a write fails (a full disk), every later write fails too: the job cannot go on with
     its output missing. What it wrote before stays."""
 
@@ -160,18 +164,24 @@ class SpoolWriter:
         if self.failure is not None:
             raise OSError(self.failure.errno, f"the job's spool could not be written: {self.failure.strerror}")
         view = memoryview(data).cast("B")
+        size = view.nbytes
         try:
             while view.nbytes:
-                view = view[os.write(self._fd, view):]
+                view = view[os.write(self._fd, view[:WRITE_CHUNK]):]
+                self._notify_server()
         except OSError as exc:
             self.failure = exc
             raise
+        if not size:
+            self._notify_server()
+        return size
+
+    def _notify_server(self) -> None:
         if self._notify >= 0:
             try:
                 os.write(self._notify, b"\0")
             except OSError:
-                pass  # no server is listening (disconnected): the spool is enough
-        return len(data)
+                pass  # no server is listening (disconnected), or it has not read the last ones yet: the spool is enough
 
     def close(self) -> None:
         os.close(self._fd)
@@ -209,6 +219,10 @@ class Scanner:
         self.final_time: Optional[float] = None
         self.corrupt: Optional[str] = None  # why the bytes at ``offset`` are not a frame
         self._fd: Optional[int] = None
+
+    def fd(self) -> Optional[int]:
+        """The spool's open descriptor (None until the spool was first read)."""
+        return self._fd
 
     def next(self) -> Optional[Tuple[Dict[str, Any], int, int]]:
         """(header, start, end) of the next complete frame, or None if it is not all there yet.

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from jupyter_rjobs import agent
 from jupyter_rjobs.agent import protocol
-from jupyter_rjobs.agent.protocol import read_frame, write_frame
+from jupyter_rjobs.agent.protocol import read_forwarded, write_frame
 from jupyter_rjobs.backends.remote.ssh.config import HostSettings
 from jupyter_rjobs.backends.remote.transport import Channel, LocalTransport, Transport, is_local_host
 from jupyter_rjobs.core.errors import HostError, HostRequestFailed
@@ -115,6 +115,7 @@ class _ChannelReader:
     def __init__(self, channel: Channel) -> None:
         self._channel = channel
         self._buffer = b""
+        self._recv_into: Callable[[memoryview], int] | None = getattr(channel, "recv_into", None)
 
     def readinto(self, view: memoryview) -> int:
         wanted = len(view)
@@ -125,6 +126,8 @@ class _ChannelReader:
             view[:n] = self._buffer[:n]
             self._buffer = self._buffer[n:]
             return n
+        if self._recv_into is not None:  # straight into the caller's memory (an SSH channel)
+            return self._recv_into(view)
         data = self._channel.recv(min(wanted, 4 * 2**20))
         view[: len(data)] = data
         return len(data)
@@ -355,7 +358,7 @@ class HostConnection:
         reader = _ChannelReader(channel)
         try:
             while True:
-                frame = read_frame(reader)  # type: ignore[arg-type]
+                frame = read_forwarded(reader)  # type: ignore[arg-type]
                 if frame is None:
                     break
                 self._dispatch(*frame)

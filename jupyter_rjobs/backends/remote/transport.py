@@ -81,6 +81,16 @@ class LocalChannel:
         except (OSError, ValueError):  # closed under us (close() from another thread)
             return b""
 
+    def recv_into(self, view: memoryview) -> int:
+        """Read straight into ``view`` (a big buffer: no copy); 0 once the pipe ended or was closed."""
+        stdout = self.process.stdout
+        if stdout is None or stdout.closed:
+            return 0
+        try:
+            return os.readv(stdout.fileno(), [view])
+        except (OSError, ValueError):  # closed under us (close() from another thread)
+            return 0
+
     def sendall(self, data: bytes) -> None:
         stdin = self.process.stdin
         try:

@@ -8,13 +8,14 @@
   that host's own settings); a changed or revoked key is always refused.
 - A ProxyCommand runs as OpenSSH runs it: ``$SHELL -c "exec CMD"``.
 - Sockets get TCP_NODELAY and TCP_USER_TIMEOUT plus keepalives (a dead network is noticed in
-  seconds, not minutes); AES-GCM, a 256 KiB packet and a 16 MiB window for bulk transfer; the
-  client never starts a re-key (paramiko issue #822: a client re-key can stall a busy connection).
+  seconds, not minutes); AES-GCM, a 256 KiB packet, a 16 MiB window and a buffer that keeps
+  packets whole (chunkpipe.py) for bulk transfer; the client never starts a re-key (paramiko issue #822: a client re-key can stall a busy connection).
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import signal
@@ -27,6 +28,7 @@ from typing import Any
 import paramiko
 
 from jupyter_rjobs.backends.remote.ssh.auth import authenticate
+from jupyter_rjobs.backends.remote.ssh.chunkpipe import ChunkPipe, recv_into
 from jupyter_rjobs.backends.remote.ssh.config import HostSettings, parse_host_spec, resolve_host
 from jupyter_rjobs.backends.remote.ssh.errors import CONNECTION_ERRORS, describe
 from jupyter_rjobs.backends.remote.ssh.known_hosts import AcceptNew, AcceptNewHost, KnownHosts
@@ -242,6 +244,8 @@ class SshConnection:
         if self.transport is None:
             raise HostError(self.settings.alias, "not connected")
         channel = self.transport.open_session(window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE)
+        channel.in_buffer = ChunkPipe()  # nothing came in yet: its packets are kept as they come
+        channel.recv_into = functools.partial(recv_into, channel)  # what _ChannelReader fills big buffers with
         channel.exec_command(command)
         return channel
 
