@@ -16,6 +16,7 @@ from .spool import end_records, ended_records, write_new
 from .supervisor import Spare
 
 HAND_WAIT = 0.003  # seconds: while no pair is free and none came free for this long, a waiting job gets a new one
+FINISHING_WAIT = 0.05  # ... unless a pair has just ended its job: it says READY in a moment
 
 Waiting = Tuple[Dict[str, Any], List[bytearray], str]  # a job waiting for a pair: its request, buffers, spool
 
@@ -30,18 +31,22 @@ class Dispatcher:
         self.progress = (0, time.monotonic())  # (how often pairs came free, when that last changed or a pair was forked)
 
     def submit(self, instance: str, header: Dict[str, Any], buffers: List[bytearray], spool: str) -> None:
+        if not self.waiting:  # the wait for a pair starts now
+            self.progress = (self.jobs.freed, time.monotonic())
         self.waiting[instance] = (header, buffers, spool)
         self.dispatch()
 
     def dispatch(self, force: bool = False) -> None:
         """Hand waiting jobs to free pairs, in order. While none is free and none came free for
-        HAND_WAIT, fork one more (``force``: one for each that waits)."""
+        HAND_WAIT (or, at most FINISHING_WAIT, while a pair's job has ended and it has yet to say
+        READY), fork one more (``force``: one for each that waits)."""
         if self.jobs.freed != self.progress[0]:
             self.progress = (self.jobs.freed, time.monotonic())
         while self.waiting:
             pair = self.jobs.take_free()
             if pair is None:
-                if not force and time.monotonic() - self.progress[1] < HAND_WAIT:
+                waited = time.monotonic() - self.progress[1]
+                if not force and (waited < HAND_WAIT or (waited < FINISHING_WAIT and self.finishing())):
                     return
                 pair = Spare()
                 self.jobs.add_pair(pair)
@@ -60,6 +65,11 @@ class Dispatcher:
             pair.hand(spool, header, buffers, last=instance in self.detached)
         write_new(os.path.join(spool, "pid"), json.dumps({"pid": pair.pid, "start": pair.start}).encode())
         self.jobs.track(HostJob(instance, spool, pair.pid, pair.start, header.get("cache", "kernel"), pair))
+
+    def finishing(self) -> bool:
+        """Whether some pair's job has ended and the pair will say READY in a moment."""
+        return any(pair.open and pair.job is not None and not pair.ready and pair.job.scanner.final is not None
+                   for pair in self.jobs.pairs.values())
 
     def replenish(self) -> None:
         """At a quiet moment: fork a pair ahead of time, so a run request only hands it the job."""
