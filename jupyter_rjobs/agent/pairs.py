@@ -16,7 +16,6 @@ from .spool import end_records, ended_records, write_new
 from .supervisor import Spare
 
 HAND_WAIT = 0.003  # seconds: while no pair is free and none came free for this long, a waiting job gets a new one
-MIN_FREE = 2  # warm pairs kept waiting at quiet moments: a burst of jobs starts on more than one core
 FINISHING_WAIT = 0.05  # ... unless a pair has just ended its job: it says READY in a moment
 
 Waiting = Tuple[Dict[str, Any], List[bytearray], str]  # a job waiting for a pair: its request, buffers, spool
@@ -73,9 +72,8 @@ class Dispatcher:
                    for pair in self.jobs.pairs.values())
 
     def replenish(self) -> None:
-        """At a quiet moment: fork a pair ahead of time (up to MIN_FREE waiting), so a run request
-        only hands it the job."""
-        if len(self.jobs.free) < MIN_FREE and not self.waiting:
+        """At a quiet moment: fork a pair ahead of time, so a run request only hands it the job."""
+        if not self.jobs.free and not self.waiting:
             pair = Spare()
             self.jobs.add_pair(pair)
             self.jobs.free.append(pair)
