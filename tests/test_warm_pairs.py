@@ -18,13 +18,16 @@ from helpers import pid_alive, wait_until  # noqa: E402
 PID = "import os\nos.getpid()"
 
 
-def test_jobs_one_after_another_run_in_one_warm_process_each_with_a_fresh_main(local_home, make_manager):
+def test_jobs_one_after_another_run_in_warm_processes_each_with_a_fresh_main(local_home, make_manager):
     manager = make_manager()
-    first = manager.start("import os\nleft_behind = 'x'\nos.getpid()", host="localhost")
-    pid = first.result(timeout=60)
-    second = manager.start("import os\n(os.getpid(), 'left_behind' in globals())", host="localhost")
-    assert second.result(timeout=60) == (pid, False)  # the same warm process, a fresh namespace
-    assert pid_alive(pid)  # it waits for the next job
+    seen = []
+    for _ in range(6):
+        job = manager.start("import os\nleft = 'left_behind' in globals()\nleft_behind = 'x'\n(os.getpid(), left)", host="localhost")
+        seen.append(job.result(timeout=60))
+    assert not any(left for _, left in seen)  # a fresh namespace every time
+    pids = {pid for pid, _ in seen}
+    assert len(pids) <= 2, f"6 jobs one after another ran in {len(pids)} processes: no pair was used again"
+    assert all(pid_alive(pid) for pid in pids)  # they wait for the next job
 
 
 def test_a_job_that_leaves_a_thread_running_is_the_last_in_its_process(local_home, make_manager):
