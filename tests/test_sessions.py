@@ -258,3 +258,22 @@ def test_a_session_request_the_host_cannot_do_is_answered_at_once_naming_why(rem
     assert remote.invoke("1 + 1", session="s1") == 2  # nothing half-done: the session still serves
     remote.close_session("s1")
     assert wait_until(lambda: not folder.exists(), timeout=30)
+
+
+def test_a_session_closed_right_after_it_opened_ends_nothing_else(remote, ssh_lab):
+    """A close that reached the session's supervisor before it had forked the interpreter made it
+    signal "the tree of process 0": every process of the user there (the agent's server, its SSH
+    session, other work; for the local agent as root, the whole machine). The kernel then waited
+    60 s for the close's answer, its connection gone. Now the interpreter is stopped once forked."""
+    import subprocess
+
+    bystander = subprocess.Popen(["runuser", "-u", ssh_lab.user, "--", "sleep", "600"])
+    try:
+        for i in range(25):
+            remote.new_session("server01", name=f"quick{i}")
+            remote.close_session(f"quick{i}")
+        assert bystander.poll() is None, "a process of the same user there was signalled"
+        assert remote.invoke("6 * 7", host="server01") == 42  # the connection and its server serve on
+    finally:
+        bystander.kill()
+        bystander.wait()

@@ -47,7 +47,10 @@ def descendants(pid: int, tree: Optional[Dict[int, List[int]]] = None) -> List[i
 
 def signal_tree(pid: int, signum: int) -> None:
     """Signal every descendant of ``pid`` (also those that left its group), then the process
-    group ``pid`` leads: last, as the caller may be in that group itself."""
+    group ``pid`` leads: last, as the caller may be in that group itself. Not a process (0, or
+    below): nothing is signalled (every process descends from 0, and killpg(0) is our own group)."""
+    if pid <= 0:
+        return
     for target in descendants(pid):
         try:
             os.kill(target, signum)

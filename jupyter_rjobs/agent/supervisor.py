@@ -98,10 +98,12 @@ def supervise(control_r: int, spool_r: int, notify_w: int, session_dir: Optional
 
     def on_signal(signum: int, _frame: Any) -> None:
         if signum == signal.SIGINT:  # a session: interrupt the request it runs
-            os.kill(child[0], signal.SIGINT)
+            if child[0] > 0:
+                os.kill(child[0], signal.SIGINT)
             return
         stopping[0] = True
-        signal_tree(child[0], signal.SIGKILL if signum == signal.SIGUSR1 else signal.SIGTERM)
+        if child[0] > 0:  # else it is stopped as soon as it is forked (a close right after an open)
+            signal_tree(child[0], signal.SIGKILL if signum == signal.SIGUSR1 else signal.SIGTERM)
 
     for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         signal.signal(signum, on_signal)
@@ -123,6 +125,8 @@ def supervise(control_r: int, spool_r: int, notify_w: int, session_dir: Optional
         finally:
             os._exit(0)
     os.close(control_r)
+    if stopping[0]:  # stopped before the job process was there to stop
+        signal_tree(child[0], signal.SIGTERM)
     spool, status = _follow(child[0], spool_r, wake_r)
     if stopping[0]:
         end_leftovers()
