@@ -11,6 +11,7 @@ reader wakes once per ``WAKE`` bytes, not once per packet; it then gives the win
 from __future__ import annotations
 
 import collections
+import functools
 import socket
 import time
 from typing import Any
@@ -19,7 +20,7 @@ from paramiko.buffered_pipe import BufferedPipe, PipeTimeout
 from paramiko.common import cMSG_CHANNEL_WINDOW_ADJUST
 from paramiko.message import Message
 
-__all__ = ["ChunkPipe", "recv_into"]
+__all__ = ["ChunkPipe", "recv_into", "install"]
 
 WAKE = 1 << 20  # recv_into returns once this much came (or its memory is full, or the channel closed)
 
@@ -150,3 +151,20 @@ def recv_into(channel: Any, view: memoryview) -> int:
         message.add_int(ack)
         channel.transport._send_user_message(message)
     return got
+
+
+_PIPE_PARTS = ("_lock", "_cv", "_event", "_closed")  # BufferedPipe's, which ChunkPipe works with
+_CHANNEL_PARTS = ("_check_add_window", "remote_chanid", "transport", "in_buffer", "timeout")
+
+
+def install(channel: Any) -> bool:
+    """Give a new channel (nothing came in yet) a ChunkPipe and ``recv_into``, if this paramiko
+    has the parts they use (they are paramiko's private ones): else the channel stays as
+    paramiko made it, which is slower for big values, and correct."""
+    pipe = ChunkPipe()
+    if not all(hasattr(pipe, part) for part in _PIPE_PARTS) or not all(hasattr(channel, part) for part in _CHANNEL_PARTS) \
+            or not hasattr(channel.transport, "_send_user_message"):
+        return False
+    channel.in_buffer = pipe
+    channel.recv_into = functools.partial(recv_into, channel)  # what host.py's reader fills big buffers with
+    return True

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import os
 import signal
@@ -27,8 +26,8 @@ from typing import Any
 
 import paramiko
 
+from jupyter_rjobs.backends.remote.ssh import chunkpipe
 from jupyter_rjobs.backends.remote.ssh.auth import authenticate
-from jupyter_rjobs.backends.remote.ssh.chunkpipe import ChunkPipe, recv_into
 from jupyter_rjobs.backends.remote.ssh.config import HostSettings, parse_host_spec, resolve_host
 from jupyter_rjobs.backends.remote.ssh.errors import CONNECTION_ERRORS, describe
 from jupyter_rjobs.backends.remote.ssh.known_hosts import AcceptNew, AcceptNewHost, KnownHosts
@@ -244,8 +243,7 @@ class SshConnection:
         if self.transport is None:
             raise HostError(self.settings.alias, "not connected")
         channel = self.transport.open_session(window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE)
-        channel.in_buffer = ChunkPipe()  # nothing came in yet: its packets are kept as they come
-        channel.recv_into = functools.partial(recv_into, channel)  # what _ChannelReader fills big buffers with
+        chunkpipe.install(channel)  # nothing came in yet: its packets are kept as they come
         channel.exec_command(command)
         return channel
 
