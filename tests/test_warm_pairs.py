@@ -74,3 +74,21 @@ def test_once_the_server_is_gone_every_pair_ends_after_its_job(local_home, make_
     assert wait_until(lambda: not pid_alive(idle), 30), "a free pair must end with its server"
     root = os.path.join(local_home, ".cache", "jupyter_rjobs", "jobs", str(busy.instance_id))
     assert wait_until(lambda: b'"Completed"' in open(os.path.join(root, "records"), "rb").read(), 30)
+
+
+def test_a_job_stopped_while_it_waits_for_a_pair_ends_stopped_and_never_runs(local_home, make_manager, monkeypatch, tmp_path):
+    """A job that found no free pair waits (here: as long as it takes) and can be stopped there."""
+    monkeypatch.setenv("JUPYTER_RJOBS_HAND_WAIT", "600")  # the local agent's server inherits it
+    manager = make_manager()
+    gate, ran = str(tmp_path / "gate"), str(tmp_path / "ran")
+    blocking = f"import os, time\nwhile not os.path.exists({gate!r}):\n    time.sleep(0.02)"
+    first = manager.start(blocking, host="localhost")
+    assert wait_until(lambda: first.state.name == "Running", 30)
+    # at most one pair is free now (forked at a quiet moment): the next job takes it, the one after waits
+    second = manager.start(blocking, host="localhost")
+    waiting = manager.start(f"open({ran!r}, 'w').close()", host="localhost")
+    manager.stop(waiting)
+    assert wait_until(lambda: waiting.state.name == "Stopped", 30), waiting.state
+    open(gate, "w").close()
+    assert first.result(timeout=60) is None and second.result(timeout=60) is None
+    assert not os.path.exists(ran), "a job stopped while it waited for a pair must never run"

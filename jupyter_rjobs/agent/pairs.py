@@ -15,7 +15,9 @@ from .forward import Forwarder, HostJob
 from .spool import end_records, ended_records, write_new
 from .supervisor import Spare
 
-HAND_WAIT = 0.003  # seconds: while no pair is free and none came free for this long, a waiting job gets a new one
+# seconds: while no pair is free and none came free for this long, a waiting job gets a new one
+# ($JUPYTER_RJOBS_HAND_WAIT where the server starts: the local agent inherits the kernel's)
+HAND_WAIT = float(os.environ.get("JUPYTER_RJOBS_HAND_WAIT") or 0.003)
 FINISHING_WAIT = 0.05  # ... unless a pair has just ended its job: it says READY in a moment
 
 Waiting = Tuple[Dict[str, Any], List[bytearray], str]  # a job waiting for a pair: its request, buffers, spool
@@ -39,14 +41,14 @@ class Dispatcher:
     def dispatch(self, force: bool = False) -> None:
         """Hand waiting jobs to free pairs, in order. While none is free and none came free for
         HAND_WAIT (or, at most FINISHING_WAIT, while a pair's job has ended and it has yet to say
-        READY), fork one more (``force``: one for each that waits)."""
+        READY), fork one more; at once if no pair runs a job (``force``: one for each that waits)."""
         if self.jobs.freed != self.progress[0]:
             self.progress = (self.jobs.freed, time.monotonic())
         while self.waiting:
             pair = self.jobs.take_free()
             if pair is None:
                 waited = time.monotonic() - self.progress[1]
-                if not force and (waited < HAND_WAIT or (waited < FINISHING_WAIT and self.finishing())):
+                if not force and self.busy() and (waited < HAND_WAIT or (waited < FINISHING_WAIT and self.finishing())):
                     return
                 pair = Spare()
                 self.jobs.add_pair(pair)
@@ -65,6 +67,10 @@ class Dispatcher:
             pair.hand(spool, header, buffers, last=instance in self.detached)
         write_new(os.path.join(spool, "pid"), json.dumps({"pid": pair.pid, "start": pair.start}).encode())
         self.jobs.track(HostJob(instance, spool, pair.pid, pair.start, header.get("cache", "kernel"), pair))
+
+    def busy(self) -> bool:
+        """Whether some pair runs a job (one that may come free: else there is nothing to wait for)."""
+        return any(pair.open and pair.job is not None for pair in self.jobs.pairs.values())
 
     def finishing(self) -> bool:
         """Whether some pair's job has ended and the pair will say READY in a moment."""
