@@ -63,11 +63,18 @@ class LeftJob(NamedTuple):
         return f"Unknown (was {self.state})"
 
 
+_where: tuple[tuple[str | None, str | None, str | None], Path] | None = None  # the last answer, and what it came from
+
+
 def registry_dir() -> Path:
-    base = os.environ.get("JUPYTER_RJOBS_STATE") or os.path.join(
-        os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "jupyter_rjobs"
-    )
-    return Path(base) / "jobs"
+    """``$JUPYTER_RJOBS_STATE/jobs`` (default ``$XDG_STATE_HOME/jupyter_rjobs/jobs`` or
+    ``~/.local/state/jupyter_rjobs/jobs``), worked out again only when those variables change."""
+    global _where
+    given = (os.environ.get("JUPYTER_RJOBS_STATE"), os.environ.get("XDG_STATE_HOME"), os.environ.get("HOME"))
+    if _where is None or _where[0] != given:
+        base = given[0] or os.path.join(given[1] or os.path.expanduser("~/.local/state"), "jupyter_rjobs")
+        _where = (given, Path(base) / "jobs")
+    return _where[1]
 
 
 _made: set[Path] = set()
