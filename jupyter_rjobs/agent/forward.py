@@ -14,9 +14,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .proctree import alive
 from .protocol import GONE, KIND_ERROR, KIND_STATE, NOTICE, RECORD
-from .spool import NO_SPACE_EXIT, SPOOL_WRITE_EXIT, Scanner, end_records, ended_records
+from .spool import NO_SPACE_EXIT, READY, SPOOL_WRITE_EXIT, Scanner, end_records, ended_records
 from .stream import STREAM_MIN, FrameTail, stream_frame
-from .supervisor import READY, Spare
+from .supervisor import Spare
 
 MAX_FREE = 4  # warm pairs kept waiting for jobs; more that come free are let go
 
@@ -53,9 +53,8 @@ class Forwarder:
         self._out_fd = out_fd
         self._selector = selector
         self.jobs: Dict[str, HostJob] = {}
-        self.by_pid: Dict[int, HostJob] = {}
         self.pairs: Dict[int, Spare] = {}  # every pair of ours that has not ended, by supervisor pid
-        self.free: List[Spare] = []  # pairs waiting for a job, oldest first
+        self.free: List[Spare] = []  # pairs waiting for a job (the last one is taken first)
         self.freed = 0  # how many times a pair came free (the server sees whether jobs move)
         self.quiet = True  # nothing happened in the last turn: a good moment to fork a spare
 
@@ -67,7 +66,6 @@ class Forwarder:
         pair = job.pair
         if pair is not None:
             pair.job = job
-            self.by_pid[pair.pid] = job
             self.add_pair(pair)
 
     def add_pair(self, pair: Spare) -> None:
@@ -125,11 +123,12 @@ class Forwarder:
                 return
             if pid == 0:
                 return
-            pair = self.pairs.pop(pid, None)
-            if pair is not None:
-                self.forget_pair(pair)
-            job = self.by_pid.pop(pid, None)
-            if job is not None and (pair is None or pair.job is job):
+            pair = self.pairs.get(pid)
+            if pair is None:
+                continue  # a pair let go of before it ended
+            job = pair.job  # the job it ran when it ended (None: it waited for one)
+            self.forget_pair(pair)
+            if job is not None:
                 job.exit_status = status
                 job.ended = True
                 self.settle(job)

@@ -295,7 +295,7 @@ class Server:
     def clean(self, instance: str) -> None:
         self.pairs.waiting.pop(instance, None)
         job = self.jobs.get(instance)
-        if job is not None:  # still reaped by reap_children (by_pid keeps it)
+        if job is not None:  # its pair, if any, is still reaped by reap_children
             self.jobs.drop(job)
         spool = self.spool_of(instance)
         if spool_refusal(spool) is None:  # a refused spool is evidence: never deleted

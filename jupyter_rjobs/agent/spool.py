@@ -146,6 +146,9 @@ NO_SPACE_EXIT = 75  # a job process's exit status when its spool could not be wr
 SPOOL_WRITE_EXIT = 74  # ... could not be written for another reason (said by the job's end records)
 
 
+RECORDS = b"\0"  # on a job's notify pipe: records were written
+READY = b"\1"  # on a pair's notify pipe: its job process is done with its job and waits for the next
+
 WRITE_CHUNK = 4 << 20  # a big write goes in parts this big, each said on the notify pipe (it is streamed meanwhile)
 
 
@@ -179,7 +182,7 @@ class SpoolWriter:
     def _notify_server(self) -> None:
         if self._notify >= 0:
             try:
-                os.write(self._notify, b"\0")
+                os.write(self._notify, RECORDS)
             except OSError:
                 pass  # no server is listening (disconnected), or it has not read the last ones yet: the spool is enough
 

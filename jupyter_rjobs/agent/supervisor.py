@@ -23,11 +23,9 @@ from .execute import run_one
 from .proctree import become_subreaper, close_all_but, end_leftovers, exit_text, process_start, signal_tree
 from .protocol import read_frame, write_frame
 from .session import serve_session
-from .spool import NO_SPACE_EXIT, SPOOL_WRITE_EXIT, SpoolWriter, end_records, ended_records, read_text, write_private
+from .spool import NO_SPACE_EXIT, READY, RECORDS, SPOOL_WRITE_EXIT, SpoolWriter, end_records, ended_records, read_text, write_private
 
 RETIRE_RESIDENT = 512 * 2**20  # a job process that holds more after a job ends instead of taking another
-READY = b"\1"  # on the notify pipe: the job process is done with its job and waits for the next
-RECORDS = b"\0"  # on the notify pipe: records were written
 
 
 class Spare:

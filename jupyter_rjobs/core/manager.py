@@ -119,14 +119,13 @@ class JobManager:
 
         return unsubscribe
 
-    def _emit(self, event: JobEvent, wake: bool = True) -> None:
+    def _emit(self, event: JobEvent) -> None:
+        """Tell the listeners (waking the readers is :meth:`_wake`, called after this where needed)."""
         for listener in list(self._listeners):
             try:
                 listener(event)
             except Exception:
                 log.exception("jupyter_rjobs event listener failed")
-        if wake:  # last, so a woken reader does not wait for this thread to finish the listeners
-            self._wake()
 
     def _wake(self) -> None:
         """Wake the readers waiting in :meth:`follow`."""
@@ -140,7 +139,7 @@ class JobManager:
             if job.session is not None:
                 self.remote.job_in_session_ended(job)
         if self._listeners:  # an event is made only when someone listens
-            self._emit(JobEvent(EventKind.STATE, job, old_state=old, new_state=new), wake=False)
+            self._emit(JobEvent(EventKind.STATE, job, old_state=old, new_state=new))
         if finished:  # readers wait for records and for the end: only a finished job is worth waking them for
             self._wake()
         if job.parent is not None:
@@ -148,7 +147,7 @@ class JobManager:
 
     def _job_record(self, job: Job, record: Record) -> None:
         if self._listeners:
-            self._emit(JobEvent(EventKind.RECORD, job, record=record), wake=False)
+            self._emit(JobEvent(EventKind.RECORD, job, record=record))
         # A value is always followed at once by the job's end, which wakes readers: waking them for
         # the value too would cost a second thread hand-off per job.
         if record.kind is not RecordKind.VALUE:
@@ -199,7 +198,7 @@ class JobManager:
         with self._lock:
             self._jobs[job_id] = job
         if self._listeners:  # readers follow jobs they already have: no wake
-            self._emit(JobEvent(EventKind.ADDED, job), wake=False)
+            self._emit(JobEvent(EventKind.ADDED, job))
         throttle = self._backends.throttle(backend.kind)
         for leaf in job.leaves():
             throttle.submit(leaf, functools.partial(self._launch, backend, leaf, prepared))
@@ -225,7 +224,7 @@ class JobManager:
             self._next_id += 1
             job = Job(job_id, kind, code, on_state=self._job_state_changed, on_record=self._job_record, **job_options)
             self._jobs[job_id] = job
-        self._emit(JobEvent(EventKind.ADDED, job), wake=False)
+        self._emit(JobEvent(EventKind.ADDED, job))
         return job
 
     def _give_back_ids(self, job_id: int, count: int) -> None:
@@ -414,6 +413,7 @@ class JobManager:
                 if leaf.runner is not None:
                     leaf.runner.cleanup()
             self._emit(JobEvent(EventKind.REMOVED, job))
+            self._wake()  # last, so a woken reader does not wait for the listeners
         return targets
 
     # -- sessions, invoke, disconnect and connect: the remote side (see _remote_ops.py) -----

@@ -171,6 +171,7 @@ class HostConnection:
         self._closed = False
         self._reader: int | None = None  # the reading thread's ident: it never waits to send (see later)
         self._later: queue.SimpleQueue[Callable[[], None] | None] | None = None
+        self._sender: threading.Thread | None = None  # the thread that runs what later() queues
 
     # -- first contact ------------------------------------------------------------------
     def open(self) -> HostConnection:
@@ -316,7 +317,8 @@ class HostConnection:
         waits for us to read what it sends, neither would ever go on."""
         if self._later is None:
             self._later = queue.SimpleQueue()
-            threading.Thread(target=self._send_later, args=(self._later,), name=f"rjob-send-{self.host}", daemon=True).start()
+            self._sender = threading.Thread(target=self._send_later, args=(self._later,), name=f"rjob-send-{self.host}", daemon=True)
+            self._sender.start()
         self._later.put(action)
 
     def _send_later(self, actions: queue.SimpleQueue[Callable[[], None] | None]) -> None:
@@ -331,7 +333,7 @@ class HostConnection:
 
     def _drain(self, timeout: float) -> None:
         """Wait until what was queued by :meth:`later` has been sent (at most ``timeout`` s)."""
-        if self._later is None or threading.current_thread().name.startswith("rjob-send-"):
+        if self._later is None or threading.current_thread() is self._sender:
             return
         done = threading.Event()
         self._later.put(done.set)
