@@ -156,7 +156,7 @@ class KernelSession:
         execute_result, error), in order. What the user sees is checked (tests/user_sees.py):
         unless ``allow_errors`` an error output or a traceback fails, unless ``allow_stderr``
         any stderr fails, and an ``Error in callback`` always fails."""
-        cell = self.submit(code)
+        cell = self.submit(code, stop_on_error=not allow_errors)
         self.wait(cell, timeout)
         if not allow_errors and (errors(cell.outputs) or cell.reply.get("status") != "ok"):
             raise AssertionError(
@@ -168,8 +168,11 @@ class KernelSession:
         assert_user_sees_no_noise([seen])
         return cell.outputs
 
-    def submit(self, code: str) -> CellResult:
-        msg_id = self.client.execute(code, store_history=True, allow_stdin=False)
+    def submit(self, code: str, stop_on_error: bool = True) -> CellResult:
+        """Send ``code`` as a cell. As nbclient does, a cell whose error is expected is sent
+        with ``stop_on_error=False``: else the kernel may abort the next cell, sent the moment
+        this one replies, as part of the queue that an error stops (ipykernel 6's abort window)."""
+        msg_id = self.client.execute(code, store_history=True, allow_stdin=False, stop_on_error=stop_on_error)
         cell = self.cells[msg_id] = CellResult(msg_id)
         self.last = cell
         return cell
