@@ -28,7 +28,7 @@ def run_answering(session: KernelSession, code: str, answer: Callable[[str, bool
     """Run ``code`` as a cell of a front end that takes input: each input_request of the cell is
     answered with ``answer(prompt, password)``. Returns the cell and the (prompt, password) asked."""
     client = session.client
-    msg_id = client.execute(code, store_history=True, allow_stdin=True)
+    msg_id = client.execute(code, store_history=True, allow_stdin=True, stop_on_error=False)  # its error, if any, is looked at
     cell = session.cells[msg_id] = CellResult(msg_id)
     asked: list[tuple[str, bool]] = []
     deadline, idle = time.monotonic() + timeout, False
