@@ -171,27 +171,30 @@ class JobPanel(JobActions, widgets.VBox):
                 return
             self.updates += 1
             now = datetime.now()
+            everything = self.manager.list()  # one snapshot for the rows and the summary: they never disagree
             if relayout:
-                self._layout(now)
+                self._layout(everything)
             else:
                 for row in self._rows[: self._rows_in_use]:
                     job = row.job
                     if job is not None and (job.id in dirty or job.state in ACTIVE_STATES or (job.parent and job.parent.id in dirty)):
                         row.render(now)
-            self._summarize()
+            self._summarize(everything)
             self._ticking = any(row.job is not None and row.job.state in ACTIVE_STATES for row in self._rows[: self._rows_in_use])
             self._draw_sessions()
 
-    def _listed_jobs(self) -> list[Job]:
+    def _listed_jobs(self, everything: list[Job]) -> list[Job]:
         listed = []
-        for job in self.manager.list(state=self._state_filter):
+        for job in everything:
+            if self._state_filter is not None and job.state is not self._state_filter:
+                continue
             listed.append(job)
             if job.children and job.id in self._expanded:
                 listed.extend(job.children)
         return listed
 
-    def _layout(self, now: datetime) -> None:
-        listed = self._listed_jobs()
+    def _layout(self, everything: list[Job]) -> None:
+        listed = self._listed_jobs(everything)
         pages = max(1, -(-len(listed) // self.page_size))
         self._page = min(self._page, pages - 1)
         shown = listed[self._page * self.page_size : (self._page + 1) * self.page_size]
@@ -208,8 +211,7 @@ class JobPanel(JobActions, widgets.VBox):
         self._previous.disabled = self._page == 0
         self._next.disabled = self._page >= pages - 1
 
-    def _summarize(self) -> None:
-        everything = self.manager.list()
+    def _summarize(self, everything: list[Job]) -> None:
         counts: dict[str, int] = {}
         for job in everything:
             counts[job.state.value] = counts.get(job.state.value, 0) + 1
