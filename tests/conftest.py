@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -107,13 +108,19 @@ def local_home(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("HOME", str(home))
     yield str(home)
     marker = str(home).encode()
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if entry.isdigit() and marker in f.read():
-                    os.kill(int(entry), signal.SIGKILL)
-        except OSError:
-            continue
+    for _ in range(20):  # again until none is found: one forked while the last pass ran is in the next
+        found = False
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if entry.isdigit() and marker in f.read():
+                        os.kill(int(entry), signal.SIGKILL)
+                        found = True
+            except OSError:
+                continue
+        if not found:
+            break
+        time.sleep(0.05)
 
 
 @pytest.fixture(params=ALL_KINDS)

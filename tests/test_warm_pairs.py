@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -92,3 +93,39 @@ def test_a_job_stopped_while_it_waits_for_a_pair_ends_stopped_and_never_runs(loc
     open(gate, "w").close()
     assert first.result(timeout=60) is None and second.result(timeout=60) is None
     assert not os.path.exists(ran), "a job stopped while it waited for a pair must never run"
+
+
+def test_a_pair_stopped_while_it_starts_ends_its_job_process_too():
+    """A stop that reaches a pair's supervisor before its job process has a process group of
+    its own (a job stopped the moment a new pair was forked for it) must still end that process:
+    before, the signal went to a group that did not exist yet, and the job process ran on,
+    orphaned, after its supervisor was gone (CI once found one, hours later)."""
+    import signal
+
+    from jupyter_rjobs.agent.proctree import descendants
+    from jupyter_rjobs.agent.supervisor import Spare
+
+    left = []
+    for attempt in range(30):
+        pair = Spare()
+        if attempt % 2:  # the moment its job process is there
+            wait_until(lambda pair=pair: bool(descendants(pair.pid)), 10, 0.0001)
+        else:  # at once, or a little later
+            time.sleep(attempt * 0.0002)
+        os.kill(pair.pid, signal.SIGTERM)  # the job process may have no group of its own yet, or not be there
+        seen: set[int] = set()
+
+        def ended(pair: Spare = pair, seen: set[int] = seen) -> bool:
+            seen.update(descendants(pair.pid))
+            return os.waitpid(pair.pid, os.WNOHANG)[0] == pair.pid
+
+        if not wait_until(ended, 20):
+            left.append(pair.pid)
+        left.extend(pid for pid in seen if pid_alive(pid))
+        pair.discard()
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    assert not left, f"processes of stopped pairs still running: {left}"

@@ -101,7 +101,7 @@ def supervise(control_r: int, spool_r: int, notify_w: int, session_dir: Optional
             return
         stopping[0] = True
         if child[0] > 0:  # else it is stopped as soon as it is forked (a close right after an open)
-            signal_tree(child[0], signal.SIGKILL if signum == signal.SIGUSR1 else signal.SIGTERM)
+            _stop(child[0], signal.SIGKILL if signum == signal.SIGUSR1 else signal.SIGTERM)
 
     for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         signal.signal(signum, on_signal)
@@ -112,9 +112,14 @@ def supervise(control_r: int, spool_r: int, notify_w: int, session_dir: Optional
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, _ignore)
     become_subreaper()  # what the job leaves behind is still ours to stop
+    stops = {signal.SIGTERM, signal.SIGUSR1, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # a stop during the fork waits for the handler that fits
     child[0] = os.fork()
     if child[0] == 0:
         try:
+            for signum in (signal.SIGTERM, signal.SIGUSR1):
+                signal.signal(signum, signal.SIG_DFL)  # never the supervisor's handler, not even for a moment
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             os.close(wake_r)
@@ -122,13 +127,28 @@ def supervise(control_r: int, spool_r: int, notify_w: int, session_dir: Optional
             _job_process(control_r, spool_r, notify_w, session_dir)
         finally:
             os._exit(0)
+    try:
+        os.setpgid(child[0], child[0])  # its group is there before any stop is passed on (it sets it too)
+    except OSError:
+        pass
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
     os.close(control_r)
     if stopping[0]:  # stopped before the job process was there to stop
-        signal_tree(child[0], signal.SIGTERM)
+        _stop(child[0], signal.SIGTERM)
     spool, status = _follow(child[0], spool_r, wake_r)
     if stopping[0]:
         end_leftovers()
     _write_end(spool, status, stopping[0], notify_w, session_dir)
+
+
+def _stop(child: int, signum: int) -> None:
+    """Signal the job process itself, then its tree (the process too: until it has its own
+    group, the group's signal would miss it)."""
+    try:
+        os.kill(child, signum)
+    except OSError:
+        pass
+    signal_tree(child, signum)
 
 
 def _ignore(_signum: int, _frame: Any) -> None:
