@@ -12,7 +12,7 @@ from collections import OrderedDict
 from typing import Any, Dict, List, Set, Tuple
 
 from .forward import Forwarder, HostJob
-from .spool import end_records, ended_records, write_new
+from .spool import end_records, ended_records, write_over
 from .supervisor import Spare
 
 # seconds: while no pair is free and none came free for this long, a waiting job gets a new one
@@ -65,7 +65,7 @@ class Dispatcher:
             pair = Spare()
             self.jobs.add_pair(pair)
             pair.hand(spool, header, buffers, last=instance in self.detached)
-        write_new(os.path.join(spool, "pid"), json.dumps({"pid": pair.pid, "start": pair.start}).encode())
+        write_over(os.path.join(spool, "pid"), json.dumps({"pid": pair.pid, "start": pair.start}).encode())
         self.jobs.track(HostJob(instance, spool, pair.pid, pair.start, header.get("cache", "kernel"), pair))
 
     def busy(self) -> bool:

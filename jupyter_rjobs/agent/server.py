@@ -63,15 +63,18 @@ from .spool import (
     owner_elsewhere,
     read_cursor,
     read_json,
+    recycle_spool,
     remove_spool,
     spool_meta,
     spool_refusal,
     write_new,
+    write_over,
     write_private,
 )
 from .supervisor import Spare
 
 TRASH = ".removed-"  # a removed spool's name until its files are deleted (never listed)
+MAX_FREE_SPOOLS = 1024  # removed spools kept for new jobs while the server runs (about 16 KiB of disk each)
 
 
 class Server:
@@ -96,6 +99,9 @@ class Server:
         self.pairs = Dispatcher(self.jobs, self.detached)
         self.acks: Dict[str, int] = {}  # spool: how far the kernel received it, not yet in its cursor file
         self.trash: List[str] = []  # removed spools (renamed), whose files are still to be deleted
+        self.reusable: List[str] = []  # removed spools of jobs that had ended: they may serve new jobs
+        self.free_spools: List[str] = []  # removed spools made ready for new jobs (recycle_spool); deleted when the server ends
+        self.recycled = 0
         self.owner = f"{os.getpid()} {process_start(os.getpid())}".encode()
         self.request_counter = 0
         self.handlers: Dict[str, Callable[[Dict[str, Any], List[bytearray]], None]] = {
@@ -193,10 +199,23 @@ class Server:
         return os.path.join(self.jobs_dir, str(uuid.UUID(instance)))  # a UUID, never a path
 
     def make_spool(self, header: Dict[str, Any]) -> str:
+        """A new job's spool: a removed one of ours made ready again, if there is one (see
+        recycle_spool), else a new directory."""
         instance = str(header["job"])
         spool = self.spool_of(instance)
+        meta = json.dumps(spool_meta(header, instance)).encode()
+        while self.free_spools:
+            if os.path.lexists(spool):
+                raise FileExistsError(errno.EEXIST, "a job spool of that id exists", spool)
+            try:
+                os.rename(self.free_spools.pop(), spool)
+            except OSError:
+                continue  # deleted meanwhile (a server that started after a killed one clears its leftovers)
+            write_over(os.path.join(spool, "meta.json"), meta)
+            write_over(os.path.join(spool, "owner"), self.owner)
+            return spool
         os.mkdir(spool, 0o700)
-        write_new(os.path.join(spool, "meta.json"), json.dumps(spool_meta(header, instance)).encode())
+        write_new(os.path.join(spool, "meta.json"), meta)
         write_new(os.path.join(spool, "owner"), self.owner)
         return spool
 
@@ -295,6 +314,8 @@ class Server:
     def clean(self, instance: str) -> None:
         self.pairs.waiting.pop(instance, None)
         job = self.jobs.get(instance)
+        # its spool may serve another job only if nothing writes to it any more: its end is written
+        reusable = job is not None and job.scanner.final is not None
         if job is not None:  # its pair, if any, is still reaped by reap_children
             self.jobs.drop(job)
         spool = self.spool_of(instance)
@@ -304,13 +325,33 @@ class Server:
                 os.rename(spool, trash)  # gone at once; its files are deleted at a quiet moment
             except FileNotFoundError:
                 return
-            self.trash.append(trash)
+            (self.reusable if reusable else self.trash).append(trash)
 
     def empty_trash(self, limit: Optional[int] = None) -> None:
-        """Delete removed spools (``limit``: at most that many now)."""
-        while self.trash and (limit is None or limit > 0):
-            remove_spool(self.trash.pop())
+        """Make removed spools ready for new jobs, up to MAX_FREE_SPOOLS, and delete the rest
+        (``limit``: at most that many now; None: the server ends, so the ready ones go too)."""
+        while (self.reusable or self.trash) and (limit is None or limit > 0):
+            if self.reusable:
+                spool = self.reusable.pop()
+                if limit is not None and len(self.free_spools) < MAX_FREE_SPOOLS and self.recycle(spool):
+                    limit -= 1
+                    continue
+            else:
+                spool = self.trash.pop()
+            remove_spool(spool)
             limit = None if limit is None else limit - 1
+        if limit is None:
+            while self.free_spools:
+                remove_spool(self.free_spools.pop())
+
+    def recycle(self, spool: str) -> bool:
+        """Make a removed spool ready for a new job (see recycle_spool); False: delete it."""
+        self.recycled += 1
+        free = os.path.join(self.jobs_dir, f"{TRASH}free-{os.getpid()}-{self.recycled}")
+        if not recycle_spool(spool, free):
+            return False
+        self.free_spools.append(free)
+        return True
 
     def spool_usable(self, instance: str, spool: str) -> bool:
         """Whether a job's spool is there and ours alone; else the kernel is told (GONE, REFUSED)."""
