@@ -158,3 +158,24 @@ def test_the_spools_of_removed_jobs_serve_new_ones_with_nothing_of_theirs_left(l
     assert wait_until(lambda: all(name.startswith(".removed-free-") for name in os.listdir(jobs_dir)), 30), os.listdir(jobs_dir)
     manager.shutdown()
     assert wait_until(lambda: not os.listdir(jobs_dir), 30), os.listdir(jobs_dir)
+
+
+def test_a_new_server_deletes_the_removed_spools_of_a_killed_one_and_leaves_a_live_ones(local_home, make_manager):
+    """Removed spools carry their server's pid: the next server deletes those of a server that
+    is gone, never those of one that runs (they are its own to delete or use)."""
+    import subprocess
+
+    jobs_dir = os.path.join(local_home, ".cache", "jupyter_rjobs", "jobs")
+    for path in (os.path.dirname(os.path.dirname(jobs_dir)), os.path.dirname(jobs_dir), jobs_dir):
+        os.makedirs(path, mode=0o700, exist_ok=True)  # private, as the agent checks
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that no longer runs
+    left = {f".removed-free-{gone.pid}-1", f".removed-{gone.pid}-{'0' * 8}-0000-0000-0000-{'0' * 12}"}
+    live = f".removed-free-{os.getpid()}-1"  # this test's process runs
+    for name in [*left, live]:
+        os.mkdir(os.path.join(jobs_dir, name), 0o700)
+        open(os.path.join(jobs_dir, name, "records"), "wb").close()
+    manager = make_manager()
+    assert manager.start("1", host="localhost").result(timeout=60) == 1
+    assert wait_until(lambda: not left & set(os.listdir(jobs_dir)), 30), os.listdir(jobs_dir)
+    assert live in os.listdir(jobs_dir)

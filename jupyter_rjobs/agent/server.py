@@ -63,18 +63,13 @@ from .spool import (
     owner_elsewhere,
     read_cursor,
     read_json,
-    recycle_spool,
-    remove_spool,
     spool_meta,
     spool_refusal,
     write_new,
-    write_over,
     write_private,
 )
+from .spoolbin import SpoolBin
 from .supervisor import Spare
-
-TRASH = ".removed-"  # a removed spool's name until its files are deleted (never listed)
-MAX_FREE_SPOOLS = 1024  # removed spools kept for new jobs while the server runs (about 16 KiB of disk each)
 
 
 class Server:
@@ -98,10 +93,7 @@ class Server:
         self.jobs = Forwarder(self.send, self.out_fd, self.selector)
         self.pairs = Dispatcher(self.jobs, self.detached)
         self.acks: Dict[str, int] = {}  # spool: how far the kernel received it, not yet in its cursor file
-        self.trash: List[str] = []  # removed spools (renamed), whose files are still to be deleted
-        self.reusable: List[str] = []  # removed spools of jobs that had ended: they may serve new jobs
-        self.free_spools: List[str] = []  # removed spools made ready for new jobs (recycle_spool); deleted when the server ends
-        self.recycled = 0
+        self.removed = SpoolBin(self.jobs_dir)  # removed spools: deleted, or made ready for new jobs
         self.owner = f"{os.getpid()} {process_start(os.getpid())}".encode()
         self.request_counter = 0
         self.handlers: Dict[str, Callable[[Dict[str, Any], List[bytearray]], None]] = {
@@ -130,7 +122,7 @@ class Server:
             if not os.path.isdir(path):
                 os.mkdir(path, 0o700)
             check_private(path)
-        self.trash = [os.path.join(self.jobs_dir, name) for name in os.listdir(self.jobs_dir) if name.startswith(TRASH)]  # a killed server's
+        self.removed.collect_left_behind()
         self.selector.register(self.inp.fileno(), selectors.EVENT_READ, None)
         try:
             self.send({"op": HELLO, "version": PROTOCOL_VERSION, "python": sys.version.split()[0], "pid": os.getpid()})
@@ -166,7 +158,7 @@ class Server:
         """The kernel's connection ended: let go of everything at once (a new kernel adopts its
         detached jobs), end the spare, and end its non-detached work after the grace period."""
         self.write_acks()
-        self.empty_trash()
+        self.removed.empty()
         self.pairs.dispatch(force=True)  # what the kernel started runs (its detached jobs outlive it)
         self.jobs.let_go_all()  # a free pair ends now, a busy one once its job has
         doomed = {}
@@ -204,15 +196,7 @@ class Server:
         instance = str(header["job"])
         spool = self.spool_of(instance)
         meta = json.dumps(spool_meta(header, instance)).encode()
-        while self.free_spools:
-            if os.path.lexists(spool):
-                raise FileExistsError(errno.EEXIST, "a job spool of that id exists", spool)
-            try:
-                os.rename(self.free_spools.pop(), spool)
-            except OSError:
-                continue  # deleted meanwhile (a server that started after a killed one clears its leftovers)
-            write_over(os.path.join(spool, "meta.json"), meta)
-            write_over(os.path.join(spool, "owner"), self.owner)
+        if self.removed.take(spool, meta, self.owner):
             return spool
         os.mkdir(spool, 0o700)
         write_new(os.path.join(spool, "meta.json"), meta)
@@ -251,7 +235,7 @@ class Server:
     def replenish(self) -> None:
         """At a quiet moment: delete some removed spools, and fork a pair ahead of time, so a run
         request only hands it the job."""
-        self.empty_trash(32)
+        self.removed.empty(32)
         self.pairs.replenish()
 
     def stop(self, instance: str, grace: float) -> None:
@@ -320,38 +304,7 @@ class Server:
             self.jobs.drop(job)
         spool = self.spool_of(instance)
         if spool_refusal(spool) is None:  # a refused spool is evidence: never deleted
-            trash = os.path.join(self.jobs_dir, f"{TRASH}{os.getpid()}-{instance}")
-            try:
-                os.rename(spool, trash)  # gone at once; its files are deleted at a quiet moment
-            except FileNotFoundError:
-                return
-            (self.reusable if reusable else self.trash).append(trash)
-
-    def empty_trash(self, limit: Optional[int] = None) -> None:
-        """Make removed spools ready for new jobs, up to MAX_FREE_SPOOLS, and delete the rest
-        (``limit``: at most that many now; None: the server ends, so the ready ones go too)."""
-        while (self.reusable or self.trash) and (limit is None or limit > 0):
-            if self.reusable:
-                spool = self.reusable.pop()
-                if limit is not None and len(self.free_spools) < MAX_FREE_SPOOLS and self.recycle(spool):
-                    limit -= 1
-                    continue
-            else:
-                spool = self.trash.pop()
-            remove_spool(spool)
-            limit = None if limit is None else limit - 1
-        if limit is None:
-            while self.free_spools:
-                remove_spool(self.free_spools.pop())
-
-    def recycle(self, spool: str) -> bool:
-        """Make a removed spool ready for a new job (see recycle_spool); False: delete it."""
-        self.recycled += 1
-        free = os.path.join(self.jobs_dir, f"{TRASH}free-{os.getpid()}-{self.recycled}")
-        if not recycle_spool(spool, free):
-            return False
-        self.free_spools.append(free)
-        return True
+            self.removed.put(spool, instance, reusable)  # gone at once; deleted, or made ready, at a quiet moment
 
     def spool_usable(self, instance: str, spool: str) -> bool:
         """Whether a job's spool is there and ours alone; else the kernel is told (GONE, REFUSED)."""
