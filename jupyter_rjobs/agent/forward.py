@@ -68,6 +68,12 @@ class Forwarder:
             pair.job = job
             self.add_pair(pair)
 
+    def fork_pair(self) -> Spare:
+        """A new pair, followed from now on."""
+        pair = Spare()
+        self.add_pair(pair)
+        return pair
+
     def add_pair(self, pair: Spare) -> None:
         """Follow a pair's notify pipe (once, for every job it runs)."""
         if pair.pid not in self.pairs:

@@ -50,8 +50,7 @@ class Dispatcher:
                 waited = time.monotonic() - self.progress[1]
                 if not force and self.busy() and (waited < HAND_WAIT or (waited < FINISHING_WAIT and self.finishing())):
                     return
-                pair = Spare()
-                self.jobs.add_pair(pair)
+                pair = self.jobs.fork_pair()
                 self.progress = (self.jobs.freed, time.monotonic())
             instance, (header, buffers, spool) = self.waiting.popitem(last=False)
             self.hand(pair, instance, header, buffers, spool)
@@ -62,8 +61,7 @@ class Dispatcher:
             pair.hand(spool, header, buffers, last=instance in self.detached)
         except OSError:  # the pair died while it waited: fork one now
             self.jobs.forget_pair(pair)
-            pair = Spare()
-            self.jobs.add_pair(pair)
+            pair = self.jobs.fork_pair()
             pair.hand(spool, header, buffers, last=instance in self.detached)
         write_over(os.path.join(spool, "pid"), json.dumps({"pid": pair.pid, "start": pair.start}).encode())
         self.jobs.track(HostJob(instance, spool, pair.pid, pair.start, header.get("cache", "kernel"), pair))
@@ -80,9 +78,7 @@ class Dispatcher:
     def replenish(self) -> None:
         """At a quiet moment: fork a pair ahead of time, so a run request only hands it the job."""
         if not self.jobs.free and not self.waiting:
-            pair = Spare()
-            self.jobs.add_pair(pair)
-            self.jobs.free.append(pair)
+            self.jobs.free.append(self.jobs.fork_pair())
 
     def stop_waiting(self, instance: str) -> bool:
         """Stop a job that waits for a pair: it ends saying so (False: it does not wait)."""

@@ -47,8 +47,10 @@ def descendants(pid: int, tree: Optional[Dict[int, List[int]]] = None) -> List[i
 
 def signal_tree(pid: int, signum: int) -> None:
     """Signal every descendant of ``pid`` (also those that left its group), then the process
-    group ``pid`` leads: last, as the caller may be in that group itself. Not a process (0, or
-    below): nothing is signalled (every process descends from 0, and killpg(0) is our own group)."""
+    group ``pid`` leads: last, as the caller may be in that group itself. ``pid`` itself, if it
+    does not lead its own group (yet: a child just forked sets it a moment later), is signalled
+    on its own, or the group's signal would miss it. Not a process (0, or below): nothing is
+    signalled (every process descends from 0, and killpg(0) is our own group)."""
     if pid <= 0:
         return
     for target in descendants(pid):
@@ -56,6 +58,11 @@ def signal_tree(pid: int, signum: int) -> None:
             os.kill(target, signum)
         except OSError:
             pass
+    try:
+        if pid != os.getpid() and os.getpgid(pid) != pid:
+            os.kill(pid, signum)
+    except OSError:
+        pass
     try:
         os.killpg(pid, signum)
     except OSError:

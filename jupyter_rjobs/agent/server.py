@@ -65,7 +65,7 @@ from .spool import (
     read_json,
     spool_meta,
     spool_refusal,
-    write_new,
+    write_over,
     write_private,
 )
 from .spoolbin import SpoolBin
@@ -196,11 +196,14 @@ class Server:
         instance = str(header["job"])
         spool = self.spool_of(instance)
         meta = json.dumps(spool_meta(header, instance)).encode()
-        if self.removed.take(spool, meta, self.owner):
-            return spool
-        os.mkdir(spool, 0o700)
-        write_new(os.path.join(spool, "meta.json"), meta)
-        write_new(os.path.join(spool, "owner"), self.owner)
+
+        def fill(path: str) -> None:
+            write_over(os.path.join(path, "meta.json"), meta)
+            write_over(os.path.join(path, "owner"), self.owner)
+
+        if not self.removed.take(spool, fill):
+            os.mkdir(spool, 0o700)
+            fill(spool)
         return spool
 
     def run(self, header: Dict[str, Any], buffers: List[bytearray]) -> None:

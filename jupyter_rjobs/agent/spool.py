@@ -68,16 +68,6 @@ def write_private(path: str, data: bytes) -> None:
     os.replace(part, path)
 
 
-def write_new(path: str, data: bytes) -> None:
-    """Write a small file that must not exist yet, readable by its owner only (a new spool's:
-    nobody else writes it, so no temporary file and rename)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-
-
 def write_over(path: str, data: bytes) -> None:
     """Write a small file of a spool in place, readable by its owner only: a new one, or the
     same file of a recycled spool (no file made or deleted, no block freed: see recycle_spool)."""

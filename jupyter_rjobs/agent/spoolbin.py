@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import List, Optional
+from typing import Callable, List, Optional
 
-from .spool import recycle_spool, remove_spool, write_over
+from .spool import recycle_spool, remove_spool
 
 TRASH = ".removed-"  # a removed spool's name until its files are deleted or it is ready again (never listed)
 MAX_READY = 1024  # ready spools kept for new jobs while the server runs (about 16 KiB of disk each)
@@ -40,16 +40,15 @@ class SpoolBin:
             return
         (self.reusable if reusable else self.trash).append(removed)
 
-    def take(self, spool: str, meta: bytes, owner: bytes) -> bool:
-        """Make ``spool`` of a ready one, its meta.json and owner written before it appears
-        under the job's name; False if none is ready (make a new one)."""
+    def take(self, spool: str, fill: Callable[[str], None]) -> bool:
+        """Make ``spool`` of a ready one, ``fill`` (its meta.json and owner) written before it
+        appears under the job's name; False if none is ready (make a new one)."""
         while self.ready:
             if os.path.lexists(spool):
                 raise FileExistsError(errno.EEXIST, "a job spool of that id exists", spool)
             ready = self.ready.pop()
             try:
-                write_over(os.path.join(ready, "meta.json"), meta)
-                write_over(os.path.join(ready, "owner"), owner)
+                fill(ready)
                 os.rename(ready, spool)
             except OSError:
                 continue  # deleted meanwhile: try the next

@@ -101,7 +101,7 @@ def supervise(control_r: int, spool_r: int, notify_w: int, session_dir: Optional
             return
         stopping[0] = True
         if child[0] > 0:  # else it is stopped as soon as it is forked (a close right after an open)
-            _stop(child[0], signal.SIGKILL if signum == signal.SIGUSR1 else signal.SIGTERM)
+            signal_tree(child[0], signal.SIGKILL if signum == signal.SIGUSR1 else signal.SIGTERM)
 
     for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         signal.signal(signum, on_signal)
@@ -134,21 +134,11 @@ def supervise(control_r: int, spool_r: int, notify_w: int, session_dir: Optional
     signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
     os.close(control_r)
     if stopping[0]:  # stopped before the job process was there to stop
-        _stop(child[0], signal.SIGTERM)
+        signal_tree(child[0], signal.SIGTERM)
     spool, status = _follow(child[0], spool_r, wake_r)
     if stopping[0]:
         end_leftovers()
     _write_end(spool, status, stopping[0], notify_w, session_dir)
-
-
-def _stop(child: int, signum: int) -> None:
-    """Signal the job process itself, then its tree (the process too: until it has its own
-    group, the group's signal would miss it)."""
-    try:
-        os.kill(child, signum)
-    except OSError:
-        pass
-    signal_tree(child, signum)
 
 
 def _ignore(_signum: int, _frame: Any) -> None:
