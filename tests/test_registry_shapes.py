@@ -56,3 +56,25 @@ def test_an_entry_of_a_kernel_that_is_gone_is_not_listed_as_running(state_dir):
     rows = {j.instance: LeftJobTable([j]).row(j) for j in registry.left_jobs()}
     assert rows["stale"][2] == "Unknown (was Running)" and rows["stale"][4] == "gone"
     assert rows["done"][2] == "Completed"
+
+
+ENTRY = {"host": "h", "name": "n", "command": "1", "code": "1", "cache": "kernel", "detached": False, "session": None}
+
+
+def test_a_quick_new_job_never_touches_the_registry_and_an_adopted_ones_old_entry_goes_with_it(state_dir):
+    """What the write-behind skips (a new job removed before its entry is due) must not hide a
+    delete it owes: an entry already on disk (left by another kernel, adopted here) still goes."""
+    registry.remember_new("quick", **ENTRY, state="Running")
+    registry.forget("quick")
+    (state_dir / "adopted.json").write_text(json.dumps(dict(GOOD, instance="adopted", state="Running")))
+    registry.remember("adopted", **ENTRY, state="Running")  # adopt: not due for a second yet
+    registry.forget("adopted")
+    registry.remember_new("slow", **ENTRY, state="Running")
+    registry.flush()  # everything asked so far is written now (the slow one's entry too)
+    assert sorted(p.name for p in state_dir.iterdir()) == ["slow.json"]
+    registry.forget("slow")
+    registry.remember_new("again", **ENTRY, state="Running")
+    registry.remember("again", state="Completed")  # an update merges into the entry still to write
+    registry.flush()
+    assert sorted(p.name for p in state_dir.iterdir()) == ["again.json"]
+    assert json.loads((state_dir / "again.json").read_text())["state"] == "Completed"

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import atexit
 import json
+import math
 import os
 import threading
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-__all__ = ["LeftJob", "LeftSession", "registry_dir", "remember", "forget", "flush", "left_jobs", "forget_missing",
+__all__ = ["LeftJob", "LeftSession", "registry_dir", "remember", "remember_new", "forget", "flush", "left_jobs", "forget_missing",
            "remember_session", "forget_session", "left_sessions"]
 
 
@@ -115,16 +116,26 @@ class _Behind:
         self._pending: dict[_Key, dict[str, Any] | None] = {}  # fields to write, or None: delete
         self._due: dict[_Key, float] = {}  # when each may be written
         self._fresh: set[_Key] = set()  # entries to write whole, never merged with the file there
+        self._unwritten: set[_Key] = set()  # new jobs' entries still to write: no file of theirs exists
         self._busy = False
+        self._wakes_at = -math.inf  # when the thread wakes by itself (-inf: it is not waiting)
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
 
-    def put(self, instance: str, entry: dict[str, Any] | None) -> None:
+    def put(self, instance: str, entry: dict[str, Any] | None, new: bool = False) -> None:
+        """Ask for a write (``entry``: fields to write; None: delete). ``new``: a job just made,
+        never in the registry: deleting it before its entry is written needs no disk at all."""
         key = (registry_dir(), instance)
         now = time.monotonic()
         with self._cond:
             waiting = key in self._pending
             old = self._pending.get(key)
+            if entry is None and key in self._unwritten:  # a new job's entry, not written yet: nothing to delete
+                del self._pending[key], self._due[key]
+                self._unwritten.discard(key)
+                return
+            if new and not waiting:
+                self._unwritten.add(key)
             if entry is not None and waiting and old is not None:
                 self._pending[key] = {**old, **entry, "started_hint": old["started_hint"]}
             else:
@@ -136,7 +147,8 @@ class _Behind:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="rjob-registry", daemon=True)
                 self._thread.start()
-            self._cond.notify_all()
+            if self._due[key] < self._wakes_at:  # else it wakes in time by itself (a job per start: no wake-up each)
+                self._cond.notify_all()
 
     def flush(self, timeout: float | None = 10.0) -> None:
         """Write everything asked so far now, and wait until it is written (at most ``timeout`` s)."""
@@ -156,8 +168,13 @@ class _Behind:
                     del self._due[key]
                 fresh = self._fresh & set(due)
                 self._fresh -= fresh
+                self._unwritten.difference_update(due)
                 return work, fresh
-            self._cond.wait(min(self._due.values()) - now if self._due else None)
+            self._wakes_at = min(self._due.values()) if self._due else math.inf
+            try:
+                self._cond.wait(self._wakes_at - now if self._due else None)
+            finally:
+                self._wakes_at = -math.inf
 
     def _run(self) -> None:
         while True:
@@ -190,6 +207,12 @@ def remember(instance: str, **entry: Any) -> None:
     """Write (or update) a job's entry, behind the job; a failure to write never fails the job."""
     entry["started_hint"] = time.time()
     _behind.put(instance, entry)
+
+
+def remember_new(instance: str, **entry: Any) -> None:
+    """Write the entry of a job just started (a new instance id: no entry of it exists yet)."""
+    entry["started_hint"] = time.time()
+    _behind.put(instance, entry, new=True)
 
 
 def forget(instance: str) -> None:
