@@ -164,7 +164,10 @@ def run_one(
     sys.modules["__main__"] = module
     namespace = module.__dict__
     namespace["__builtins__"] = builtins
+    hush: Callable[[bool], None] = getattr(out, "hush", lambda hushed: None)  # a spool writer's (see SpoolWriter)
+    hush(True)  # the server need not wake for this alone: the job's next record, or its end, says it
     emit(KIND_STATE, "Running")
+    hush(False)
     threads_before = set(threading.enumerate())
     set_process_sink(sink)
     job_pipes: List[Pipe] = []
@@ -186,6 +189,7 @@ def run_one(
         clean = finish_job(fds, job_pipes, sink, threads_before, lasting)
         job_pipes = []
         sink.flush()
+        hush(True)  # the value and the end: said at once, with what the caller says after them
         if state == "Completed" and value is not None:
             state = _emit_value(value, emit, sink)
     finally:

@@ -53,6 +53,8 @@ class Forwarder:
         self._out_fd = out_fd
         self._selector = selector
         self.jobs: Dict[str, HostJob] = {}
+        self.adopted: Dict[str, HostJob] = {}  # the jobs no pair's pipe wakes us for: their spools are watched
+        self.pair_ended = False  # a pair's notify pipe ended: reap it now (else at the next sweep)
         self.pairs: Dict[int, Spare] = {}  # every pair of ours that has not ended, by supervisor pid
         self.free: List[Spare] = []  # pairs waiting for a job (the last one is taken first)
         self.freed = 0  # how many times a pair came free (the server sees whether jobs move)
@@ -63,6 +65,8 @@ class Forwarder:
 
     def track(self, job: HostJob) -> None:
         self.jobs[job.instance] = job
+        if job.adopted:
+            self.adopted[job.instance] = job
         pair = job.pair
         if pair is not None:
             pair.job = job
@@ -94,6 +98,8 @@ class Forwarder:
             said = os.read(pair.notify_fd, 65536)
         except OSError:
             said = b""
+        if not said:
+            self.pair_ended = True  # its processes are gone (they hold the pipe's other end)
         job = pair.job
         if job is not None and job.instance in self.jobs:
             self.forward(job)
@@ -112,7 +118,7 @@ class Forwarder:
                 pair.let_go()
 
     def follow_adopted(self) -> None:
-        for job in [j for j in self.jobs.values() if j.adopted]:
+        for job in list(self.adopted.values()):
             self.forward(job)  # no pipe wakes us for these: their spools are watched
 
     def sweep(self) -> None:
@@ -122,6 +128,7 @@ class Forwarder:
 
     def reap_children(self) -> None:
         """Collect every child that ended (also those already cleaned), so none stays a zombie."""
+        self.pair_ended = False
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -249,6 +256,7 @@ class Forwarder:
     def drop(self, job: HostJob) -> None:
         """Forget a job here (its spool stays; its pair, if any, goes on with it)."""
         self.jobs.pop(job.instance, None)
+        self.adopted.pop(job.instance, None)
         job.scanner.close()
 
     def forget_pair(self, pair: Spare) -> None:

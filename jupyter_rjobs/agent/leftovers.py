@@ -23,7 +23,15 @@ PIPE_GRACE = 1.0  # seconds to read what ended leftovers still had in the job's 
 
 
 def _has_children() -> bool:
-    """Whether this process has any child at all (cheap: /proc/self/task/*/children), else a scan."""
+    """Whether this process has any child at all, running or ended: one waitid that reaps
+    nothing (WNOWAIT; ECHILD: none), else /proc/self/task/*/children."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        return True  # a child (of any of our threads) that runs, or has ended and waits to be reaped
+    except ChildProcessError:
+        return False
+    except (OSError, AttributeError):  # no waitid here: read /proc
+        pass
     try:
         tasks = os.listdir("/proc/self/task")
         for task in tasks:

@@ -146,12 +146,14 @@ class Server:
             if self.pairs.waiting:
                 self.pairs.dispatch()
             self.jobs.follow_adopted()
-            self.jobs.reap_children()
+            if self.jobs.pair_ended:
+                self.jobs.reap_children()
             if self.jobs.quiet:  # forking now would delay a running job's records: wait for a quiet moment
                 self.replenish()
             if time.monotonic() >= next_sweep:  # a missed wake-up, a kill deadline: look at every job
                 next_sweep = time.monotonic() + 0.2
                 self.write_acks()
+                self.jobs.reap_children()  # a session's pair, whose pipe we do not follow, too
                 self.jobs.sweep()
 
     def orphaned(self) -> None:

@@ -181,6 +181,9 @@ WRITE_CHUNK = 4 << 20  # a big write goes in parts this big, each said on the no
 class SpoolWriter:
     """The job side of a spool: append-only writes, and a byte on the notify pipe after each
     (and after each ``WRITE_CHUNK`` of a big one, so its server streams it while it is written).
+    While hushed, the byte after a write is owed instead: a record the server need not wake for
+    at once (a job's Running state, which the next record or :meth:`settle` says; a job's value
+    and end, said once with its READY). Every wake-up is a context switch for host and kernel.
     After a write fails (a full disk), every later write fails too: the job cannot go on with
     its output missing. What it wrote before stays."""
 
@@ -188,6 +191,8 @@ class SpoolWriter:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._notify = notify_fd
         self.failure: Optional[OSError] = None
+        self.hushed = False
+        self._owed = False
 
     def write(self, data: Any) -> int:
         if self.failure is not None:
@@ -197,20 +202,34 @@ class SpoolWriter:
         try:
             while view.nbytes:
                 view = view[os.write(self._fd, view[:WRITE_CHUNK]):]
-                self._notify_server()
+                if view.nbytes or not self.hushed:  # a part of a big write is said at once: it streams
+                    self.settle()
+                else:
+                    self._owed = True
         except OSError as exc:
             self.failure = exc
             raise
         if not size:
-            self._notify_server()
+            self.settle()
         return size
 
-    def _notify_server(self) -> None:
+    def hush(self, hushed: bool) -> None:
+        """Owe the notify byte of the writes that follow (True), or say them again (False)."""
+        self.hushed = hushed
+
+    def settle(self, also: bytes = b"") -> None:
+        """Say the records written (the owed byte too), and ``also`` (READY), in one write."""
+        self._owed = False
         if self._notify >= 0:
             try:
-                os.write(self._notify, RECORDS)
+                os.write(self._notify, RECORDS + also)
             except OSError:
                 pass  # no server is listening (disconnected), or it has not read the last ones yet: the spool is enough
+
+    @property
+    def owed(self) -> bool:
+        """Whether records were written that the notify pipe has not said yet."""
+        return self._owed
 
     def close(self) -> None:
         os.close(self._fd)
@@ -222,19 +241,35 @@ class SpoolWriter:
 
 
 class _SpoolSource(FrameSource):
-    """A spool's bytes from ``offset`` up to its size now; a buffer is skipped, not read (its
-    length stands for it)."""
+    """A spool's bytes from ``offset``, read a window at a time (one read serves the small
+    frames a job wrote since the last look); a buffer is skipped, not read (its length stands
+    for it). The spool only grows: what was read of it stays true."""
 
-    def __init__(self, fd: int, offset: int) -> None:
+    WINDOW = 65536
+
+    def __init__(self, scanner: "Scanner", fd: int, offset: int) -> None:
+        self._scanner = scanner
         self._fd = fd
         self.position = offset
-        self._size = os.fstat(fd).st_size
+        self._size: Optional[int] = None  # the spool's size, once a skipped buffer needed it
 
     def take(self, size: int, buffer: bool) -> Optional[Any]:
-        if self._size - self.position < size:
-            return None
-        start, self.position = self.position, self.position + size
-        return size if buffer else os.pread(self._fd, size, start)
+        start, end = self.position, self.position + size
+        at, window = self._scanner.window
+        if not at <= start or end > at + len(window):  # not in the window read last
+            if buffer and size >= self.WINDOW:  # a big buffer is skipped: the spool's size says if it is all there
+                if self._size is None or end > self._size:
+                    self._size = os.fstat(self._fd).st_size
+                if end > self._size:
+                    return None
+                self.position = end
+                return size
+            at, window = start, os.pread(self._fd, max(size, self.WINDOW), start)
+            self._scanner.window = (at, window)
+            if end > at + len(window):
+                return None  # the spool ends before it (a read shorter than asked ends at its end)
+        self.position = end
+        return size if buffer else window[start - at : end - at]
 
 
 class Scanner:
@@ -247,6 +282,7 @@ class Scanner:
         self.final: Optional[str] = None
         self.final_time: Optional[float] = None
         self.corrupt: Optional[str] = None  # why the bytes at ``offset`` are not a frame
+        self.window: Tuple[int, bytes] = (0, b"")  # the spool's bytes read last, and where they start
         self._fd: Optional[int] = None
 
     def fd(self) -> Optional[int]:
@@ -262,15 +298,17 @@ class Scanner:
                 self._fd = os.open(self.path, os.O_RDONLY)
             except FileNotFoundError:
                 return None
-        source = _SpoolSource(self._fd, self.offset)
+        source = _SpoolSource(self, self._fd, self.offset)
         try:
             frame = parse_frame(source)
         except IncompleteFrame:
+            self.window = (0, b"")  # what comes next is read when it is there
             return None
         except ValueError as exc:
             self.corrupt = str(exc)
             raise
         if frame is None:
+            self.window = (0, b"")
             return None
         header, start, self.offset = frame[0], self.offset, source.position
         self.last_seq = max(self.last_seq, header.get("seq", 0))

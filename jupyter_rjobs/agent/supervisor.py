@@ -13,10 +13,12 @@ with threads running, or holding over RETIRE_RESIDENT of memory, takes no furthe
 
 from __future__ import annotations
 
+import mmap
 import os
 import select
 import signal
-from typing import Any, Dict, List, Optional, Tuple
+import struct
+from typing import Any, Dict, List, Optional
 
 from .capture import capture_process_output
 from .execute import run_one
@@ -26,6 +28,7 @@ from .session import serve_session
 from .spool import NO_SPACE_EXIT, READY, RECORDS, SPOOL_WRITE_EXIT, SpoolWriter, end_records, ended_records, read_text, write_private
 
 RETIRE_RESIDENT = 512 * 2**20  # a job process that holds more after a job ends instead of taking another
+_CURRENT = struct.Struct("I")  # the shared page: the length of the current job's spool path, then the path
 
 
 class Spare:
@@ -36,26 +39,27 @@ class Spare:
 
     def __init__(self, session_dir: Optional[str] = None) -> None:
         control_r, control_w = os.pipe()  # jobs, to the job process
-        spool_r, spool_w = os.pipe()  # each job's spool, to the supervisor
         notify_r, notify_w = os.pipe()  # a byte per record written (and READY), to the server
         os.set_blocking(notify_w, False)
+        # the spool of the job handed last, for the supervisor once its job process has ended:
+        # a page shared with it (read only then: no wake-up, no system call for each job)
+        self.current = mmap.mmap(-1, mmap.PAGESIZE)
         pid = os.fork()
         if pid == 0:
             try:
                 os.setsid()
                 null = os.open(os.devnull, os.O_RDWR)
                 os.dup2(null, 2)  # never the server's stderr, the SSH channel: it would outlive the server
-                close_all_but(control_r, spool_r, notify_w)
-                supervise(control_r, spool_r, notify_w, session_dir)
+                close_all_but(control_r, notify_w)
+                supervise(control_r, self.current, notify_w, session_dir)
             finally:
                 os._exit(0)
-        for fd in (control_r, spool_r, notify_w):
+        for fd in (control_r, notify_w):
             os.close(fd)
         self.pid = pid
         self.start = process_start(pid)
         self.notify_fd = notify_r
         self.control: Optional[Any] = os.fdopen(control_w, "wb", buffering=0)
-        self.spool_pipe = spool_w
         self.job: Any = None  # the server's host job it runs now; None while it waits for one
         self.ready = True  # it has no job, or said READY after its last one
 
@@ -68,7 +72,7 @@ class Spare:
         """Give the job process a job, and the supervisor its spool; ``last``: the pair ends after it."""
         assert self.control is not None, "a pair that was let go runs no more jobs"
         self.ready = False
-        os.write(self.spool_pipe, spool.encode() + b"\n")  # first: the supervisor must know it before the job can die
+        _set_current(self.current, spool)  # first: the supervisor must know it before the job can die
         write_frame(self.control, dict(header, spool=spool), buffers)
         if last:
             self.let_go()
@@ -78,7 +82,6 @@ class Spare:
         if self.control is not None:
             self.control.close()
             self.control = None
-            os.close(self.spool_pipe)
 
     def discard(self) -> None:
         """Close every end the server has (a session's pair reads its requests from its queue)."""
@@ -88,7 +91,7 @@ class Spare:
             self.notify_fd = -1
 
 
-def supervise(control_r: int, spool_r: int, notify_w: int, session_dir: Optional[str]) -> None:
+def supervise(control_r: int, current: mmap.mmap, notify_w: int, session_dir: Optional[str]) -> None:
     """The supervisor: starts the job process, passes stop requests on to its process tree, and
     when it ends, writes the end of the job it ran last into that job's spool if it could not."""
     stopping = [False]
@@ -124,7 +127,7 @@ def supervise(control_r: int, spool_r: int, notify_w: int, session_dir: Optional
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             os.close(wake_r)
             os.close(wake_w)
-            _job_process(control_r, spool_r, notify_w, session_dir)
+            _job_process(control_r, notify_w, session_dir)
         finally:
             os._exit(0)
     try:
@@ -135,7 +138,8 @@ def supervise(control_r: int, spool_r: int, notify_w: int, session_dir: Optional
     os.close(control_r)
     if stopping[0]:  # stopped before the job process was there to stop
         signal_tree(child[0], signal.SIGTERM)
-    spool, status = _follow(child[0], spool_r, wake_r)
+    status = _follow(child[0], wake_r)
+    spool = _get_current(current)
     if stopping[0]:
         end_leftovers()
     _write_end(spool, status, stopping[0], notify_w, session_dir)
@@ -145,39 +149,41 @@ def _ignore(_signum: int, _frame: Any) -> None:
     """SIGCHLD's handler: its wake-up byte is what counts."""
 
 
-def _follow(child: int, spool_r: int, wake_r: int) -> Tuple[str, int]:
-    """Learn each job's spool as the server hands it, until the job process ends: returns the
-    spool of the last job it was handed ("" if none) and the process's wait status."""
-    spool, pending, handing = "", b"", True
+def _follow(child: int, wake_r: int) -> int:
+    """Wait for the job process to end (SIGCHLD wakes us; so does a stop, passed on by the
+    handler): its wait status."""
     while True:
         try:
             pid, status = os.waitpid(child, os.WNOHANG)
         except ChildProcessError:
-            return spool, 0
+            return 0
         if pid:
-            return spool, status
-        readable, _, _ = select.select([spool_r, wake_r] if handing else [wake_r], [], [])
-        if wake_r in readable:
-            try:
-                os.read(wake_r, 4096)
-            except BlockingIOError:
-                pass
-        if spool_r in readable:
-            chunk = os.read(spool_r, 4096)
-            handing = bool(chunk)  # "": the server let go of the pair, or is gone: no more jobs
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            if lines:
-                spool = lines[-1].decode()
+            return status
+        select.select([wake_r], [], [])
+        try:
+            os.read(wake_r, 4096)
+        except BlockingIOError:
+            pass
 
 
-def _job_process(control_r: int, spool_r: int, notify_w: int, session_dir: Optional[str]) -> None:
+def _set_current(page: mmap.mmap, spool: str) -> None:
+    data = spool.encode()
+    page[_CURRENT.size : _CURRENT.size + len(data)] = data
+    page[: _CURRENT.size] = _CURRENT.pack(len(data))  # its length last: a path is never read half-written
+
+
+def _get_current(page: mmap.mmap) -> str:
+    """The spool of the job handed last ("" if none was)."""
+    size = _CURRENT.unpack(page[: _CURRENT.size])[0]
+    return page[_CURRENT.size : _CURRENT.size + size].decode() if 0 < size <= len(page) - _CURRENT.size else ""
+
+
+def _job_process(control_r: int, notify_w: int, session_dir: Optional[str]) -> None:
     """The job process: runs each job handed to it until there are no more (or one leaves
     threads running, which only this process's end ends), or a session's requests."""
     for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
     os.setpgid(0, 0)  # its own group: stopping its tree leaves the supervisor
-    os.close(spool_r)
     fds = capture_process_output()
     if session_dir is not None:
         serve_session(session_dir, fds)
@@ -198,11 +204,9 @@ def _job_process(control_r: int, spool_r: int, notify_w: int, session_dir: Optio
             os._exit(out.exit_status())
         out.close()
         if not clean or _resident() > RETIRE_RESIDENT:
+            out.settle()
             return  # it left threads running (they end with this process), or holds much memory
-        try:
-            os.write(notify_w, READY)
-        except OSError:
-            pass
+        out.settle(READY)  # its last records and READY: one wake-up of the server
 
 
 def _write_end(spool: str, status: int, stopping: bool, notify_w: int, session_dir: Optional[str]) -> None:
@@ -234,7 +238,10 @@ def _write_end(spool: str, status: int, stopping: bool, notify_w: int, session_d
 def _resident() -> int:
     """This process's resident memory in bytes (0 where /proc does not say)."""
     try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        fd = os.open("/proc/self/statm", os.O_RDONLY)
+        try:
+            return int(os.read(fd, 256).split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        finally:
+            os.close(fd)
     except (OSError, ValueError, IndexError):
         return 0
