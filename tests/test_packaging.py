@@ -35,7 +35,7 @@ def test_what_runs_on_hosts_ships_with_the_package(tmp_path):
     package = Path(jupyter_rjobs.__file__).parent
     assert (package / "agent" / "server.py").is_file()
     from jupyter_rjobs.backends.remote import backend  # noqa: F401 - builds the upload from the installed files
-    from jupyter_rjobs.backends.remote.host import AGENT_ZIP
+    from jupyter_rjobs.backends.remote.agent_files import AGENT_ZIP
 
     # the zip a host gets imports whole, as rjobs_agent, without the kernel-side jupyter_rjobs
     (tmp_path / "rjobs_agent.zip").write_bytes(AGENT_ZIP)

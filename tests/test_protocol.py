@@ -171,7 +171,7 @@ class LocalAgent:
     """The agent's server as hosts run it (the zip, imported as rjobs_agent), in a local process."""
 
     def __init__(self, tmp_path: Path) -> None:
-        from jupyter_rjobs.backends.remote.host import AGENT_ZIP
+        from jupyter_rjobs.backends.remote.agent_files import AGENT_ZIP
 
         archive = tmp_path / "rjobs_agent.zip"
         archive.write_bytes(AGENT_ZIP)
@@ -257,7 +257,7 @@ def test_a_spool_without_a_version_is_read_as_version_1(agent):
 # -- a hello in another protocol, on a real host ---------------------------------------------
 @pytest.mark.ssh
 def test_an_agent_of_another_protocol_in_the_cache_is_uploaded_again(make_manager, ssh_lab):
-    from jupyter_rjobs.backends.remote.host import AGENT_DIGEST, AGENT_ZIP
+    from jupyter_rjobs.backends.remote.agent_files import AGENT_DIGEST, AGENT_ZIP
 
     remote = make_manager(ssh_config=ssh_lab.ssh_config)
     assert remote.start("1", host="server01").result(timeout=30) == 1

@@ -315,7 +315,7 @@ def test_the_agent_is_private_versioned_and_brings_dill(remote, ssh_lab):
     root = spool_root(ssh_lab)
     agents = list(root.glob("agent-*"))
     assert agents and all(oct(a.stat().st_mode & 0o777) == "0o700" for a in agents)
-    from jupyter_rjobs.backends.remote.host import AGENT_DIGEST
+    from jupyter_rjobs.backends.remote.agent_files import AGENT_DIGEST
 
     current = root / f"agent-1-{AGENT_DIGEST}"
     assert (current / "rjobs_agent.zip").exists() and (current / "dill.zip").exists()  # the host has no dill

@@ -20,7 +20,8 @@ from jupyter_rjobs.core.records import Record
 from jupyter_rjobs.core.sessions import Session, SessionState
 
 if TYPE_CHECKING:
-    from jupyter_rjobs.backends.remote.backend import RemoteBackend, RemoteRunner
+    from jupyter_rjobs.backends.remote.backend import RemoteBackend
+    from jupyter_rjobs.backends.remote.runner import RemoteRunner
     from jupyter_rjobs.core.manager import JobManager
 
 __all__ = ["RemoteOps"]
@@ -356,7 +357,7 @@ class RemoteOps:
 
 def _runner(job: Job) -> RemoteRunner:
     """The remote runner of a remote job (every remote job that started has one)."""
-    from jupyter_rjobs.backends.remote.backend import RemoteRunner
+    from jupyter_rjobs.backends.remote.runner import RemoteRunner
 
     runner = job.runner
     if not isinstance(runner, RemoteRunner):

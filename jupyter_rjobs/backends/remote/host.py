@@ -11,23 +11,16 @@ listing, a session's state) to whoever waits.
 from __future__ import annotations
 
 import functools
-import hashlib
-import importlib.util
-import io
-import json
 import logging
-import py_compile
 import queue
 import shlex
-import tempfile
 import threading
-import zipfile
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
-from jupyter_rjobs import agent
 from jupyter_rjobs.agent import protocol
 from jupyter_rjobs.agent.protocol import read_forwarded, write_frame
+from jupyter_rjobs.backends.remote.agent_files import AGENT_PACKAGE, PROBE, agent_zip, dill_zip, read_probe
+from jupyter_rjobs.backends.remote.outbox import FLUSHER, Outbox
 from jupyter_rjobs.backends.remote.ssh.config import HostSettings
 from jupyter_rjobs.backends.remote.transport import Channel, LocalTransport, Transport, is_local_host
 from jupyter_rjobs.core.errors import HostError, HostRequestFailed
@@ -48,64 +41,6 @@ class FrameTarget(Protocol):
 
 MIN_PYTHON = (3, 9)
 MAX_CONNECTING = 32
-AGENT_PACKAGE = "rjobs_agent"  # the agent's top-level name on hosts: jupyter_rjobs/__init__ never runs there
-
-
-@functools.lru_cache(maxsize=None)
-def agent_zip() -> tuple[bytes, str]:
-    """The agent package as one zip (zipimport loads it) and its digest, built once, from the
-    installed package's files (a wheel without one of them fails here, not on a host). Each
-    module comes with its bytecode for this Python (unchecked-hash .pyc, which zipimport uses
-    when the host's Python has the same magic number and skips otherwise): no host compiles
-    the agent at every connection. The digest is of the sources and that magic number."""
-    package = Path(agent.__file__).parent
-    digest = hashlib.sha256(importlib.util.MAGIC_NUMBER)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive, tempfile.TemporaryDirectory() as scratch:
-        for path in sorted(package.glob("*.py")):
-            source = path.read_bytes()
-            digest.update(path.name.encode() + b"\0" + source)
-            name = f"{AGENT_PACKAGE}/{path.name}"
-            bytecode = f"{scratch}/{path.name}c"
-            py_compile.compile(str(path), cfile=bytecode, dfile=name, doraise=True,
-                               invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
-            for member, data in ((name, source), (name + "c", Path(bytecode).read_bytes())):
-                info = zipfile.ZipInfo(member, date_time=(1980, 1, 1, 0, 0, 0))
-                info.external_attr = 0o600 << 16
-                archive.writestr(info, data, zipfile.ZIP_DEFLATED)
-    return buffer.getvalue(), digest.hexdigest()[:12]
-
-
-def __getattr__(name: str) -> Any:
-    """AGENT_ZIP and AGENT_DIGEST, built on first use (not when this module is imported)."""
-    if name == "AGENT_ZIP":
-        return agent_zip()[0]
-    if name == "AGENT_DIGEST":
-        return agent_zip()[1]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-_PROBE = (
-    "import json, os, sys\n"
-    "root = os.path.join(os.path.expanduser('~'), '.cache', 'jupyter_rjobs')\n"
-    "try:\n    import dill\n    has_dill = True\nexcept Exception:\n    has_dill = False\n"
-    "st = os.lstat(root) if os.path.lexists(root) else None\n"
-    "print(json.dumps({'version': list(sys.version_info[:3]), 'dill': has_dill, 'root': root, 'uid': os.getuid(),"
-    " 'root_uid': st.st_uid if st else None, 'root_mode': st.st_mode & 0o7777 if st else None,"
-    " 'root_link': os.path.islink(root)}))\n"
-)
-
-
-def _dill_zip() -> bytes:
-    """The local dill package as a zip, for hosts whose Python lacks it (zipimport loads it)."""
-    import dill
-
-    package = Path(dill.__file__).parent
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in package.rglob("*.py"):
-            archive.write(path, str(Path("dill") / path.relative_to(package)))
-    return buffer.getvalue()
 
 
 class _ChannelReader:
@@ -130,6 +65,17 @@ class _ChannelReader:
             return self._recv_into(view)
         data = self._channel.recv(min(wanted, 4 * 2**20))
         view[: len(data)] = data
+        return len(data)
+
+
+class _Joined:
+    """Frames collected for one write."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: Any) -> int:
+        self.parts.append(bytes(data))
         return len(data)
 
 
@@ -172,6 +118,7 @@ class HostConnection:
         self._reader: int | None = None  # the reading thread's ident: it never waits to send (see later)
         self._later: queue.SimpleQueue[Callable[[], None] | None] | None = None
         self._sender: threading.Thread | None = None  # the thread that runs what later() queues
+        self._outbox = Outbox()  # frames that may wait a moment (see send_soon)
 
     # -- first contact ------------------------------------------------------------------
     def open(self) -> HostConnection:
@@ -243,12 +190,12 @@ class HostConnection:
     def _install(self, replace: bool = False) -> tuple[str, str]:
         assert self.connection is not None
         python = self.settings.python
-        status, out, err = self.connection.run(f"{shlex.quote(python)} -c {shlex.quote(_PROBE)}")
+        status, out, err = self.connection.run(f"{shlex.quote(python)} -c {shlex.quote(PROBE)}")
         if status == 127 or (status != 0 and b"not found" in err):
             raise HostError(self.host, f"no {python} there; install Python 3.9 or newer, or name one with --python PATH")
         if status != 0:
             raise HostError(self.host, f"{python} failed to start ({err.decode(errors='replace').strip()[-200:]})")
-        probe = _read_probe(self.host, python, out)
+        probe = read_probe(self.host, python, out)
         version = tuple(probe["version"])
         self.python_version = ".".join(map(str, version))
         if version[:2] < MIN_PYTHON:
@@ -266,7 +213,7 @@ class HostConnection:
         agent_dir = f"{self.root}/agent-{protocol.PROTOCOL_VERSION}-{digest}"
         files = {f"{AGENT_PACKAGE}.zip": zipped}
         if not probe["dill"]:
-            files["dill.zip"] = _dill_zip()
+            files["dill.zip"] = dill_zip()
         quoted_dir = shlex.quote(agent_dir)
         for name, content in files.items():
             target = shlex.quote(f"{agent_dir}/{name}")
@@ -306,10 +253,57 @@ class HostConnection:
             self.later(functools.partial(self._send_quietly, header, buffers))
             return
         with self._send_lock:
+            self._write(header, buffers)
+
+    def _write(self, header: dict[str, Any] | None, buffers: Sequence[Any] = ()) -> None:
+        """Write what waits in the outbox, then ``header``'s frame (one write when it is small),
+        holding the send lock."""
+        assert self._writer is not None
+        waiting = self._outbox.take()
+        joined = _Joined()
+        for frame, _ in waiting:
+            write_frame(joined, frame)
+        together = header is not None and not buffers
+        if together:
+            write_frame(joined, header)  # type: ignore[arg-type]
+        try:
             try:
+                if joined.parts:
+                    self._writer.write(b"".join(joined.parts))
+            except BaseException:
+                for _, lost in waiting:
+                    lost()
+                raise
+            if header is not None and not together:
                 write_frame(self._writer, header, buffers)
-            except self._broken as exc:
-                raise HostError(self.host, f"the connection is broken ({self._describe(exc)}); it reconnects by itself, or use %rjob connect") from None
+        except self._broken as exc:
+            raise HostError(self.host, f"the connection is broken ({self._describe(exc)}); it reconnects by itself, or use %rjob connect") from None
+
+    def send_soon(self, header: dict[str, Any], lost: Callable[[], None]) -> None:
+        """Send a frame that may wait a moment (a CLEAN): with the next frame sent here, or within
+        outbox.DELAY. ``lost`` is called if it cannot be sent after all. Never waits (the reading
+        thread uses it)."""
+        if self._writer is None or self._closed:
+            raise HostError(self.host, "the connection is closed")
+        self._outbox.put(header, lost)
+        FLUSHER.due(self)
+
+    def flush_outbox(self) -> None:
+        """Send what waits in the outbox now (not from the reading thread: the flusher does it then)."""
+        if not self._outbox or threading.get_ident() == self._reader:
+            return
+        if self._writer is None or self._closed:
+            self._lose_outbox()
+            return
+        with self._send_lock:
+            try:
+                self._write(None)
+            except HostError as exc:
+                log.debug("%s: %s", self.host, exc)
+
+    def _lose_outbox(self) -> None:
+        for _, lost in self._outbox.take():
+            lost()
 
     def later(self, action: Callable[[], None]) -> None:
         """Run ``action`` (which sends) on this connection's sending thread, in order. The reading
@@ -375,6 +369,7 @@ class HostConnection:
         self._hello.set()
         for event, _ in list(self._replies.values()):
             event.set()
+        self._lose_outbox()  # their senders keep what they owe (sent again once reconnected)
         for runner in list(self._runners.values()):
             runner.connection_lost()
         if lost and self._on_lost is not None:
@@ -437,6 +432,7 @@ class HostConnection:
             except HostError:
                 pass
         self._closed = True
+        self._lose_outbox()
         if self._later is not None:
             self._later.put(None)
         if self._channel is not None:
@@ -447,19 +443,3 @@ class HostConnection:
                 pass
         if self.connection is not None:
             self.connection.close()
-
-
-def _read_probe(host: str, python: str, out: bytes) -> dict[str, Any]:
-    """What the probe printed, or a HostError if ``python`` is not a Python that ran it (``true``
-    prints nothing, ``echo`` its arguments)."""
-    lines = out.decode(errors="replace").strip().splitlines()
-    try:
-        probe = json.loads(lines[-1]) if lines else None
-    except ValueError:
-        probe = None
-    keys = ("version", "dill", "root", "uid", "root_uid", "root_mode", "root_link")
-    if not isinstance(probe, dict) or not all(key in probe for key in keys) or not isinstance(probe["version"], list):
-        said = repr(lines[-1][:80]) if lines else "nothing"
-        raise HostError(host, f"{python} there is not a Python that runs jobs (asked its version, it said {said}); name one with --python PATH")
-    return probe
-

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from jupyter_rjobs.core.records import Record, RecordKind, RecordStream
 
 if TYPE_CHECKING:
-    from jupyter_rjobs.backends.remote.backend import RemoteRunner
+    from jupyter_rjobs.backends.remote.runner import RemoteRunner
 
 __all__ = ["AckingStream", "RemoteSpoolStream"]
 
