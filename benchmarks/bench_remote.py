@@ -13,11 +13,13 @@ Measures, in one run and against the lab's dedicated test user:
    Dask ``client.submit`` (then ``gather``);
 3. receiving a 256 MiB numpy float64 array result (numpy in a virtualenv of the test user),
    against OpenSSH ``ssh host cat FILE`` of a 256 MiB file;
-4. the warm round trip of a fan-out to 8 namespace hosts against one host;
+4. the warm round trip of a fan-out to 8 namespace hosts against one host, and the machine's
+   CPU per run of each (every process: on 2 cores it bounds the fan-out);
 5. the kernel's peak memory receiving a 1 GiB numpy result: the RSS high-water mark
    (``VmHWM``) of a fresh kernel-side process, against the value's size.
 
-Prints a Markdown table and writes every number to ``benchmarks/results/remote.json``.
+Prints a Markdown table and writes every number to ``benchmarks/results/remote.json``. The
+contenders are in ``remote_contenders.py``, the table in ``remote_report.py``.
 Measures only; asserts nothing about timing. ``--quick`` (few runs, a 16 MiB array) is a smoke
 test that finishes in about a minute.
 """
@@ -27,7 +29,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import logging
 import os
 import platform
 import shlex
@@ -42,15 +43,14 @@ from typing import Any, Callable
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+from remote_contenders import JOB_TIMEOUT, Dask, Ipyparallel, Rjobs, clock, say  # noqa: E402
+from remote_report import build_rows, markdown  # noqa: E402
 from sshlab import LabUnavailable, SshLab  # noqa: E402
-
-from jupyter_rjobs import JobManager  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "remote.json"
 MiB = 2**20
 FANOUT_HOSTS = 8
-JOB_TIMEOUT = 300.0
-clock = time.perf_counter
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,13 @@ def interleave(contenders: dict[str, Callable[[], float]], runs: int, rounds: in
     return samples
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy since boot (every process, the kernel's work too)."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:9]]
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def busy_cores(seconds: float = 1.0) -> float:
     """How many CPUs the machine keeps busy meanwhile (from /proc/stat): other load skews every number here."""
     def sample() -> tuple[int, int]:
@@ -119,142 +126,6 @@ def busy_cores(seconds: float = 1.0) -> float:
     return (busy1 - busy0) / max(1, total1 - total0) * (os.cpu_count() or 1)
 
 
-def say(text: str) -> None:
-    print(f"[bench_remote {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------- contenders
-class Rjobs:
-    """jupyter_rjobs remote jobs through one JobManager."""
-
-    def __init__(self, lab: SshLab) -> None:
-        self.lab = lab
-        self.manager = JobManager(ssh_config=lab.ssh_config)
-
-    def run(self, code: str, host: str, python: str, check: Callable[[Any], bool]) -> float:
-        """Seconds from start() to the value received; the job is removed afterwards (untimed)."""
-        began = clock()
-        job = self.manager.start(code, host=host, python=python)
-        value = job.result(JOB_TIMEOUT)
-        elapsed = clock() - began
-        self.manager.remove(job)
-        if not check(value):
-            raise RuntimeError(f"remote job {code!r} on {host} gave a wrong value: {_short(value)}")
-        del value
-        return elapsed
-
-    def throughput(self, count: int, host: str, python: str) -> dict[str, Any]:
-        """Start ``count`` jobs "1" as fast as possible, wait for all: jobs per second."""
-        began = clock()
-        jobs = [self.manager.start("1", host=host, python=python) for _ in range(count)]
-        submitted = clock() - began
-        waited = self.manager.wait(jobs, timeout=JOB_TIMEOUT)
-        elapsed = clock() - began
-        if waited.still_running:
-            raise RuntimeError(f"{len(waited.still_running)} of {count} jobs had not finished after {JOB_TIMEOUT:g} s")
-        wrong = [j for j in jobs if j.exception() is not None or j.result() != 1]
-        if wrong:
-            raise RuntimeError(f"{len(wrong)} of {count} jobs failed, e.g. {wrong[0]!r}: {wrong[0].exception()!r}")
-        self.manager.remove(jobs)
-        return {"jobs": count, "seconds": elapsed, "submit_seconds": submitted, "jobs_per_s": count / elapsed}
-
-    def close(self) -> None:
-        self.manager.shutdown()
-
-
-class Ipyparallel:
-    """The anchor: an ipyparallel cluster of local engines (``ipp.Cluster(n=2)``), one engine's DirectView."""
-
-    def __init__(self, engines: int = 2) -> None:
-        import ipyparallel as ipp
-
-        self.version = ipp.__version__
-        self.engines = engines
-        began = clock()
-        self.cluster = ipp.Cluster(n=engines, log_level=logging.WARNING)
-        try:
-            self.client = self.cluster.start_and_connect_sync()
-            self.client.wait_for_engines(engines, timeout=120)
-        except BaseException:
-            self.close()
-            raise
-        self.start_seconds = clock() - began
-        self.view = self.client[0]  # one engine: the analogue of one host
-
-    def trip(self) -> float:
-        began = clock()
-        value = self.view.apply_sync(lambda: 1 + 1)
-        elapsed = clock() - began
-        if value != 2:
-            raise RuntimeError(f"ipyparallel gave {value!r}")
-        return elapsed
-
-    def throughput(self, count: int) -> dict[str, Any]:
-        began = clock()
-        results = [self.view.apply_async(lambda: 1) for _ in range(count)]
-        submitted = clock() - began
-        self.client.wait(results, timeout=JOB_TIMEOUT)
-        elapsed = clock() - began
-        if any(r.get() != 1 for r in results):
-            raise RuntimeError("ipyparallel gave a wrong value")
-        self.client.purge_local_results("all")
-        return {"jobs": count, "seconds": elapsed, "submit_seconds": submitted, "jobs_per_s": count / elapsed}
-
-    def close(self) -> None:
-        try:
-            self.cluster.stop_cluster_sync()
-        except Exception as exc:  # noqa: BLE001 - a benchmark reports, it does not crash on tidying
-            say(f"stopping the ipyparallel cluster failed: {exc}")
-
-
-def _dask_two() -> int:
-    return 1 + 1
-
-
-def _dask_one() -> int:
-    return 1
-
-
-class Dask:
-    """The second anchor: Dask distributed, a ``LocalCluster`` of one single-thread process worker
-    (the analogue of one host), ``client.submit(f, pure=False)``."""
-
-    def __init__(self) -> None:
-        import distributed
-
-        self.version = distributed.__version__
-        began = clock()
-        self.cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None)
-        self.client = distributed.Client(self.cluster)
-        self.start_seconds = clock() - began
-
-    def trip(self) -> float:
-        began = clock()
-        value = self.client.submit(_dask_two, pure=False).result()
-        elapsed = clock() - began
-        if value != 2:
-            raise RuntimeError(f"Dask gave {value!r}")
-        return elapsed
-
-    def throughput(self, count: int) -> dict[str, Any]:
-        began = clock()
-        futures = [self.client.submit(_dask_one, pure=False) for _ in range(count)]
-        submitted = clock() - began
-        values = self.client.gather(futures)
-        elapsed = clock() - began
-        if any(v != 1 for v in values):
-            raise RuntimeError("Dask gave a wrong value")
-        del futures
-        return {"jobs": count, "seconds": elapsed, "submit_seconds": submitted, "jobs_per_s": count / elapsed}
-
-    def close(self) -> None:
-        try:
-            self.client.close()
-            self.cluster.close()
-        except Exception as exc:  # noqa: BLE001 - a benchmark reports, it does not crash on tidying
-            say(f"closing the Dask cluster failed: {exc}")
-
-
 def ssh_command(lab: SshLab, host: str, command: str) -> list[str]:
     return ["ssh", "-F", lab.ssh_config, host, command]
 
@@ -265,11 +136,6 @@ def timed_ssh(lab: SshLab, host: str, command: str) -> float:
     subprocess.run(ssh_command(lab, host, command), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                    stderr=subprocess.PIPE, check=True)
     return clock() - began
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) < 200 else text[:200] + "..."
 
 
 # --------------------------------------------------------------------------- the host's numpy
@@ -406,16 +272,29 @@ def part_fanout(lab: SshLab, rj: Rjobs, plan: Plan) -> dict[str, Any]:
     def all_two(value: Any) -> bool:
         return isinstance(value, dict) and sorted(value) == sorted(hosts) and all(v == 2 for v in value.values())
 
+    cpu = {"one_host": 0.0, "fanout": 0.0}  # the machine's busy CPU seconds during each kind of run
+
+    def counted(name: str, trip: Callable[[], float]) -> Callable[[], float]:
+        def run() -> float:
+            before = machine_busy_seconds()
+            elapsed = trip()
+            cpu[name] += machine_busy_seconds() - before
+            return elapsed
+        return run
+
     contenders = {
-        "one_host": lambda: rj.run("1+1", hosts[0], lab.python, lambda v: v == 2),
-        "fanout": lambda: rj.run("1+1", spec, lab.python, all_two),
+        "one_host": counted("one_host", lambda: rj.run("1+1", hosts[0], lab.python, lambda v: v == 2)),
+        "fanout": counted("fanout", lambda: rj.run("1+1", spec, lab.python, all_two)),
     }
     for trip in contenders.values():
         for _ in range(plan.fan_warmup):
             trip()
+    cpu.update(one_host=0.0, fanout=0.0)
     samples = interleave(contenders, plan.fan_runs, plan.rounds)
     out: dict[str, Any] = {"hosts": hosts}
     out.update({name: summary(values) for name, values in samples.items()})
+    for name, values in samples.items():  # /proc/stat counts in ticks (10 ms): summed over every run, it averages out
+        out[name]["machine_cpu_ms"] = cpu[name] / len(values) * 1e3
     return out
 
 
@@ -461,105 +340,6 @@ def part_memory(lab: SshLab, plan: Plan, python: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- report
-def _ms(value: float) -> str:
-    return f"{value:.2f} ms" if value < 100 else f"{value:.0f} ms"
-
-
-def _verdict(ok: bool) -> str:
-    return "met" if ok else "MISSED"
-
-
-def build_rows(r: dict[str, Any]) -> list[dict[str, str]]:
-    rows: list[dict[str, str]] = []
-    rt = r["round_trip"]
-    rj = rt["rjobs"]
-    ipp_note = r["ipyparallel"]["note"]
-    rows.append({
-        "what": "1. warm round trip `start(\"1+1\", host=server01)` -> value, median (p90)",
-        "rjobs": f"{_ms(rj['median_ms'])} ({_ms(rj['p90_ms'])})",
-        "anchor": f"ipyparallel `apply_sync`: {_ms(rt['ipyparallel']['median_ms'])} ({_ms(rt['ipyparallel']['p90_ms'])})"
-        if "ipyparallel" in rt else f"ipyparallel: {ipp_note}",
-        "ratio": f"{rj['median_ms'] / rt['ipyparallel']['median_ms']:.2f}x" if "ipyparallel" in rt else "-",
-        "target": f"<= 1.0x (goal 0.5x): {_verdict(rj['median_ms'] <= rt['ipyparallel']['median_ms'])}" if "ipyparallel" in rt else "<= 1.0x ipyparallel: not measured",
-    })
-    rows.append({
-        "what": "1b. same, against Dask `client.submit(f).result()` (LocalCluster, 1 process worker)",
-        "rjobs": _ms(rj["median_ms"]),
-        "anchor": f"Dask: {_ms(rt['dask']['median_ms'])} ({_ms(rt['dask']['p90_ms'])})" if "dask" in rt else f"Dask: {r['dask']['note']}",
-        "ratio": f"{rj['median_ms'] / rt['dask']['median_ms']:.2f}x" if "dask" in rt else "-",
-        "target": "-",
-    })
-    rows.append({
-        "what": "1a. same, against a cold OpenSSH `ssh server01 python3 -c pass` (and `true`)",
-        "rjobs": _ms(rj["median_ms"]),
-        "anchor": f"{_ms(rt['ssh_python']['median_ms'])} (`true`: {_ms(rt['ssh_true']['median_ms'])})",
-        "ratio": f"{rj['median_ms'] / rt['ssh_python']['median_ms']:.3f}x",
-        "target": "-",
-    })
-    tp = r["throughput"]
-    rjobs_tp = tp["rjobs_median_jobs_per_s"]
-    rows.append({
-        "what": f"2. throughput, {tp['rjobs'][0]['jobs']} jobs `\"1\"` to server01 (start all, wait all)",
-        "rjobs": f"{rjobs_tp:.0f} jobs/s",
-        "anchor": f"ipyparallel `apply_async`: {tp['ipyparallel_median_jobs_per_s']:.0f} jobs/s"
-        if tp.get("ipyparallel") else f"ipyparallel: {ipp_note}",
-        "ratio": f"{rjobs_tp / tp['ipyparallel_median_jobs_per_s']:.2f}x" if tp.get("ipyparallel") else "-",
-        "target": f">= 1.5x and >= 1000 jobs/s: {_verdict(rjobs_tp >= 1000 and rjobs_tp >= 1.5 * tp['ipyparallel_median_jobs_per_s'])}"
-        if tp.get("ipyparallel") else f">= 1000 jobs/s: {_verdict(rjobs_tp >= 1000)}",
-    })
-    rows.append({
-        "what": "2b. same, against Dask `client.submit` then `gather` (LocalCluster, 1 process worker)",
-        "rjobs": f"{rjobs_tp:.0f} jobs/s",
-        "anchor": f"Dask: {tp['dask_median_jobs_per_s']:.0f} jobs/s" if tp.get("dask") else f"Dask: {r['dask']['note']}",
-        "ratio": f"{rjobs_tp / tp['dask_median_jobs_per_s']:.2f}x" if tp.get("dask") else "-",
-        "target": "-",
-    })
-    ar = r["array"]
-    ratio = ar["rjobs"]["mib_per_s"] / ar["ssh_cat"]["mib_per_s"]
-    rows.append({
-        "what": f"3. {ar['mib']} MiB result ({ar['kind']}),"
-        " start -> value, median",
-        "rjobs": f"{ar['rjobs']['mib_per_s']:.0f} MiB/s ({_ms(ar['rjobs']['median_ms'])})",
-        "anchor": f"`ssh server01 cat FILE`: {ar['ssh_cat']['mib_per_s']:.0f} MiB/s ({_ms(ar['ssh_cat']['median_ms'])};"
-        f" without its ~{ar['ssh_connect_ms']:.0f} ms connection: {ar['ssh_cat_transfer_only_mib_per_s'] or float('nan'):.0f} MiB/s)",
-        "ratio": f"{ratio:.2f}x",
-        "target": f">= 1.0x: {_verdict(ratio >= 1.0)}",
-    })
-    rows.append({
-        "what": "3a. same job, no value sent back (its own work on the host: numpy import, filling the array)",
-        "rjobs": _ms(ar["rjobs_no_value"]["median_ms"]),
-        "anchor": "-",
-        "ratio": "-",
-        "target": "-",
-    })
-    fo = r["fanout"]
-    fan_ratio = fo["fanout"]["median_ms"] / fo["one_host"]["median_ms"]
-    rows.append({
-        "what": f"4. fan-out `1+1` to {len(fo['hosts'])} namespace hosts vs 1 (nshost1), warm, median (p90)",
-        "rjobs": f"{_ms(fo['fanout']['median_ms'])} ({_ms(fo['fanout']['p90_ms'])})",
-        "anchor": f"1 host: {_ms(fo['one_host']['median_ms'])} ({_ms(fo['one_host']['p90_ms'])})",
-        "ratio": f"{fan_ratio:.2f}x",
-        "target": f"<= 3x (goal 1.5x): {_verdict(fan_ratio <= 3.0)}",
-    })
-    if "memory" in r:
-        mem = r["memory"]
-        rows.append({
-            "what": f"5. kernel peak RSS (VmHWM of a fresh process) receiving a {mem['mib']} MiB numpy result",
-            "rjobs": f"{mem['peak_mib']:.0f} MiB ({mem['before_mib']:.0f} MiB before it: imports, a connection)",
-            "anchor": f"the value: {mem['mib']} MiB",
-            "ratio": f"{mem['peak_ratio']:.2f}x (growth {mem['growth_ratio']:.2f}x)",
-            "target": f"<= 1.2x: {_verdict(mem['peak_ratio'] <= 1.2)}",
-        })
-    return rows
-
-
-def markdown(rows: list[dict[str, str]]) -> str:
-    lines = ["| measurement | jupyter_rjobs | anchor | ratio (rjobs / anchor) | target |", "|---|---:|---:|---:|---|"]
-    for row in rows:
-        lines.append(f"| {row['what']} | {row['rjobs']} | {row['anchor']} | {row['ratio']} | {row['target']} |")
-    return "\n".join(lines)
-
-
 def environment(lab: SshLab) -> dict[str, Any]:
     import paramiko
 
