@@ -5,11 +5,10 @@ waits long behind others that run on."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import OrderedDict
-from typing import Any, Dict, List, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from .forward import Forwarder, HostJob
 from .spool import end_records, ended_records, write_over
@@ -55,15 +54,23 @@ class Dispatcher:
             instance, (header, buffers, spool) = self.waiting.popitem(last=False)
             self.hand(pair, instance, header, buffers, spool)
 
-    def hand(self, pair: Spare, instance: str, header: Dict[str, Any], buffers: List[bytearray], spool: str) -> None:
-        """Give a pair its job (a detached job's pair ends with it: nothing of it waits on us)."""
+    def free_pair(self) -> Optional[Spare]:
+        """A free pair for a new job, unless jobs wait before it (they go first, in order)."""
+        return None if self.waiting else self.jobs.take_free()
+
+    def hand(self, pair: Spare, instance: str, header: Dict[str, Any], buffers: List[bytearray], spool: str,
+             pid_written: bool = False) -> None:
+        """Give a pair its job (a detached job's pair ends with it: nothing of it waits on us).
+        ``pid_written``: the spool's pid file names this pair already."""
         try:
             pair.hand(spool, header, buffers, last=instance in self.detached)
         except OSError:  # the pair died while it waited: fork one now
             self.jobs.forget_pair(pair)
             pair = self.jobs.fork_pair()
             pair.hand(spool, header, buffers, last=instance in self.detached)
-        write_over(os.path.join(spool, "pid"), json.dumps({"pid": pair.pid, "start": pair.start}).encode())
+            pid_written = False
+        if not pid_written:
+            write_over(os.path.join(spool, "pid"), pair.pid_json())
         self.jobs.track(HostJob(instance, spool, pair.pid, pair.start, header.get("cache", "kernel"), pair))
 
     def busy(self) -> bool:

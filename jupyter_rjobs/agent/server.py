@@ -58,6 +58,7 @@ from .protocol import (
     write_frame,
 )
 from .spool import (
+    NO_PROCESS,
     Scanner,
     check_private,
     owner_elsewhere,
@@ -192,9 +193,10 @@ class Server:
     def spool_of(self, instance: str) -> str:
         return os.path.join(self.jobs_dir, str(uuid.UUID(instance)))  # a UUID, never a path
 
-    def make_spool(self, header: Dict[str, Any]) -> str:
+    def make_spool(self, header: Dict[str, Any], pid: bytes = NO_PROCESS) -> str:
         """A new job's spool: a removed one of ours made ready again, if there is one (see
-        recycle_spool), else a new directory."""
+        recycle_spool), else a new directory. Its files are written before it appears under the
+        job's name: meta.json, owner, and ``pid`` (its pair's, when one is at hand)."""
         instance = str(header["job"])
         spool = self.spool_of(instance)
         meta = json.dumps(spool_meta(header, instance)).encode()
@@ -202,6 +204,7 @@ class Server:
         def fill(path: str) -> None:
             write_over(os.path.join(path, "meta.json"), meta)
             write_over(os.path.join(path, "owner"), self.owner)
+            write_over(os.path.join(path, "pid"), pid)
 
         if not self.removed.take(spool, fill):
             os.mkdir(spool, 0o700)
@@ -213,11 +216,20 @@ class Server:
         if header.get("session"):
             self.session_run(header, buffers)
             return
-        spool = self.make_spool(header)
         instance = str(header["job"])
+        pair = self.pairs.free_pair()
+        try:
+            spool = self.make_spool(header, pair.pid_json() if pair is not None else NO_PROCESS)
+        except BaseException:
+            if pair is not None:
+                self.jobs.free.append(pair)  # it runs no job: still free
+            raise
         if header.get("detached"):
             self.detached.add(instance)
-        self.pairs.submit(instance, header, buffers, spool)
+        if pair is not None:
+            self.pairs.hand(pair, instance, header, buffers, spool, pid_written=True)
+        else:
+            self.pairs.submit(instance, header, buffers, spool)
 
     def pong(self, header: Dict[str, Any]) -> None:
         """The answer to a ping: everything asked before it is done (the acks written too)."""

@@ -13,6 +13,7 @@ with threads running, or holding over RETIRE_RESIDENT of memory, takes no furthe
 
 from __future__ import annotations
 
+import json
 import mmap
 import os
 import select
@@ -62,6 +63,10 @@ class Spare:
         self.control: Optional[Any] = os.fdopen(control_w, "wb", buffering=0)
         self.job: Any = None  # the server's host job it runs now; None while it waits for one
         self.ready = True  # it has no job, or said READY after its last one
+
+    def pid_json(self) -> bytes:
+        """What a spool's pid file says of the pair that runs its job."""
+        return json.dumps({"pid": self.pid, "start": self.start}).encode()
 
     @property
     def open(self) -> bool:
