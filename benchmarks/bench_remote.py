@@ -138,6 +138,16 @@ def timed_ssh(lab: SshLab, host: str, command: str) -> float:
     return clock() - began
 
 
+def two() -> int:
+    """What the anchors' workers run for a round trip (defined here, in ``__main__``: sent by value)."""
+    return 1 + 1
+
+
+def one() -> int:
+    """... and for throughput."""
+    return 1
+
+
 # --------------------------------------------------------------------------- the host's numpy
 def make_numpy_venv(lab: SshLab) -> tuple[str | None, str]:
     """A virtualenv of the test user under lab.scratch with numpy and dill: (its python or None, note)."""
@@ -402,14 +412,14 @@ def main(argv: list[str] | None = None) -> int:
         if not ipp_note:
             say("starting an ipyparallel cluster (2 local engines)")
             try:
-                ipp = Ipyparallel(engines=2)
+                ipp = Ipyparallel(two, one, engines=2)
                 ipp_note = f"ipyparallel {ipp.version}, 2 local engines, DirectView of engine 0 (cluster up in {ipp.start_seconds:.1f} s)"
             except Exception as exc:  # noqa: BLE001 - the anchor is optional; say why it is missing
                 ipp_note = f"cluster did not start: {type(exc).__name__}: {exc}"
         report["ipyparallel"] = {"note": ipp_note}
         say("starting a Dask LocalCluster (1 process worker, 1 thread)")
         try:
-            dask = Dask()
+            dask = Dask(two, one)
             dask_note = f"distributed {dask.version}, LocalCluster of 1 single-thread process worker (up in {dask.start_seconds:.1f} s)"
         except Exception as exc:  # noqa: BLE001 - the anchor is optional; say why it is missing
             dask_note = f"no Dask anchor: {type(exc).__name__}: {exc} (pip install distributed)"

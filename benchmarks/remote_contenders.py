@@ -59,10 +59,14 @@ class Rjobs:
 
 
 class Ipyparallel:
-    """The anchor: an ipyparallel cluster of local engines (``ipp.Cluster(n=2)``), one engine's DirectView."""
+    """The anchor: an ipyparallel cluster of local engines (``ipp.Cluster(n=2)``), one engine's DirectView.
+    ``two`` and ``one`` are what its engines run: functions of the script's ``__main__``, which
+    are sent by value (a function of this module would be sent by name, and engines cannot import it)."""
 
-    def __init__(self, engines: int = 2) -> None:
+    def __init__(self, two: Callable[[], int], one: Callable[[], int], engines: int = 2) -> None:
         import ipyparallel as ipp
+
+        self.two, self.one = two, one
 
         self.version = ipp.__version__
         self.engines = engines
@@ -79,7 +83,7 @@ class Ipyparallel:
 
     def trip(self) -> float:
         began = clock()
-        value = self.view.apply_sync(lambda: 1 + 1)
+        value = self.view.apply_sync(self.two)
         elapsed = clock() - began
         if value != 2:
             raise RuntimeError(f"ipyparallel gave {value!r}")
@@ -87,7 +91,7 @@ class Ipyparallel:
 
     def throughput(self, count: int) -> dict[str, Any]:
         began = clock()
-        results = [self.view.apply_async(lambda: 1) for _ in range(count)]
+        results = [self.view.apply_async(self.one) for _ in range(count)]
         submitted = clock() - began
         self.client.wait(results, timeout=JOB_TIMEOUT)
         elapsed = clock() - began
@@ -103,20 +107,15 @@ class Ipyparallel:
             say(f"stopping the ipyparallel cluster failed: {exc}")
 
 
-def _dask_two() -> int:
-    return 1 + 1
-
-
-def _dask_one() -> int:
-    return 1
-
-
 class Dask:
     """The second anchor: Dask distributed, a ``LocalCluster`` of one single-thread process worker
-    (the analogue of one host), ``client.submit(f, pure=False)``."""
+    (the analogue of one host), ``client.submit(f, pure=False)``; ``two`` and ``one`` as for
+    :class:`Ipyparallel`."""
 
-    def __init__(self) -> None:
+    def __init__(self, two: Callable[[], int], one: Callable[[], int]) -> None:
         import distributed
+
+        self.two, self.one = two, one
 
         self.version = distributed.__version__
         began = clock()
@@ -126,7 +125,7 @@ class Dask:
 
     def trip(self) -> float:
         began = clock()
-        value = self.client.submit(_dask_two, pure=False).result()
+        value = self.client.submit(self.two, pure=False).result()
         elapsed = clock() - began
         if value != 2:
             raise RuntimeError(f"Dask gave {value!r}")
@@ -134,7 +133,7 @@ class Dask:
 
     def throughput(self, count: int) -> dict[str, Any]:
         began = clock()
-        futures = [self.client.submit(_dask_one, pure=False) for _ in range(count)]
+        futures = [self.client.submit(self.one, pure=False) for _ in range(count)]
         submitted = clock() - began
         values = self.client.gather(futures)
         elapsed = clock() - began
