@@ -150,6 +150,55 @@ def test_the_scanner_skips_big_buffers_without_reading_them(tmp_path):
         scanner.close()
 
 
+class Delivery:
+    """A stream that delivers ``data`` in the chunk sizes given (as a pipe or channel does), for
+    protocol.Inbox; counts its calls."""
+
+    def __init__(self, data: bytes, chunks: list[int]) -> None:
+        self.data, self.at, self.chunks, self.calls, self.into = data, 0, list(chunks), 0, 0
+
+    def _size(self, wanted: int) -> int:
+        return min(wanted, self.chunks.pop(0) if self.chunks else wanted, len(self.data) - self.at)
+
+    def recv(self, wanted: int) -> bytes:
+        self.calls += 1
+        n = self._size(wanted)
+        self.at += n
+        return self.data[self.at - n : self.at]
+
+    def recv_into(self, view: memoryview) -> int:
+        self.into += 1
+        n = self._size(len(view))
+        view[:n] = self.data[self.at : self.at + n]
+        self.at += n
+        return n
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(headers, small_buffers), min_size=1, max_size=6), st.lists(st.integers(1, 300), max_size=40))
+def test_an_inbox_gives_the_frames_sent_whatever_the_pieces_they_arrive_in(frames, chunks):
+    stream = Delivery(b"".join(encode(h, b) for h, b in frames), chunks)
+    inbox = protocol.Inbox(stream.recv, stream.recv_into)
+    got = []
+    while (frame := read_frame(inbox)) is not None:
+        got.append((frame[0], [bytes(b) for b in frame[1]]))
+    assert got == [(h, [bytes(b) for b in bufs]) for h, bufs in frames]
+
+
+def test_an_inbox_reads_many_small_frames_at_once_and_a_big_buffer_straight_into_its_memory():
+    small = [encode({"op": "run", "job": str(n)}, []) for n in range(300)]
+    big = encode({"op": "run", "job": "big"}, [bytes(range(256)) * (12 * MIB // 256)])
+    stream = Delivery(b"".join(small) + big, [])
+    inbox = protocol.Inbox(stream.recv, stream.recv_into)
+    jobs = [read_frame(inbox)[0]["job"] for _ in small]
+    assert jobs == [str(n) for n in range(300)] and stream.calls == 1  # 300 requests, one read
+    assert inbox.buffered  # the start of the big one came with them: no wait for it
+    header, buffers = read_frame(inbox)
+    assert header["job"] == "big" and bytes(buffers[0]) == bytes(range(256)) * (12 * MIB // 256)
+    assert stream.into >= 1 and stream.calls == 1  # the rest of its buffer went straight in
+    assert read_frame(inbox) is None and not inbox.buffered
+
+
 # -- versions -----------------------------------------------------------------------------
 def test_a_hello_in_another_protocol_is_named_in_one_line():
     assert protocol.hello_problem({"op": "hello", "version": protocol.PROTOCOL_VERSION}) is None

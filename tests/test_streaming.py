@@ -241,7 +241,7 @@ def test_an_ssh_channel_fills_big_buffers_straight_from_its_packets_byte_for_byt
     import hashlib
     import random
 
-    from jupyter_rjobs.backends.remote.host import _ChannelReader
+    from jupyter_rjobs.backends.remote.host import channel_inbox
     from jupyter_rjobs.backends.remote.ssh.config import resolve_host
     from jupyter_rjobs.backends.remote.ssh.connection import SshConnection
 
@@ -255,7 +255,7 @@ def test_an_ssh_channel_fills_big_buffers_straight_from_its_packets_byte_for_byt
     try:
         channel = connection.exec(f"cat {shlex.quote(path)}")
         assert hasattr(channel, "recv_into"), "this paramiko lacks a part ChunkPipe uses: big values take the slow path"
-        reader = _ChannelReader(channel)
+        reader = channel_inbox(channel)
         digest, total, sizes = hashlib.sha256(), 0, random.Random(7)
         while True:
             buf = bytearray(sizes.choice([1, 7, 4096, 65535, 65536, 3 * MIB, 9 * MIB]))

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any, BinaryIO, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
+from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, Union
 
 PROTOCOL_VERSION = 1  # the frames and operations below; sent in HELLO and READY as "version"
 SPOOL_VERSION = 1  # a spool's format (meta.json "spool_version"; none: 1)
@@ -88,6 +88,16 @@ class Writable(Protocol):
     return None when it wrote everything)."""
 
     def write(self, data: Any, /) -> Optional[int]: ...
+
+
+class ReadsInto(Protocol):
+    """What frames are read from: a binary file, or an :class:`Inbox` (``readinto`` returns 0
+    at the end)."""
+
+    def readinto(self, view: Any, /) -> Optional[int]: ...
+
+
+Input = Union[BinaryIO, ReadsInto]  # a file (typing's BinaryIO names no readinto), or an Inbox
 
 
 class IncompleteFrame(EOFError):
@@ -174,7 +184,7 @@ class _StreamSource(FrameSource):
     the GIL, while the sender stalls; a shared one, mmap's default, is shmem: slower to fault
     in, and counted as shared memory)."""
 
-    def __init__(self, inp: BinaryIO) -> None:
+    def __init__(self, inp: Input) -> None:
         self._inp = inp
 
     def take(self, size: int, buffer: bool) -> Optional[Any]:
@@ -191,21 +201,58 @@ class _StreamSource(FrameSource):
         view = memoryview(buf)
         got = 0
         while got < size:
-            n = self._inp.readinto(view[got:])  # type: ignore[attr-defined]
+            n = self._inp.readinto(view[got:])  # type: ignore[union-attr]  # a file has it; typing.BinaryIO names no readinto
             if not n:
                 return None
             got += n
         return buf
 
 
-def read_frame(inp: BinaryIO) -> Optional[Tuple[Dict[str, Any], List[Any]]]:
+class Inbox:
+    """A ``readinto`` for :func:`read_frame` over a stream that delivers what it has (a pipe, a
+    channel): small reads are served from one buffer (many small frames per system call: a
+    frame's head, its JSON), big ones go straight into the caller's memory. ``recv(n)`` returns
+    up to ``n`` bytes, b"" at the end, waiting for at least one; ``recv_into(view)`` the same
+    into ``view`` (None: big reads go through ``recv``)."""
+
+    CHUNK = 65536
+
+    def __init__(self, recv: Callable[[int], bytes], recv_into: Optional[Callable[[memoryview], int]] = None) -> None:
+        self._recv = recv
+        self._recv_into = recv_into
+        self._buffer = b""
+        self._at = 0  # where the unread part of the buffer starts (no copy of the rest per read)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not read yet: a frame may be there with no more to wait for."""
+        return len(self._buffer) - self._at
+
+    def readinto(self, view: memoryview) -> int:
+        wanted = len(view)
+        if self._at >= len(self._buffer) and wanted < self.CHUNK:
+            self._buffer, self._at = self._recv(self.CHUNK), 0
+        left = len(self._buffer) - self._at
+        if left:
+            n = min(wanted, left)
+            view[:n] = self._buffer[self._at : self._at + n]
+            self._at += n
+            return n
+        if self._recv_into is not None:
+            return self._recv_into(view)
+        data = self._recv(min(wanted, 4 * 2**20))
+        view[: len(data)] = data
+        return len(data)
+
+
+def read_frame(inp: Input) -> Optional[Tuple[Dict[str, Any], List[Any]]]:
     """Read one frame from a file with ``readinto``; None at an end of file before a frame
     (fewer than its first 8 bytes). A torn frame raises EOFError (IncompleteFrame), bytes that
     are not a frame ValueError."""
     return parse_frame(_StreamSource(inp))
 
 
-def read_forwarded(inp: BinaryIO) -> Optional[Tuple[Dict[str, Any], List[Any]]]:
+def read_forwarded(inp: Input) -> Optional[Tuple[Dict[str, Any], List[Any]]]:
     """Read the next frame a host server sends (:func:`read_frame`), taking a streamed record
     (STREAM, the frame, STREAMED) as that record if it was finished, and skipping it if it was
     void. A stream that ends inside one raises IncompleteFrame, like a torn frame."""

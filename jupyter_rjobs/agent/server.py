@@ -53,6 +53,7 @@ from .protocol import (
     SESSION_NEW,
     SESSION_STATE,
     STOP,
+    Inbox,
     read_frame,
     spool_problem,
     write_frame,
@@ -83,7 +84,8 @@ class Server:
         self.detached: Set[str] = set()  # the jobs the kernel detached or let go of: they outlive it
         self.jobs_dir = os.path.join(root, "jobs")
         self.sessions_dir = os.path.join(root, "sessions")
-        self.inp = os.fdopen(os.dup(0), "rb", buffering=0)
+        self.inp_fd = os.dup(0)
+        self.inbox = Inbox(self._recv, self._recv_into)  # several requests per read when they come together
         self.out_fd = os.dup(1)
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1):
@@ -124,7 +126,7 @@ class Server:
                 os.mkdir(path, 0o700)
             check_private(path)
         self.removed.collect_left_behind()
-        self.selector.register(self.inp.fileno(), selectors.EVENT_READ, None)
+        self.selector.register(self.inp_fd, selectors.EVENT_READ, None)
         try:
             self.send({"op": HELLO, "version": PROTOCOL_VERSION, "python": sys.version.split()[0], "pid": os.getpid()})
             self.serve()
@@ -140,7 +142,7 @@ class Server:
             self.jobs.quiet = not events
             for key, _ in events:
                 if key.data is None:
-                    if not self.on_request():
+                    if not self.on_requests():
                         return
                 else:
                     self.jobs.woken(key.data)
@@ -173,12 +175,40 @@ class Server:
         sessions = [path for path in (os.path.join(self.sessions_dir, s) for s in os.listdir(self.sessions_dir)) if owned_by(path, self.owner)]
         end_orphaned_work(doomed, sessions, self.owner, self.orphan_grace)
 
-    def on_request(self) -> bool:
-        """Handle one request; False when the kernel is gone. A bad request never ends the server."""
-        frame = read_frame(self.inp)
-        if frame is None:
-            return False
-        header, buffers = frame
+    def _recv(self, size: int) -> bytes:
+        return os.read(self.inp_fd, size)
+
+    def _recv_into(self, view: memoryview) -> int:
+        return os.readv(self.inp_fd, [view])
+
+    def on_requests(self) -> bool:
+        """Handle the requests that came, every whole one received (several come in one read);
+        False when the kernel is gone. A RUN goes before the CLEANs that came just before it
+        (a job waits on it; a spool's deletion does not); nothing else overtakes them."""
+        cleans: List[Dict[str, Any]] = []
+        try:
+            while True:
+                frame = read_frame(self.inbox)
+                if frame is None:
+                    return False
+                header, buffers = frame
+                if header.get("op") == CLEAN:
+                    cleans.append(header)
+                else:
+                    if header.get("op") != RUN:
+                        self.handle_all(cleans)
+                    self.handle(header, buffers)
+                if not self.inbox.buffered:
+                    return True
+        finally:
+            self.handle_all(cleans)
+
+    def handle_all(self, headers: List[Dict[str, Any]]) -> None:
+        while headers:
+            self.handle(headers.pop(0), [])
+
+    def handle(self, header: Dict[str, Any], buffers: List[bytearray]) -> None:
+        """Handle one request. A bad request never ends the server."""
         handler = self.handlers.get(str(header.get("op")))
         try:
             if handler is not None:
@@ -187,7 +217,6 @@ class Server:
             self.send(_failed(header, _os_error_text(exc, self.root)))
         except Exception as exc:  # noqa: BLE001 - a bad request must not end the server
             self.send(_failed(header, f"{type(exc).__name__}: {exc}"))
-        return True
 
     # -- jobs --------------------------------------------------------------------------------
     def spool_of(self, instance: str) -> str:

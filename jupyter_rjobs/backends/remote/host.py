@@ -18,7 +18,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from jupyter_rjobs.agent import protocol
-from jupyter_rjobs.agent.protocol import read_forwarded, write_frame
+from jupyter_rjobs.agent.protocol import Inbox, read_forwarded, write_frame
 from jupyter_rjobs.backends.remote.agent_files import AGENT_PACKAGE, PROBE, agent_zip, dill_zip, read_probe
 from jupyter_rjobs.backends.remote.outbox import FLUSHER, Outbox
 from jupyter_rjobs.backends.remote.ssh.config import HostSettings
@@ -43,29 +43,10 @@ MIN_PYTHON = (3, 9)
 MAX_CONNECTING = 32
 
 
-class _ChannelReader:
-    """A file-like ``readinto`` over a channel (SSH or local pipe), for read_frame: small reads are served
-    from a buffer (a frame's head, its JSON), large ones go straight into the caller's memory."""
-
-    def __init__(self, channel: Channel) -> None:
-        self._channel = channel
-        self._buffer = b""
-        self._recv_into: Callable[[memoryview], int] | None = getattr(channel, "recv_into", None)
-
-    def readinto(self, view: memoryview) -> int:
-        wanted = len(view)
-        if not self._buffer and wanted < 65536:
-            self._buffer = self._channel.recv(65536)
-        if self._buffer:
-            n = min(wanted, len(self._buffer))
-            view[:n] = self._buffer[:n]
-            self._buffer = self._buffer[n:]
-            return n
-        if self._recv_into is not None:  # straight into the caller's memory (an SSH channel)
-            return self._recv_into(view)
-        data = self._channel.recv(min(wanted, 4 * 2**20))
-        view[: len(data)] = data
-        return len(data)
+def channel_inbox(channel: Channel) -> Inbox:
+    """What read_frame reads a channel (SSH or local pipe) through: many small frames per read,
+    and a big value straight into its memory (an SSH channel's recv_into, see ssh/chunkpipe.py)."""
+    return Inbox(channel.recv, getattr(channel, "recv_into", None))
 
 
 class _Joined:
@@ -351,10 +332,10 @@ class HostConnection:
 
     def _read(self, channel: Channel) -> None:
         self._reader = threading.get_ident()
-        reader = _ChannelReader(channel)
+        reader = channel_inbox(channel)
         try:
             while True:
-                frame = read_forwarded(reader)  # type: ignore[arg-type]
+                frame = read_forwarded(reader)
                 if frame is None:
                     break
                 self._dispatch(*frame)
