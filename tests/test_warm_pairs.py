@@ -160,6 +160,21 @@ def test_the_spools_of_removed_jobs_serve_new_ones_with_nothing_of_theirs_left(l
     assert wait_until(lambda: not os.listdir(jobs_dir), 30), os.listdir(jobs_dir)
 
 
+def test_a_job_removed_long_after_it_ended_still_leaves_its_spool_ready_for_another(local_home, make_manager):
+    """The server stops following a job a moment after its end is written (its sweep, every
+    0.2 s); when the kernel cleans it later (a burst's jobs, removed after all of them end), its
+    spool is still known to be written to its end, so it is made ready, not deleted and made
+    again for the next job."""
+    manager = make_manager()
+    jobs_dir = os.path.join(local_home, ".cache", "jupyter_rjobs", "jobs")
+    kept = [manager.start(f"{i}", host="localhost", cache="remote") for i in range(10)]  # cleaned only when removed
+    manager.wait(kept, timeout=60)
+    time.sleep(1.0)  # several sweeps: the server follows none of them any more
+    manager.remove(kept)
+    assert wait_until(lambda: len([n for n in os.listdir(jobs_dir) if n.startswith(".removed-free-")]) == 10, 30), os.listdir(jobs_dir)
+    assert not [n for n in os.listdir(jobs_dir) if not n.startswith(".removed-free-")], os.listdir(jobs_dir)
+
+
 def test_a_new_server_deletes_the_removed_spools_of_a_killed_one_and_leaves_a_live_ones(local_home, make_manager):
     """Removed spools carry their server's pid: the next server deletes those of a server that
     is gone, never those of one that runs (they are its own to delete or use)."""

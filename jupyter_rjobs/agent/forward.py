@@ -10,6 +10,7 @@ import os
 import selectors
 import signal
 import time
+from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .proctree import alive
@@ -19,6 +20,7 @@ from .stream import STREAM_MIN, FrameTail, stream_frame
 from .supervisor import Spare
 
 MAX_FREE = 4  # warm pairs kept waiting for jobs; more that come free are let go
+MAX_ENDED = 4096  # ended jobs remembered after they are no longer followed (see Forwarder.ended)
 
 Send = Callable[[Dict[str, Any], Sequence[Any]], None]
 
@@ -54,6 +56,9 @@ class Forwarder:
         self._selector = selector
         self.jobs: Dict[str, HostJob] = {}
         self.adopted: Dict[str, HostJob] = {}  # the jobs no pair's pipe wakes us for: their spools are watched
+        # jobs no longer followed whose end was written (nothing writes to their spools): the
+        # latest MAX_ENDED, so that their spools can serve new jobs once the kernel cleans them
+        self.ended: "OrderedDict[str, None]" = OrderedDict()
         self.pair_ended = False  # a pair's notify pipe ended: reap it now (else at the next sweep)
         self.pairs: Dict[int, Spare] = {}  # every pair of ours that has not ended, by supervisor pid
         self.free: List[Spare] = []  # pairs waiting for a job (the last one is taken first)
@@ -253,10 +258,25 @@ class Forwarder:
                 pass
         self.drop(job)
 
+    def written_to_end(self, instance: str) -> bool:
+        """Whether a job's spool has its end written, so nothing writes to it any more (a job
+        followed now, or one that ended a while ago); asked once, when the kernel cleans it."""
+        job = self.jobs.get(instance)
+        if job is not None:
+            return job.scanner.final is not None
+        if instance in self.ended:
+            del self.ended[instance]
+            return True
+        return False
+
     def drop(self, job: HostJob) -> None:
         """Forget a job here (its spool stays; its pair, if any, goes on with it)."""
         self.jobs.pop(job.instance, None)
         self.adopted.pop(job.instance, None)
+        if job.scanner.final is not None and job.scanner.corrupt is None:
+            self.ended[job.instance] = None
+            if len(self.ended) > MAX_ENDED:
+                self.ended.popitem(last=False)
         job.scanner.close()
 
     def forget_pair(self, pair: Spare) -> None:

@@ -138,7 +138,9 @@ class Server:
         """Requests and forwarding, until the kernel's requests end."""
         next_sweep = time.monotonic()
         while True:
-            events = self.selector.select(HAND_WAIT if self.pairs.waiting else 0.05)
+            # removed spools still to make ready (or delete): a look at once, else a turn waits for news
+            idle_wait = 0.0 if self.removed.pending else 0.05
+            events = self.selector.select(HAND_WAIT if self.pairs.waiting else idle_wait)
             self.jobs.quiet = not events
             for key, _ in events:
                 if key.data is None:
@@ -343,9 +345,9 @@ class Server:
 
     def clean(self, instance: str) -> None:
         self.pairs.waiting.pop(instance, None)
-        job = self.jobs.get(instance)
         # its spool may serve another job only if nothing writes to it any more: its end is written
-        reusable = job is not None and job.scanner.final is not None
+        reusable = self.jobs.written_to_end(instance)
+        job = self.jobs.get(instance)
         if job is not None:  # its pair, if any, is still reaped by reap_children
             self.jobs.drop(job)
         spool = self.spool_of(instance)

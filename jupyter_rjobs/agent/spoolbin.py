@@ -27,6 +27,11 @@ class SpoolBin:
         self.ready: List[str] = []  # made ready for new jobs
         self.made = 0
 
+    @property
+    def pending(self) -> bool:
+        """Whether removed spools wait to be made ready or deleted (a quiet moment does some)."""
+        return bool(self.reusable or self.trash)
+
     def collect_left_behind(self) -> None:
         """Take the removed spools of servers that are gone (killed), to delete them."""
         self.trash = [os.path.join(self.jobs_dir, name) for name in os.listdir(self.jobs_dir) if _left_behind(name)]
