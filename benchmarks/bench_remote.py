@@ -71,7 +71,7 @@ class Plan:
     def make(cls, quick: bool) -> Plan:
         if quick:
             return cls(True, 30, 5, 3, 3, 200, 1, 16, 3, 10, 2)
-        return cls(False, 200, 30, 10, 10, 1000, 3, 256, 7, 100, 10)
+        return cls(False, 200, 30, 10, 10, 1000, 3, 256, 7, 500, 10)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -92,14 +92,20 @@ def summary(seconds: list[float]) -> dict[str, Any]:
     }
 
 
-def interleave(contenders: dict[str, Callable[[], float]], runs: int, rounds: int) -> dict[str, list[float]]:
-    """Run each contender ``runs`` times, in ``rounds`` alternating blocks; each call returns seconds."""
+def interleave(contenders: dict[str, Callable[[], float]], runs: int, rounds: int,
+               cpu: dict[str, float] | None = None) -> dict[str, list[float]]:
+    """Run each contender ``runs`` times, in ``rounds`` alternating blocks; each call returns seconds.
+    ``cpu``: add the machine's busy CPU seconds during each contender's blocks there (measured
+    per block: /proc/stat counts in 10 ms ticks, too coarse for one run)."""
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     per_round = [runs // rounds + (1 if i < runs % rounds else 0) for i in range(rounds)]
     for count in per_round:
         for name, trip in contenders.items():
+            before = machine_busy_seconds() if cpu is not None else 0.0
             for _ in range(count):
                 samples[name].append(trip())
+            if cpu is not None:
+                cpu[name] = cpu.get(name, 0.0) + machine_busy_seconds() - before
     return samples
 
 
@@ -282,28 +288,18 @@ def part_fanout(lab: SshLab, rj: Rjobs, plan: Plan) -> dict[str, Any]:
     def all_two(value: Any) -> bool:
         return isinstance(value, dict) and sorted(value) == sorted(hosts) and all(v == 2 for v in value.values())
 
-    cpu = {"one_host": 0.0, "fanout": 0.0}  # the machine's busy CPU seconds during each kind of run
-
-    def counted(name: str, trip: Callable[[], float]) -> Callable[[], float]:
-        def run() -> float:
-            before = machine_busy_seconds()
-            elapsed = trip()
-            cpu[name] += machine_busy_seconds() - before
-            return elapsed
-        return run
-
     contenders = {
-        "one_host": counted("one_host", lambda: rj.run("1+1", hosts[0], lab.python, lambda v: v == 2)),
-        "fanout": counted("fanout", lambda: rj.run("1+1", spec, lab.python, all_two)),
+        "one_host": lambda: rj.run("1+1", hosts[0], lab.python, lambda v: v == 2),
+        "fanout": lambda: rj.run("1+1", spec, lab.python, all_two),
     }
     for trip in contenders.values():
         for _ in range(plan.fan_warmup):
             trip()
-    cpu.update(one_host=0.0, fanout=0.0)
-    samples = interleave(contenders, plan.fan_runs, plan.rounds)
+    cpu: dict[str, float] = {}  # the machine's busy CPU seconds during each kind of run
+    samples = interleave(contenders, plan.fan_runs, plan.rounds, cpu)
     out: dict[str, Any] = {"hosts": hosts}
     out.update({name: summary(values) for name, values in samples.items()})
-    for name, values in samples.items():  # /proc/stat counts in ticks (10 ms): summed over every run, it averages out
+    for name, values in samples.items():  # with the untimed removal of each job: it is work the runs cause too
         out[name]["machine_cpu_ms"] = cpu[name] / len(values) * 1e3
     return out
 
