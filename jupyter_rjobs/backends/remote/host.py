@@ -245,8 +245,8 @@ class HostConnection:
         for frame, _ in waiting:
             write_frame(joined, frame)
         together = header is not None and not buffers
-        if together:
-            write_frame(joined, header)  # type: ignore[arg-type]
+        if header is not None and together:
+            write_frame(joined, header)
         try:
             try:
                 if joined.parts:
