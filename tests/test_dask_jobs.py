@@ -156,6 +156,38 @@ def test_a_worker_that_dies_mid_job_fails_it_naming_the_worker(make_manager):
         manager.shutdown()
 
 
+def test_a_kernel_that_shuts_down_while_cluster_jobs_run_exits_at_once(tmp_path):
+    """Shutting the manager down while its cluster jobs run closes the Dask client; the task's
+    done-callback must not then ask the closing client for a result (its wait on the client's
+    event loop never ended, and the process hung at exit joining that callback thread: CI's
+    oldest leg, distributed 2024.8, once, and 2 runs in 3 of this script)."""
+    need_distributed()
+    script = tmp_path / "shutdown_while_running.py"
+    script.write_text(textwrap.dedent("""
+        import time
+        def main():
+            from distributed import LocalCluster
+            from jupyter_rjobs import JobManager
+            with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+                for detached in (False, True):
+                    manager = JobManager()
+                    jobs = [manager.start("import time\\ntime.sleep(30)", cluster=cluster.scheduler_address, detached=detached)
+                            for _ in range(3)]
+                    began = time.time()
+                    while str(jobs[0].state) != "Running" and time.time() - began < 30:
+                        time.sleep(0.05)
+                    manager.shutdown()
+            print("done", flush=True)
+        if __name__ == "__main__":
+            main()
+    """))
+    try:
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=90)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process did not exit: a Dask callback thread still waits on a closed client")
+    assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr[-2000:]
+
+
 # -- --cache remote ----------------------------------------------------------------------
 def test_cache_remote_keeps_the_value_on_the_cluster_until_received(cluster_manager):
     from distributed import Client

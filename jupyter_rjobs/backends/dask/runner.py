@@ -24,6 +24,12 @@ __all__ = ["DaskRunner", "RemoteValue"]
 
 log = logging.getLogger(__name__)
 
+RESULT_WAIT = 600.0  # seconds the callback waits for a finished task's result (a big value takes its time)
+
+
+class _Cancelled(Exception):
+    """A task that ended without a result to fetch (cancelled, lost, or its client closing)."""
+
 
 class RemoteValue:
     """The value of a ``--cache remote`` job, kept on the cluster: ``fetch()`` brings it here."""
@@ -177,9 +183,14 @@ class DaskRunner(JobRunner):
         if self.job.state.finished:
             self._finished()
             return
+        if future.status in ("cancelled", "lost") or self.client.status != "running":
+            # asking a client that is closing would wait on its event loop, maybe for ever (a
+            # callback thread that never ends hangs the process at exit)
+            self._failed(_Cancelled(f"its Dask task is {future.status} (the client is {self.client.status})"))
+            return
         try:
-            result = future.result()
-        except Exception as exc:  # noqa: BLE001 - cancelled, a worker that died, a lost scheduler
+            result = future.result(timeout=RESULT_WAIT)
+        except Exception as exc:  # noqa: BLE001 - cancelled, a worker that died, a lost scheduler, a timeout
             self._failed(exc)
             return
         with self._lock:
@@ -198,7 +209,7 @@ class DaskRunner(JobRunner):
             self.future.release()
 
     def _failed(self, exc: BaseException) -> None:
-        name = type(exc).__name__
+        name = "CancelledError" if isinstance(exc, _Cancelled) else type(exc).__name__
         if self.client.status in ("closing", "closed"):  # this kernel let go: a detached job runs on there
             self.job.set_state(JobState.Disconnected if self.job.detached else JobState.Stopped)
             return
