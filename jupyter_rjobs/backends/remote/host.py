@@ -231,7 +231,7 @@ class HostConnection:
         if self._writer is None or self._closed:
             raise HostError(self.host, "the connection is closed")
         if threading.get_ident() == self._reader:
-            self.later(functools.partial(self._send_quietly, header, buffers))
+            self.later(functools.partial(self.send_quietly, header, buffers))
             return
         with self._send_lock:
             self._write(header, buffers)
@@ -314,7 +314,9 @@ class HostConnection:
         self._later.put(done.set)
         done.wait(timeout)
 
-    def _send_quietly(self, header: dict[str, Any], buffers: Sequence[Any] = ()) -> None:
+    def send_quietly(self, header: dict[str, Any], buffers: Sequence[Any] = ()) -> None:
+        """Send, or if the connection is broken, nothing (its reader sees that and reconnects;
+        what must reach the host anyway is sent again on re-attach: a stop, a clean)."""
         try:
             self.send(header, buffers)
         except HostError as exc:  # the connection broke: its reader sees that too

@@ -17,6 +17,7 @@ finds every job there.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import json
 import math
 import os
@@ -106,6 +107,16 @@ _Key = tuple[Path, str]  # the registry's directory when the write was asked for
 WRITE_AFTER = 1.0  # seconds: a job that ends (and is cleaned) sooner never touches the registry
 
 
+@dataclasses.dataclass
+class _Write:
+    """A write the thread behind the jobs owes the registry, for one job."""
+
+    fields: dict[str, Any] | None  # what to write, or None: delete the entry
+    due: float  # when it may be written
+    whole: bool = False  # write it whole, never merged with the file there (it follows a delete)
+    new: bool = False  # a new job's entry: no file of it exists yet (a delete before it is written needs no disk)
+
+
 class _Behind:
     """Registry writes done by a thread behind the jobs, in order, coalesced per job. A new job
     that is not meant to outlive its kernel gets its entry once it has run for WRITE_AFTER
@@ -113,10 +124,7 @@ class _Behind:
     detached or remote-cache job's entry, updates and deletes go at once."""
 
     def __init__(self) -> None:
-        self._pending: dict[_Key, dict[str, Any] | None] = {}  # fields to write, or None: delete
-        self._due: dict[_Key, float] = {}  # when each may be written
-        self._fresh: set[_Key] = set()  # entries to write whole, never merged with the file there
-        self._unwritten: set[_Key] = set()  # new jobs' entries still to write: no file of theirs exists
+        self._pending: dict[_Key, _Write] = {}
         self._busy = False
         self._wakes_at = -math.inf  # when the thread wakes by itself (-inf: it is not waiting)
         self._cond = threading.Condition()
@@ -124,69 +132,61 @@ class _Behind:
 
     def put(self, instance: str, entry: dict[str, Any] | None, new: bool = False) -> None:
         """Ask for a write (``entry``: fields to write; None: delete). ``new``: a job just made,
-        never in the registry: deleting it before its entry is written needs no disk at all."""
+        never in the registry."""
         key = (registry_dir(), instance)
         now = time.monotonic()
         with self._cond:
-            waiting = key in self._pending
             old = self._pending.get(key)
-            if entry is None and key in self._unwritten:  # a new job's entry, not written yet: nothing to delete
-                del self._pending[key], self._due[key]
-                self._unwritten.discard(key)
+            if entry is None and old is not None and old.new:  # never written: nothing to delete
+                del self._pending[key]
                 return
-            if new and not waiting:
-                self._unwritten.add(key)
-            if entry is not None and waiting and old is not None:
-                self._pending[key] = {**old, **entry, "started_hint": old["started_hint"]}
+            if entry is not None and old is not None and old.fields is not None:
+                old.fields = {**old.fields, **entry, "started_hint": old.fields["started_hint"]}
+                write = old
             else:
-                if entry is not None and waiting:  # after a delete: what is on disk is not its past
-                    self._fresh.add(key)
-                self._pending[key] = entry
-                passing = entry is not None and "host" in entry and not waiting and not _lasting(entry)
-                self._due[key] = now + WRITE_AFTER if passing else min(self._due.get(key, now), now)
+                passing = entry is not None and "host" in entry and old is None and not _lasting(entry)
+                due = now + WRITE_AFTER if passing else min(old.due if old is not None else now, now)
+                # an entry after a delete: what is on disk is not its past
+                write = _Write(entry, due, whole=entry is not None and old is not None, new=new and old is None)
+                self._pending[key] = write
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="rjob-registry", daemon=True)
                 self._thread.start()
-            if self._due[key] < self._wakes_at:  # else it wakes in time by itself (a job per start: no wake-up each)
+            if write.due < self._wakes_at:  # else it wakes in time by itself (a job per start: no wake-up each)
                 self._cond.notify_all()
 
     def flush(self, timeout: float | None = 10.0) -> None:
         """Write everything asked so far now, and wait until it is written (at most ``timeout`` s)."""
         with self._cond:
-            self._due = dict.fromkeys(self._due, 0.0)
+            for write in self._pending.values():
+                write.due = 0.0
             self._cond.notify_all()
             self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
 
-    def _take_due(self) -> tuple[dict[_Key, dict[str, Any] | None], set[_Key]]:
-        """Wait for entries that are due, and take them (holding the condition's lock)."""
+    def _take_due(self) -> dict[_Key, _Write]:
+        """Wait for writes that are due, and take them (holding the condition's lock)."""
         while True:
             now = time.monotonic()
-            due = [key for key, when in self._due.items() if when <= now]
+            due = [key for key, write in self._pending.items() if write.due <= now]
             if due:
-                work = {key: self._pending.pop(key) for key in due}
-                for key in due:
-                    del self._due[key]
-                fresh = self._fresh & set(due)
-                self._fresh -= fresh
-                self._unwritten.difference_update(due)
-                return work, fresh
-            self._wakes_at = min(self._due.values()) if self._due else math.inf
+                return {key: self._pending.pop(key) for key in due}
+            self._wakes_at = min((w.due for w in self._pending.values()), default=math.inf)
             try:
-                self._cond.wait(self._wakes_at - now if self._due else None)
+                self._cond.wait(self._wakes_at - now if self._pending else None)
             finally:
                 self._wakes_at = -math.inf
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                work, fresh = self._take_due()
+                work = self._take_due()
                 self._busy = True
             try:
-                for (directory, instance), entry in work.items():
-                    if entry is None:
+                for (directory, instance), write in work.items():
+                    if write.fields is None:
                         _delete(directory, instance)
                     else:
-                        _write_entry(directory, instance, entry, merge=(directory, instance) not in fresh)
+                        _write_entry(directory, instance, write.fields, merge=not write.whole)
             finally:
                 with self._cond:
                     self._busy = False

@@ -98,7 +98,7 @@ class RemoteRunner(JobRunner):
     def release(self) -> None:
         """Stop following the job (a disconnect): it goes on on the host."""
         self.user_disconnected = True
-        self._send_quietly({"op": protocol.RELEASE, "job": self.instance})
+        self.connection.send_quietly({"op": protocol.RELEASE, "job": self.instance})
         self.connection.detach(self.instance)
         if not self.job.state.finished:
             self.job.reason = f"disconnected; it goes on on {self.connection.host} (reconnect with %rjob connect)"
@@ -191,7 +191,7 @@ class RemoteRunner(JobRunner):
         return sorted({r.seq: r for r in records if r.seq > after}.values(), key=lambda r: r.seq), reply
 
     def ack(self, seq: int) -> None:
-        self._send_quietly({"op": protocol.ACK, "job": self.instance, "seq": seq})
+        self.connection.send_quietly({"op": protocol.ACK, "job": self.instance, "seq": seq})
 
     def frame_failed(self, exc: BaseException) -> None:
         """A frame from the host could not be applied to the job: it fails, saying why."""
@@ -206,11 +206,11 @@ class RemoteRunner(JobRunner):
     # stopping and cleaning
     def terminate(self) -> None:
         self._stop_grace = self.stop_grace
-        self._send_quietly({"op": protocol.STOP, "job": self.instance, "grace": self.stop_grace})
+        self.connection.send_quietly({"op": protocol.STOP, "job": self.instance, "grace": self.stop_grace})
 
     def kill(self) -> None:
         self._stop_grace = 0.0
-        self._send_quietly({"op": protocol.STOP, "job": self.instance, "grace": 0})
+        self.connection.send_quietly({"op": protocol.STOP, "job": self.instance, "grace": 0})
 
     def cleanup(self) -> None:
         self._clean()
@@ -246,9 +246,3 @@ class RemoteRunner(JobRunner):
         self._clean_pending = True  # no lock: called while the connection's send lock is held
         self._cleaned = False
         self.connection.attach(self.instance, self)
-
-    def _send_quietly(self, header: dict[str, Any]) -> None:
-        try:
-            self.connection.send(header)
-        except HostError:
-            pass
