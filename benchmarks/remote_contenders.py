@@ -41,18 +41,15 @@ class Rjobs:
 
     def throughput(self, count: int, host: str, python: str) -> dict[str, Any]:
         """Start ``count`` jobs "1" as fast as possible, wait for all: jobs per second."""
-        began = clock()
-        jobs = [self.manager.start("1", host=host, python=python) for _ in range(count)]
-        submitted = clock() - began
-        waited = self.manager.wait(jobs, timeout=JOB_TIMEOUT)
-        elapsed = clock() - began
-        if waited.still_running:
-            raise RuntimeError(f"{len(waited.still_running)} of {count} jobs had not finished after {JOB_TIMEOUT:g} s")
-        wrong = [j for j in jobs if j.exception() is not None or j.result() != 1]
-        if wrong:
-            raise RuntimeError(f"{len(wrong)} of {count} jobs failed, e.g. {wrong[0]!r}: {wrong[0].exception()!r}")
+        def wait(jobs: list[Any]) -> None:
+            waited = self.manager.wait(jobs, timeout=JOB_TIMEOUT)
+            if waited.still_running:
+                raise RuntimeError(f"{len(waited.still_running)} of {count} jobs had not finished after {JOB_TIMEOUT:g} s")
+
+        out, jobs = burst(count, lambda: self.manager.start("1", host=host, python=python), wait,
+                          lambda jobs: [j.exception() or j.result() for j in jobs], "jupyter_rjobs")
         self.manager.remove(jobs)
-        return {"jobs": count, "seconds": elapsed, "submit_seconds": submitted, "jobs_per_s": count / elapsed}
+        return out
 
     def close(self) -> None:
         self.manager.shutdown()
@@ -90,15 +87,10 @@ class Ipyparallel:
         return elapsed
 
     def throughput(self, count: int) -> dict[str, Any]:
-        began = clock()
-        results = [self.view.apply_async(self.one) for _ in range(count)]
-        submitted = clock() - began
-        self.client.wait(results, timeout=JOB_TIMEOUT)
-        elapsed = clock() - began
-        if any(r.get() != 1 for r in results):
-            raise RuntimeError("ipyparallel gave a wrong value")
+        out, _ = burst(count, lambda: self.view.apply_async(self.one), lambda results: self.client.wait(results, timeout=JOB_TIMEOUT),
+                       lambda results: [r.get() for r in results], "ipyparallel")
         self.client.purge_local_results("all")
-        return {"jobs": count, "seconds": elapsed, "submit_seconds": submitted, "jobs_per_s": count / elapsed}
+        return out
 
     def close(self) -> None:
         try:
@@ -132,15 +124,10 @@ class Dask:
         return elapsed
 
     def throughput(self, count: int) -> dict[str, Any]:
-        began = clock()
-        futures = [self.client.submit(self.one, pure=False) for _ in range(count)]
-        submitted = clock() - began
-        values = self.client.gather(futures)
-        elapsed = clock() - began
-        if any(v != 1 for v in values):
-            raise RuntimeError("Dask gave a wrong value")
-        del futures
-        return {"jobs": count, "seconds": elapsed, "submit_seconds": submitted, "jobs_per_s": count / elapsed}
+        values: list[Any] = []
+        out, _ = burst(count, lambda: self.client.submit(self.one, pure=False), lambda futures: values.extend(self.client.gather(futures)),
+                       lambda futures: values, "Dask")
+        return out
 
     def close(self) -> None:
         try:
@@ -148,6 +135,21 @@ class Dask:
             self.cluster.close()
         except Exception as exc:  # noqa: BLE001 - a benchmark reports, it does not crash on tidying
             say(f"closing the Dask cluster failed: {exc}")
+
+
+def burst(count: int, submit: Callable[[], Any], wait: Callable[[list[Any]], Any], values: Callable[[list[Any]], list[Any]],
+          who: str) -> tuple[dict[str, Any], list[Any]]:
+    """Submit ``count`` trivial jobs ("1") as fast as possible and ``wait`` for all of them (both
+    timed): jobs per second, and what ``submit`` returned. Every job's value is checked, untimed."""
+    began = clock()
+    handles = [submit() for _ in range(count)]
+    submitted = clock() - began
+    wait(handles)
+    elapsed = clock() - began
+    wrong = [v for v in values(handles) if v != 1]
+    if wrong:
+        raise RuntimeError(f"{who}: {len(wrong)} of {count} jobs gave a wrong value, e.g. {_short(wrong[0])}")
+    return {"jobs": count, "seconds": elapsed, "submit_seconds": submitted, "jobs_per_s": count / elapsed}, handles
 
 
 def _short(value: Any) -> str:

@@ -58,7 +58,7 @@ class Forwarder:
         self.adopted: Dict[str, HostJob] = {}  # the jobs no pair's pipe wakes us for: their spools are watched
         # jobs no longer followed whose end was written (nothing writes to their spools): the
         # latest MAX_ENDED, so that their spools can serve new jobs once the kernel cleans them
-        self.ended: "OrderedDict[str, None]" = OrderedDict()
+        self.ended: "OrderedDict[str, bool]" = OrderedDict()
         self.pair_ended = False  # a pair's notify pipe ended: reap it now (else at the next sweep)
         self.pairs: Dict[int, Spare] = {}  # every pair of ours that has not ended, by supervisor pid
         self.free: List[Spare] = []  # pairs waiting for a job (the last one is taken first)
@@ -258,25 +258,28 @@ class Forwarder:
                 pass
         self.drop(job)
 
-    def written_to_end(self, instance: str) -> bool:
-        """Whether a job's spool has its end written, so nothing writes to it any more (a job
-        followed now, or one that ended a while ago); asked once, when the kernel cleans it."""
+    def cleaned(self, instance: str) -> bool:
+        """The kernel cleaned a job: stop following it (its pair, if any, is still reaped by
+        reap_children). Whether its spool has its end written, so nothing writes to it any more
+        (a job followed until now, or one that ended a while ago)."""
         job = self.jobs.get(instance)
-        if job is not None:
-            return job.scanner.final is not None
-        if instance in self.ended:
-            del self.ended[instance]
-            return True
-        return False
+        if job is None:
+            return self.ended.pop(instance, False)
+        self._forget(job)
+        return _written_to_end(job)
 
     def drop(self, job: HostJob) -> None:
-        """Forget a job here (its spool stays; its pair, if any, goes on with it)."""
-        self.jobs.pop(job.instance, None)
-        self.adopted.pop(job.instance, None)
-        if job.scanner.final is not None and job.scanner.corrupt is None:
-            self.ended[job.instance] = None
+        """Forget a job here (its spool stays; its pair, if any, goes on with it); one whose end
+        is written is remembered, for when the kernel cleans it."""
+        self._forget(job)
+        if _written_to_end(job):
+            self.ended[job.instance] = True
             if len(self.ended) > MAX_ENDED:
                 self.ended.popitem(last=False)
+
+    def _forget(self, job: HostJob) -> None:
+        self.jobs.pop(job.instance, None)
+        self.adopted.pop(job.instance, None)
         job.scanner.close()
 
     def forget_pair(self, pair: Spare) -> None:
@@ -314,6 +317,11 @@ class Forwarder:
             self._send({"op": RECORD, "job": job.instance, "seq": seq, "kind": kind, "time": time.time(), "data": data}, ())
         job.scanner.last_seq = seq
         job.scanner.final = str(records[-1][1])
+
+
+def _written_to_end(job: HostJob) -> bool:
+    """Whether a job's spool ends with its end (not one said only to the kernel: a corrupt spool)."""
+    return job.scanner.final is not None and job.scanner.corrupt is None
 
 
 def _spool_write_failed(status: Optional[int]) -> bool:

@@ -8,10 +8,10 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Set, Tuple
 
 from .forward import Forwarder, HostJob
-from .spool import end_records, ended_records, write_over
+from .spool import NO_PROCESS, end_records, ended_records, write_over
 from .supervisor import Spare
 
 # seconds: while no pair is free and none came free for this long, a waiting job gets a new one
@@ -54,9 +54,23 @@ class Dispatcher:
             instance, (header, buffers, spool) = self.waiting.popitem(last=False)
             self.hand(pair, instance, header, buffers, spool)
 
-    def free_pair(self) -> Optional[Spare]:
-        """A free pair for a new job, unless jobs wait before it (they go first, in order)."""
-        return None if self.waiting else self.jobs.take_free()
+    def start(self, instance: str, header: Dict[str, Any], buffers: List[bytearray], make_spool: Callable[[bytes], str]) -> None:
+        """Start a job: a free pair takes it at once, unless jobs wait before it (they go first,
+        in order), and its spool is made with that pair's pid already in it; else it waits.
+        ``make_spool(pid)`` makes the job's spool (a failure leaves the pair free)."""
+        pair = None if self.waiting else self.jobs.take_free()
+        try:
+            spool = make_spool(pair.pid_json() if pair is not None else NO_PROCESS)
+        except BaseException:
+            if pair is not None:
+                self.jobs.free.append(pair)  # it runs no job: still free
+            raise
+        if header.get("detached"):
+            self.detached.add(instance)
+        if pair is None:
+            self.submit(instance, header, buffers, spool)
+        else:
+            self.hand(pair, instance, header, buffers, spool, pid_written=True)
 
     def hand(self, pair: Spare, instance: str, header: Dict[str, Any], buffers: List[bytearray], spool: str,
              pid_written: bool = False) -> None:

@@ -206,8 +206,9 @@ class Server:
             self.handle_all(cleans)
 
     def handle_all(self, headers: List[Dict[str, Any]]) -> None:
-        while headers:
-            self.handle(headers.pop(0), [])
+        for header in headers:
+            self.handle(header, [])
+        headers.clear()
 
     def handle(self, header: Dict[str, Any], buffers: List[bytearray]) -> None:
         """Handle one request. A bad request never ends the server."""
@@ -247,20 +248,7 @@ class Server:
         if header.get("session"):
             self.session_run(header, buffers)
             return
-        instance = str(header["job"])
-        pair = self.pairs.free_pair()
-        try:
-            spool = self.make_spool(header, pair.pid_json() if pair is not None else NO_PROCESS)
-        except BaseException:
-            if pair is not None:
-                self.jobs.free.append(pair)  # it runs no job: still free
-            raise
-        if header.get("detached"):
-            self.detached.add(instance)
-        if pair is not None:
-            self.pairs.hand(pair, instance, header, buffers, spool, pid_written=True)
-        else:
-            self.pairs.submit(instance, header, buffers, spool)
+        self.pairs.start(str(header["job"]), header, buffers, lambda pid: self.make_spool(header, pid))
 
     def pong(self, header: Dict[str, Any]) -> None:
         """The answer to a ping: everything asked before it is done (the acks written too)."""
@@ -346,10 +334,7 @@ class Server:
     def clean(self, instance: str) -> None:
         self.pairs.waiting.pop(instance, None)
         # its spool may serve another job only if nothing writes to it any more: its end is written
-        reusable = self.jobs.written_to_end(instance)
-        job = self.jobs.get(instance)
-        if job is not None:  # its pair, if any, is still reaped by reap_children
-            self.jobs.drop(job)
+        reusable = self.jobs.cleaned(instance)
         spool = self.spool_of(instance)
         if spool_refusal(spool) is None:  # a refused spool is evidence: never deleted
             self.removed.put(spool, instance, reusable)  # gone at once; deleted, or made ready, at a quiet moment

@@ -191,7 +191,7 @@ class SpoolWriter:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._notify = notify_fd
         self.failure: Optional[OSError] = None
-        self.hushed = False
+        self._hushed = False
         self._owed = False
 
     def write(self, data: Any) -> int:
@@ -202,7 +202,7 @@ class SpoolWriter:
         try:
             while view.nbytes:
                 view = view[os.write(self._fd, view[:WRITE_CHUNK]):]
-                if view.nbytes or not self.hushed:  # a part of a big write is said at once: it streams
+                if view.nbytes or not self._hushed:  # a part of a big write is said at once: it streams
                     self.settle()
                 else:
                     self._owed = True
@@ -215,7 +215,7 @@ class SpoolWriter:
 
     def hush(self, hushed: bool) -> None:
         """Owe the notify byte of the writes that follow (True), or say them again (False)."""
-        self.hushed = hushed
+        self._hushed = hushed
 
     def settle(self, also: bytes = b"") -> None:
         """Say the records written (the owed byte too), and ``also`` (READY), in one write."""

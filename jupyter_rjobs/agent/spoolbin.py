@@ -46,8 +46,8 @@ class SpoolBin:
         (self.reusable if reusable else self.trash).append(removed)
 
     def take(self, spool: str, fill: Callable[[str], None]) -> bool:
-        """Make ``spool`` of a ready one, ``fill`` (its meta.json and owner) written before it
-        appears under the job's name; False if none is ready (make a new one)."""
+        """Make ``spool`` of a ready one, ``fill`` (its meta.json, owner and pid) written before
+        it appears under the job's name; False if none is ready (make a new one)."""
         while self.ready:
             if os.path.lexists(spool):
                 raise FileExistsError(errno.EEXIST, "a job spool of that id exists", spool)

@@ -11,6 +11,7 @@ listing, a session's state) to whoever waits.
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import queue
 import shlex
@@ -47,17 +48,6 @@ def channel_inbox(channel: Channel) -> Inbox:
     """What read_frame reads a channel (SSH or local pipe) through: many small frames per read,
     and a big value straight into its memory (an SSH channel's recv_into, see ssh/chunkpipe.py)."""
     return Inbox(channel.recv, getattr(channel, "recv_into", None))
-
-
-class _Joined:
-    """Frames collected for one write."""
-
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-
-    def write(self, data: Any) -> int:
-        self.parts.append(bytes(data))
-        return len(data)
 
 
 class _ChannelWriter:
@@ -241,22 +231,22 @@ class HostConnection:
         holding the send lock."""
         assert self._writer is not None
         waiting = self._outbox.take()
-        joined = _Joined()
+        joined = io.BytesIO()
         for frame, _ in waiting:
             write_frame(joined, frame)
-        together = header is not None and not buffers
-        if header is not None and together:
+        last = header if header is not None and buffers else None  # a frame with buffers goes on its own
+        if header is not None and last is None:
             write_frame(joined, header)
         try:
-            try:
-                if joined.parts:
-                    self._writer.write(b"".join(joined.parts))
-            except BaseException:
-                for _, lost in waiting:
-                    lost()
-                raise
-            if header is not None and not together:
-                write_frame(self._writer, header, buffers)
+            if joined.tell():
+                try:
+                    self._writer.write(joined.getvalue())
+                except BaseException:
+                    for _, lost in waiting:
+                        lost()
+                    raise
+            if last is not None:
+                write_frame(self._writer, last, buffers)
         except self._broken as exc:
             raise HostError(self.host, f"the connection is broken ({self._describe(exc)}); it reconnects by itself, or use %rjob connect") from None
 
